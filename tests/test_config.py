@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ttsha import config
+from ttsha.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ttsha.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(config, "DEFAULT_PATH", tmp_path / "absent.toml")
+    cfg = config.load(None)
+    assert cfg.source is None
+    assert cfg.engine.engine == "embedded"
+    assert set(cfg.nodes) == {"primary", "standby"}
+
+
+def test_default_path_used_when_present(monkeypatch, tmp_path):
+    path = write(tmp_path, "[serve]\nport = 9100\n")
+    monkeypatch.setattr(config, "DEFAULT_PATH", path)
+    assert config.load(None).serve.port == 9100
+
+
+def test_valid_file(tmp_path):
+    cfg = config.load(
+        write(
+            tmp_path,
+            """
+[engine]
+engine = "sambert"
+model_dir = "/srv/models/x"
+[serve]
+port = 9000
+canary_interval = "250ms"
+[store]
+retention = "2d"
+[nodes.a]
+url = "http://10.0.0.1:8900"
+[monitor]
+failback = "after:5m"
+[replicate]
+peer = "a"
+exclude = ["*.tmp"]
+""",
+        )
+    )
+    assert cfg.engine.engine == "sambert"
+    assert cfg.engine.model_dir == Path("/srv/models/x")
+    assert cfg.serve.port == 9000
+    assert cfg.serve.canary_interval == pytest.approx(0.25)
+    assert cfg.store.retention == pytest.approx(2 * 86400)
+    assert list(cfg.nodes) == ["a"]
+    assert cfg.replicate.exclude == ["*.tmp"]
+    assert cfg.present == {"engine", "serve", "store", "nodes", "monitor", "replicate"}
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[serve]\nprot = 1\n", "serve.prot: unknown key"),
+        ("[servo]\nport = 1\n", "[servo]: unknown section"),
+        ('[serve]\nport = "80"\n', "serve.port: expected an integer"),
+        ("[serve]\nport = 70000\n", "serve.port: must be at most 65535"),
+        ("[serve]\nworkers = 0\n", "serve.workers: must be at least 1"),
+        ('[engine]\nengine = "espeak"\n', "engine.engine: expected one of embedded, sambert"),
+        ('[serve]\ncanary_interval = "soon"\n', "serve.canary_interval: expected a duration"),
+        ("[replicate]\nchecksum = 1\n", "replicate.checksum: expected true or false"),
+        ('[replicate]\nexclude = "x"\n', "replicate.exclude: expected a list of strings"),
+        ('[monitor]\nfailback = "auto"\n', "monitor.failback: expected 'manual' or 'after:<duration>'"),
+        ('[nodes.a]\nurl = "ftp://x"\n', "nodes.a.url: expected http://host:port"),
+        ('[replicate]\npeer = "ghost"\n', "replicate.peer: 'ghost' is not one of the [nodes] tables"),
+        ("serve = 3\n", "serve: expected a table"),
+        ("[serve\n", "invalid TOML"),
+    ],
+)
+def test_invalid_values_name_file_and_key(tmp_path, text, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(path) in str(info.value)
+    assert fragment in str(info.value)
+    assert info.value.exit_code == 3
+
+
+def test_unreadable_and_non_utf8(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe[serve]")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config.load(bad)
+
+
+@pytest.mark.parametrize("value, seconds", [("250ms", 0.25), ("2s", 2), ("5m", 300), ("1h", 3600), ("7d", 604800), (3, 3.0)])
+def test_parse_duration(value, seconds):
+    assert config.parse_duration(value) == pytest.approx(seconds)
+
+
+def test_shipped_config_is_valid_and_documents_every_key():
+    path = ROOT / "conf" / "ttsha.toml"
+    config.load(path)
+    text = path.read_text(encoding="utf-8")
+    sections = re.findall(r"^\[([a-z.]+)\]", text, flags=re.M)
+    for key in config.documented_keys():
+        section, name = key.rsplit(".", 1)
+        section = "nodes.primary" if section == "nodes.NAME" else section
+        assert section in sections, key
+        body = re.split(rf"^\[{re.escape(section)}\]$", text, flags=re.M)[1].split("\n[", 1)[0]
+        assert re.search(rf"^{name} = ", body, flags=re.M), f"conf/ttsha.toml does not document {key}"
+
+
+def test_shipped_config_shows_the_defaults():
+    """Values in conf/ttsha.toml are the built-in defaults (state paths aside)."""
+    shipped = config.load(ROOT / "conf" / "ttsha.toml").to_dict()
+    defaults = config.Config().to_dict()
+    state = str(config.state_dir())
+    for section, values in defaults.items():
+        if section == "nodes":
+            continue
+        for key, value in values.items():
+            got = shipped[section][key]
+            if isinstance(value, str) and value.startswith(state):
+                value = value.replace(state, "/var/lib/ttsha")
+            assert got == value, f"{section}.{key}: conf says {got!r}, default is {value!r}"

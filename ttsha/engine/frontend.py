@@ -1,0 +1,255 @@
+"""Chinese text front end: normalization, pinyin, and the voice's phone symbols.
+
+``normalize`` rewrites what a reader would say aloud (numbers, dates, times,
+percentages, phone numbers, units, full-width forms) as Chinese characters.
+``split_sentences`` cuts text at punctuation into pieces that are synthesized
+one by one. ``PhoneMapper`` turns a piece into the symbol ids the embedded
+FastSpeech2 voice was trained on: ``sil``, then initial and toned final for
+each syllable with ``#0`` between syllables, then ``sil`` and ``eos``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cn2an
+from pypinyin import Style, lazy_pinyin
+
+from ..errors import EngineError, InputError
+
+log = logging.getLogger(__name__)
+
+_DIGITS = "零一二三四五六七八九"
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+
+# Units read after a number; longest first so "km/h" wins over "km".
+_UNITS = {
+    "km/h": "千米每小时",
+    "m/s": "米每秒",
+    "kg": "千克",
+    "km": "千米",
+    "cm": "厘米",
+    "mm": "毫米",
+    "ml": "毫升",
+    "mg": "毫克",
+    "GB": "吉字节",
+    "MB": "兆字节",
+    "KB": "千字节",
+    "TB": "太字节",
+    "Hz": "赫兹",
+    "kHz": "千赫兹",
+    "ms": "毫秒",
+    "℃": "摄氏度",
+    "°C": "摄氏度",
+    "°": "度",
+    "m": "米",
+    "g": "克",
+    "L": "升",
+    "s": "秒",
+    "h": "小时",
+    "元": "元",
+}
+_UNIT_RE = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
+
+_SYMBOLS = {"+": "加", "=": "等于", "&": "和", "@": "艾特", "~": "到", "×": "乘", "÷": "除以"}
+
+# Sentence-final marks end a piece with a longer pause than clause marks.
+_SENTENCE_END = "。！？!?；;…"
+_CLAUSE_END = "，,、：:"
+
+
+def _read_digits(digits: str) -> str:
+    """Digit by digit, as phone numbers and years are read ("1" as 幺 in phone numbers)."""
+    return "".join(_DIGITS[int(d)] for d in digits)
+
+
+def _read_number(number: str) -> str:
+    """A decimal number by value: 1205.5 -> 一千二百零五点五."""
+    negative = number.startswith("-")
+    number = number.lstrip("-+")
+    if "." in number:
+        whole, frac = number.split(".", 1)
+        text = cn2an.an2cn(whole or "0") + "点" + _read_digits(frac)
+    else:
+        # Long digit strings (ids, codes) are read digit by digit.
+        text = cn2an.an2cn(number) if len(number.lstrip("0") or "0") <= 12 else _read_digits(number)
+    return ("负" if negative else "") + text
+
+
+def _phone(match: re.Match[str]) -> str:
+    return _read_digits(re.sub(r"\D", "", match.group(0))).replace("一", "幺")
+
+
+def _date(match: re.Match[str]) -> str:
+    year, month, day = match.group("y"), match.group("m"), match.group("d")
+    text = ""
+    if year:
+        text += _read_digits(year) + "年"
+    if month:
+        text += _read_number(month) + "月"
+    if day:
+        text += _read_number(day) + ("日" if match.group("sfx") in ("日", "", None) else "号")
+    return text
+
+
+def _time(match: re.Match[str]) -> str:
+    hour, minute, second = match.group(1), match.group(2), match.group(3)
+    text = _read_number(hour) + "点"
+    if minute and int(minute):
+        text += ("零" if minute.startswith("0") else "") + _read_number(str(int(minute))) + "分"
+    if second and int(second):
+        text += _read_number(str(int(second))) + "秒"
+    return text
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "百分之" + _read_number(match.group(1))
+
+
+def _fraction(match: re.Match[str]) -> str:
+    return _read_number(match.group(2)) + "分之" + _read_number(match.group(1))
+
+
+def _number_with_unit(match: re.Match[str]) -> str:
+    return _read_number(match.group(1)) + _UNITS[match.group(2)]
+
+
+def normalize(text: str) -> str:
+    """Rewrite ``text`` as it would be read aloud, in Chinese characters."""
+    text = unicodedata.normalize("NFKC", text)
+    # NFKC maps full-width punctuation to ASCII; keep Chinese sentence marks.
+    text = text.replace("\r", "").replace("\t", " ")
+    text = re.sub(r"(?<!\d)(1[3-9]\d)[- ]?(\d{4})[- ]?(\d{4})(?!\d)", _phone, text)
+    text = re.sub(r"(?<!\d)(0\d{2,3})-(\d{7,8})(?!\d)", _phone, text)
+    text = re.sub(
+        r"(?<!\d)(?P<y>\d{4})[年/.-](?P<m>\d{1,2})[月/.-](?P<d>\d{1,2})(?P<sfx>[日号]?)",
+        _date,
+        text,
+    )
+    text = re.sub(r"(?<!\d)(?P<y>\d{2,4})年(?:(?P<m>\d{1,2})月)?(?:(?P<d>\d{1,2})(?P<sfx>[日号]))?", _date, text)
+    text = re.sub(r"(?<![\d年])(?P<y>)(?P<m>\d{1,2})月(?:(?P<d>\d{1,2})(?P<sfx>[日号]))?", _date, text)
+    text = re.sub(r"(?<!\d)(\d{1,2}):(\d{2})(?::(\d{2}))?(?!\d)", _time, text)
+    text = re.sub(r"(-?\d+(?:\.\d+)?)\s*%", _percent, text)
+    text = re.sub(r"(?<![\d/])(\d+)/(\d+)(?![\d/])", _fraction, text)
+    text = re.sub(rf"(-?\d+(?:\.\d+)?)\s*({_UNIT_RE})(?![A-Za-z])", _number_with_unit, text)
+    text = re.sub(r"(?<![\d.])-?\d+(?:\.\d+)?", lambda m: _read_number(m.group(0)), text)
+    for symbol, word in _SYMBOLS.items():
+        text = text.replace(symbol, word)
+    return text
+
+
+@dataclass
+class Piece:
+    """A stretch of text synthesized in one pass, and the pause that follows it."""
+
+    text: str
+    pause_s: float
+
+
+def split_sentences(text: str, clause_pause: float = 0.15, sentence_pause: float = 0.3) -> list[Piece]:
+    """Cut normalized text at punctuation; pieces without speakable characters are dropped."""
+    pieces: list[Piece] = []
+    buf = ""
+    for char in text + "。":
+        if char in _SENTENCE_END or char in _CLAUSE_END or char == "\n":
+            if _HAN.search(buf):
+                pause = clause_pause if char in _CLAUSE_END else sentence_pause
+                pieces.append(Piece(buf.strip(), pause))
+            buf = ""
+        else:
+            buf += char
+    if pieces:
+        pieces[-1].pause_s = 0.0
+    return pieces
+
+
+@dataclass
+class PhoneMapper:
+    """Maps Chinese text to the voice's symbol ids, using the voice's own mapper file."""
+
+    symbol_to_id: dict[str, int]
+    pinyin_to_phones: dict[str, tuple[str, str]]
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "PhoneMapper":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            symbols = {str(k): int(v) for k, v in data["symbol_to_id"].items()}
+            table = {str(k): (str(v[0]), str(v[1])) for k, v in data["pinyin_dict"].items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise EngineError(f"cannot read phone mapper {path}: {exc}") from exc
+        for required in ("sil", "#0", "eos"):
+            if required not in symbols:
+                raise EngineError(f"phone mapper {path} lacks the symbol {required!r}")
+        return cls(symbols, table)
+
+    def syllables(self, text: str) -> list[str]:
+        """Toned pinyin syllables (``zhong1``) for the Chinese characters of ``text``.
+
+        Anything that is not a Chinese character is dropped, with a warning
+        naming it; tone sandhi (一, 不, third tones) is applied by pypinyin.
+        """
+        result: list[str] = []
+        skipped: list[str] = []
+
+        def keep_unknown(chunk: str) -> list[str]:
+            skipped.extend(c for c in chunk if not c.isspace())
+            return []
+
+        for syllable in lazy_pinyin(
+            text,
+            style=Style.TONE3,
+            neutral_tone_with_five=True,
+            tone_sandhi=True,
+            errors=keep_unknown,
+        ):
+            syllable = syllable.strip()
+            if not syllable:
+                continue
+            if not syllable[-1].isdigit():
+                syllable += "5"
+            base = syllable[:-1]
+            if base in ("n", "m", "hm", "ng"):
+                base = "en"  # 嗯 and friends
+            if base not in self.pinyin_to_phones:
+                skipped.append(syllable)
+                continue
+            result.append(base + syllable[-1])
+        if skipped:
+            self.skipped.extend(skipped)
+            log.warning("skipping what the voice cannot say: %s", " ".join(dict.fromkeys(skipped)))
+        return result
+
+    def phones(self, text: str) -> list[str]:
+        """The symbol sequence for one piece: ``sil i f #0 i f ... sil``."""
+        out = ["sil"]
+        for i, syllable in enumerate(self.syllables(text)):
+            initial, final = self.pinyin_to_phones[syllable[:-1]]
+            if i:
+                out.append("#0")
+            out += [initial, final + syllable[-1]]
+        out.append("sil")
+        return out
+
+    def ids(self, text: str) -> list[int]:
+        """Symbol ids for one piece, ending with ``eos``; empty when nothing is sayable."""
+        phones = self.phones(text)
+        if len(phones) <= 2:
+            return []
+        try:
+            return [self.symbol_to_id[p] for p in phones] + [self.symbol_to_id["eos"]]
+        except KeyError as exc:
+            raise EngineError(f"the voice has no symbol {exc.args[0]!r}") from exc
+
+
+def require_text(text: str) -> str:
+    """Strip ``text`` and refuse it when empty."""
+    if text is None or not text.strip():
+        raise InputError("text is empty", code="empty_text")
+    return text.strip()

@@ -1,0 +1,196 @@
+"""Multi-band MelGAN vocoder (log-mel -> 24 kHz waveform) in torch.
+
+The generator upsamples mel frames by transposed convolutions, each followed
+by residual stacks of dilated convolutions with reflection padding, and
+predicts 4 sub-band signals; a PQMF synthesis filter bank (whose filters are
+stored in the model file) recombines them into one full-band waveform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import EngineError
+from .tflite_reader import Op, TFLiteModel
+
+
+def _conv_weight(w: np.ndarray) -> torch.Tensor:
+    """TFLite conv filter ``[out, 1, k, in]`` -> torch ``[out, in, k]``."""
+    return torch.from_numpy(np.ascontiguousarray(w[:, 0].transpose(0, 2, 1)))
+
+
+def _tconv_weight(w: np.ndarray, time_axis: int) -> torch.Tensor:
+    """TFLite transposed-conv filter ``[out, h, w, in]`` -> torch ``[in, out, k]``.
+
+    Keras stores a 1-D transposed convolution as 2-D with time on either the
+    height or the width axis; ``time_axis`` (1 or 2) says which.
+    """
+    w = w[:, :, 0, :] if time_axis == 1 else w[:, 0, :, :]
+    return torch.from_numpy(np.ascontiguousarray(w.transpose(2, 0, 1)))
+
+
+@dataclass
+class _Conv:
+    """A valid convolution preceded by reflection padding."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    pad: int = 0
+    dilation: int = 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = F.pad(x, (self.pad, self.pad), mode="reflect")
+        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
+
+
+@dataclass
+class _Upsample:
+    """Transposed convolution with TensorFlow ``SAME`` output cropping."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-1]
+        y = F.conv_transpose1d(x, self.weight, self.bias, stride=self.stride)
+        crop = max(self.weight.shape[-1] - self.stride, 0) // 2
+        return y[..., crop : crop + n * self.stride]
+
+
+@dataclass
+class _ResidualStack:
+    shortcut: _Conv
+    dilated: _Conv
+    pointwise: _Conv
+    alpha: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dilated(F.leaky_relu(x, self.alpha))
+        h = self.pointwise(F.leaky_relu(h, self.alpha))
+        return self.shortcut(x) + h
+
+
+class MBMelGAN(nn.Module):
+    """Mel ``[1, frames, 80]`` -> waveform ``[samples]`` (float32)."""
+
+    def __init__(
+        self,
+        first: _Conv,
+        blocks: list[tuple[_Upsample, list[_ResidualStack]]],
+        last: _Conv,
+        synthesis_up: torch.Tensor,
+        synthesis_filter: torch.Tensor,
+        subbands: int,
+        alpha: float,
+        subband_scale: float | None,
+    ) -> None:
+        super().__init__()
+        self.first, self.blocks, self.last = first, blocks, last
+        self.synthesis_up, self.synthesis_filter = synthesis_up, synthesis_filter
+        self.subbands, self.alpha = subbands, alpha
+        #: The converted model rounds sub-band signals to int8 before the PQMF.
+        #: ``emulate_int8`` reproduces that (for comparisons); the default skips
+        #: it, since the rounding only adds noise.
+        self.subband_scale = subband_scale
+        self.emulate_int8 = False
+
+    @property
+    def hop_length(self) -> int:
+        hop = self.subbands
+        for up, _ in self.blocks:
+            hop *= up.stride
+        return hop
+
+    @torch.inference_mode()
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = self.first(mel.transpose(1, 2))
+        for up, stacks in self.blocks:
+            x = up(F.leaky_relu(x, self.alpha))
+            for stack in stacks:
+                x = stack(x)
+        bands = torch.tanh(self.last(F.leaky_relu(x, self.alpha)))
+        if self.emulate_int8 and self.subband_scale:
+            bands = torch.clamp(torch.round(bands / self.subband_scale), -128, 127) * self.subband_scale
+        up = F.conv_transpose1d(bands, self.synthesis_up, stride=self.subbands)
+        taps = self.synthesis_filter.shape[-1]
+        up = F.pad(up, ((taps - 1) // 2, taps // 2))
+        return F.conv1d(up, self.synthesis_filter)[0, 0]
+
+    @classmethod
+    def from_tflite(cls, model: TFLiteModel) -> "MBMelGAN":
+        """Rebuild the generator and PQMF from the operators of ``model``."""
+        convs = [op for op in model.ops if op.kind == "CONV_2D"]
+        tconvs = [op for op in model.ops if op.kind == "TRANSPOSE_CONV"]
+        leaky = [op for op in model.ops if op.kind == "LEAKY_RELU"]
+        if len(tconvs) < 2 or not leaky:
+            raise EngineError(f"{model.path.name} does not look like a multi-band MelGAN")
+        alpha = model.leaky_relu_alpha(leaky[0])
+        *upsamplers, pqmf_up = tconvs
+        pqmf_conv = convs[-1]
+
+        def conv(op: Op) -> _Conv:
+            weight, *extra = model.const_inputs(op)
+            bias = np.zeros(weight.shape[0], np.float32)
+            for part in (*extra, model.bias_after(op)):
+                if part is not None and part.size == bias.size:
+                    bias = bias + part
+            return _Conv(_conv_weight(weight), torch.from_numpy(bias), *_padding_and_dilation(model, op))
+
+        def upsample(op: Op) -> _Upsample:
+            weight = model.const_inputs(op)[0]  # [output_shape] is not constant; the filter is
+            bias = model.bias_after(op)
+            bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
+            stride_h, stride_w = model.transpose_conv_stride(op)
+            time_axis = 1 if stride_h >= stride_w else 2
+            return _Upsample(_tconv_weight(weight, time_axis), torch.from_numpy(bias), max(stride_h, stride_w))
+
+        stage_of = lambda op: (model.name(op.outputs[0]).split("/") + [""])[1]  # noqa: E731
+        blocks: list[tuple[_Upsample, list[_ResidualStack]]] = []
+        for i, up in enumerate(upsamplers):
+            stage = f"residual_stack_._{i}."
+            names = sorted({stage_of(op) for op in convs if stage_of(op).startswith(stage)})
+            stacks = []
+            for name in names:
+                ops = [op for op in convs if stage_of(op) == name]
+                shortcut = [op for op in ops if "/shortcut/" in model.name(op.outputs[0])]
+                body = [op for op in ops if op not in shortcut]
+                if len(shortcut) != 1 or len(body) != 2:
+                    raise EngineError(f"{model.path.name}: unexpected layout of {name}")
+                stacks.append(_ResidualStack(conv(shortcut[0]), conv(body[0]), conv(body[1]), alpha))
+            if not stacks:
+                raise EngineError(f"{model.path.name}: no residual stacks after upsampler {i}")
+            blocks.append((upsample(up), stacks))
+        first, last = conv(convs[0]), conv(convs[-2])
+        quant = [op for op in model.ops if op.kind == "QUANTIZE"]
+        subband_scale = model.quant_scale(quant[0].outputs[0]) if quant else None
+        synthesis_up = upsample(pqmf_up).weight
+        filt = model.const_inputs(pqmf_conv)[0]  # [1, 1, taps, subbands]
+        synthesis_filter = _conv_weight(filt)
+        subbands = int(synthesis_up.shape[0])
+        return cls(first, blocks, last, synthesis_up, synthesis_filter, subbands, alpha, subband_scale).eval()
+
+
+def _padding_and_dilation(model: TFLiteModel, conv: Op) -> tuple[int, int]:
+    """Walk back from a conv to its reflection pad and space-to-batch (dilation)."""
+    pad, dilation = 0, 1
+    tensor = conv.inputs[0]
+    for _ in range(4):
+        op = model.producer(tensor)
+        if op is None:
+            break
+        if op.kind == "SPACE_TO_BATCH_ND":
+            dilation = int(model.const(op.inputs[1]).reshape(-1)[0])
+        elif op.kind == "MIRROR_PAD":
+            pad = int(model.const(op.inputs[1])[1, 0])
+            break
+        elif op.kind != "EXPAND_DIMS":
+            break
+        tensor = op.inputs[0]
+    return pad, dilation

@@ -1,0 +1,137 @@
+"""The production engine: ModelScope Sambert-HifiGan from a local model directory.
+
+The pipeline is built from ``[engine] model_dir`` (the model cache that
+``ttsha replicate`` copies to the standby), never from the hub: the hub is
+switched off before modelscope is imported. Emotion is passed through SSML,
+with the user's text escaped. The pipeline answers with WAV bytes, decoded
+here with soundfile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from ..audio import resample
+from ..errors import EngineError
+from .base import Engine, EngineInfo
+
+log = logging.getLogger(__name__)
+
+#: Voices of the multi-emotion Sambert-HifiGan family.
+VOICES = ("zhitian_emo", "zhiyan_emo", "zhizhe_emo", "zhibei_emo")
+#: Emotion categories the *_emo voices accept in SSML.
+EMOTIONS = ("neutral", "happy", "sad", "angry", "fear", "surprise", "disgust")
+
+_MODEL_FILES = ("configuration.json",)
+
+
+def ssml(text: str, emotion: str, intensity: float = 1.0) -> str:
+    """Wrap text in the SSML the Sambert front end reads; the text is XML-escaped."""
+    if emotion == "neutral":
+        return escape(text)
+    return f'<speak><emotion category="{emotion}" intensity="{intensity:.2f}">{escape(text)}</emotion></speak>'
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A short hash of the model directory's file names, sizes and mtimes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        st = path.stat()
+        digest.update(f"{path.relative_to(model_dir)}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+class SambertEngine(Engine):
+    """ModelScope's text-to-speech pipeline, loaded offline from ``model_dir``."""
+
+    name = "sambert"
+    # The pipeline has no rate control; stretching its output would be a
+    # different product, so other speeds are refused with a clear reason.
+    speed_range = (1.0, 1.0)
+
+    def __init__(self, model_dir: Path, voices: tuple[str, ...] = VOICES, default_voice: str = "zhitian_emo"):
+        super().__init__()
+        self.model_dir = Path(model_dir)
+        self.voices = voices
+        self.default_voice = default_voice
+        # The pipeline keeps per-call state in its front end: one call at a time.
+        self._lock = threading.Lock()
+
+    def _load(self) -> EngineInfo:
+        if not self.model_dir.is_dir():
+            raise EngineError(
+                f"Sambert model directory {self.model_dir} does not exist; copy the model there "
+                "(e.g. 'ttsha replicate --once models' from the primary) or set [engine] model_dir"
+            )
+        missing = [name for name in _MODEL_FILES if not (self.model_dir / name).exists()]
+        if missing:
+            raise EngineError(f"{self.model_dir} is not a ModelScope model directory (missing {', '.join(missing)})")
+        # Offline: never reach for the hub, whatever the environment says.
+        os.environ["MODELSCOPE_OFFLINE"] = "1"
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from modelscope.pipelines import pipeline
+            from modelscope.utils.constant import Tasks
+        except ImportError as exc:
+            raise EngineError(
+                f"engine 'sambert' needs modelscope and its TTS extras ({exc}); "
+                "install them with: pip install 'ttsha[sambert]' kantts ttsfrd "
+                "(ModelScope's audio wheels), or use engine = \"embedded\""
+            ) from exc
+        try:
+            self._pipeline = pipeline(task=Tasks.text_to_speech, model=str(self.model_dir))
+        except Exception as exc:  # modelscope raises many kinds
+            raise EngineError(f"cannot load the Sambert pipeline from {self.model_dir}: {exc}") from exc
+        if self.default_voice not in self.voices:
+            raise EngineError(f"default voice {self.default_voice!r} is not among {self.voices}")
+        return EngineInfo(
+            engine=self.name,
+            model_id=self.model_dir.name,
+            model_version=model_fingerprint(self.model_dir),
+            sample_rate=self._probe_rate(),
+            voices=self.voices,
+            emotions=EMOTIONS,
+            default_voice=self.default_voice,
+        )
+
+    def _probe_rate(self) -> int:
+        """The model's output rate, from its configuration (16 kHz for the *_16k models)."""
+        import json
+
+        try:
+            config = json.loads((self.model_dir / "configuration.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 16000
+        rate = config.get("model", {}).get("sample_rate") or config.get("sample_rate")
+        if isinstance(rate, int) and rate > 0:
+            return rate
+        return 48000 if "48k" in self.model_dir.name else 16000
+
+    def _synthesize_piece(self, text: str, voice: str, emotion: str, speed: float) -> np.ndarray:
+        import soundfile as sf
+        from modelscope.outputs import OutputKeys
+
+        with self._lock:
+            try:
+                out = self._pipeline(input=ssml(text, emotion), voice=voice)
+            except Exception as exc:
+                raise EngineError(f"Sambert synthesis failed: {exc}") from exc
+        wav = out.get(OutputKeys.OUTPUT_WAV) if isinstance(out, dict) else None
+        if not isinstance(wav, (bytes, bytearray)) or not wav:
+            raise EngineError("Sambert pipeline returned no WAV bytes")
+        try:
+            samples, rate = sf.read(io.BytesIO(bytes(wav)), dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise EngineError(f"Sambert pipeline returned undecodable audio: {exc}") from exc
+        samples = samples.mean(axis=1)
+        if rate != self.info.sample_rate:
+            samples = resample(samples, rate, self.info.sample_rate)
+        return samples
