@@ -66,12 +66,13 @@ def patched_fastspeech2(asset_dir: Path, out_dir: Path) -> Path:
 class Reference:
     """The original networks under the TFLite interpreter."""
 
-    def __init__(self, asset_dir: Path) -> None:
+    def __init__(self, asset_dir: Path, threads: int | None = None) -> None:
         import tensorflow as tf
 
         self._tmp = tempfile.TemporaryDirectory()
-        self.acoustic = tf.lite.Interpreter(model_path=str(patched_fastspeech2(asset_dir, Path(self._tmp.name))))
-        self.vocoder = tf.lite.Interpreter(model_path=str(asset_dir / "mb_melgan.tflite"))
+        patched = patched_fastspeech2(asset_dir, Path(self._tmp.name))
+        self.acoustic = tf.lite.Interpreter(model_path=str(patched), num_threads=threads)
+        self.vocoder = tf.lite.Interpreter(model_path=str(asset_dir / "mb_melgan.tflite"), num_threads=threads)
 
     def mel(self, ids: list[int], speed: float = 1.0, f0: float = 1.0, energy: float = 1.0) -> dict:
         it = self.acoustic
@@ -130,9 +131,10 @@ def bench(asset_dir: Path, ids_json: Path, out: Path, repeat: int = 3) -> None:
     """Time the original pair on the given sequences and write seconds as JSON."""
     import resource
 
-    ref = Reference(asset_dir)
-    cases = json.loads(ids_json.read_text())
+    threads = int(os.environ.get("BENCH_THREADS", "0")) or None
     t0 = time.perf_counter()
+    ref = Reference(asset_dir, threads)
+    cases = json.loads(ids_json.read_text())
     ref.wave(ref.mel(next(iter(cases.values()))["ids"])["mel_after"])
     cold = time.perf_counter() - t0
     audio = 0.0

@@ -78,7 +78,8 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes."""
     try:
-        cli.main(args=argv, prog_name="ttsha", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(code) values instead of exiting.
+        result = cli.main(args=argv, prog_name="ttsha", standalone_mode=False)
     except TTSHAError as exc:
         from rich.console import Console
 
@@ -98,4 +99,4 @@ def main(argv: list[str] | None = None) -> int:
         # stdout closed early (ttsha synth ... -o - | head): not our failure.
         sys.stderr.close()
         return 0
-    return 0
+    return result if isinstance(result, int) else 0

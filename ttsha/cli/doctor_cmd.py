@@ -32,6 +32,10 @@ def doctor(ctx: Context) -> None:
     for check in results:
         style = _STYLE.get(check.status, "")
         table.add_row(check.name, f"[{style}]{check.status}[/]", check.detail, check.hint)
-    Console(soft_wrap=False).print(table)
+    # Piped output (logs, CI) is not wrapped at 80 columns: hints stay on one line.
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
     if any(check.status == checks.FAIL for check in results):
         raise click.exceptions.Exit(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ class Engine(abc.ABC):
     name: str = "?"
     #: Accepted ``speed`` values (1.0 normal, 2.0 twice as fast).
     speed_range: tuple[float, float] = (0.5, 2.0)
+    #: Engines without a text normalizer of their own get ttsha's.
+    normalize_text: bool = True
+    #: Characters that make a piece worth synthesizing.
+    speakable = re.compile(r"[\u4e00-\u9fff]")
 
     def __init__(self) -> None:
         self._info: EngineInfo | None = None
@@ -122,7 +127,8 @@ class Engine(abc.ABC):
 
     def pieces(self, text: str) -> list[Piece]:
         """Normalized pieces of ``text``; refuses text with nothing to say."""
-        pieces = split_sentences(normalize(require_text(text)))
+        text = require_text(text)
+        pieces = split_sentences(normalize(text) if self.normalize_text else text, speakable=self.speakable)
         if not pieces:
             raise InputError("text has nothing to say (no Chinese characters)", code="nothing_to_say")
         return pieces

@@ -151,13 +151,18 @@ class Piece:
     pause_s: float
 
 
-def split_sentences(text: str, clause_pause: float = 0.15, sentence_pause: float = 0.3) -> list[Piece]:
-    """Cut normalized text at punctuation; pieces without speakable characters are dropped."""
+def split_sentences(
+    text: str,
+    clause_pause: float = 0.15,
+    sentence_pause: float = 0.3,
+    speakable: re.Pattern[str] = _HAN,
+) -> list[Piece]:
+    """Cut text at punctuation; pieces with nothing ``speakable`` are dropped."""
     pieces: list[Piece] = []
     buf = ""
     for char in text + "。":
         if char in _SENTENCE_END or char in _CLAUSE_END or char == "\n":
-            if _HAN.search(buf):
+            if speakable.search(buf):
                 pause = clause_pause if char in _CLAUSE_END else sentence_pause
                 pieces.append(Piece(buf.strip(), pause))
             buf = ""
@@ -199,7 +204,8 @@ class PhoneMapper:
         skipped: list[str] = []
 
         def keep_unknown(chunk: str) -> list[str]:
-            skipped.extend(c for c in chunk if not c.isspace())
+            # Punctuation and spaces are silent by nature; anything else is news.
+            skipped.extend(c for c in chunk if unicodedata.category(c)[0] not in "PZC")
             return []
 
         for syllable in lazy_pinyin(

@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -56,6 +57,9 @@ class SambertEngine(Engine):
     # The pipeline has no rate control; stretching its output would be a
     # different product, so other speeds are refused with a clear reason.
     speed_range = (1.0, 1.0)
+    # The Sambert front end (ttsfrd) normalizes text itself and reads Latin letters.
+    normalize_text = False
+    speakable = re.compile(r"[\u4e00-\u9fffA-Za-z0-9]")
 
     def __init__(self, model_dir: Path, voices: tuple[str, ...] = VOICES, default_voice: str = "zhitian_emo"):
         super().__init__()

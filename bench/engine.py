@@ -1,0 +1,140 @@
+"""Engine benchmark: ttsha's torch port vs the original .tflite pair, same run.
+
+Both synthesize the same phone-id sequences (from ttsha's front end) with the
+same thread count, each in a fresh process so peak RSS and cold start are
+their own. The original needs the dev-only reference venv (``make
+reference-venv``); without it only ttsha's figures are reported.
+
+    python bench/engine.py [--repeat N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REF_PYTHON = Path(os.environ.get("TTSHA_REFERENCE_PYTHON", ROOT / ".venv-reference" / "bin" / "python"))
+
+SENTENCES = [
+    "欢迎使用语音合成服务",
+    "当主节点失去响应时网关会在两秒内把流量切换到备用节点",
+    "今天是二零二六年十一月二十三日星期一天气晴朗气温零下三度",
+    "语音合成服务已经成为智能客服有声阅读和虚拟主播等产品链路中的关键环节一旦服务中断将直接影响用户体验",
+    "你好",
+]
+
+
+def _ids() -> dict[str, dict]:
+    from ttsha.engine.embedded import find_asset_dir
+    from ttsha.engine.frontend import PhoneMapper
+
+    mapper = PhoneMapper.from_file(find_asset_dir() / "baker_mapper.json")
+    return {f"s{i}": {"ids": mapper.ids(text)} for i, text in enumerate(SENTENCES)}
+
+
+def child(ids_json: Path, out: Path, repeat: int, threads: int) -> None:
+    """Runs in a fresh process: load, one cold synthesis, then timed warm runs."""
+    import torch
+
+    from ttsha.engine.embedded import EmbeddedEngine, Prosody
+
+    t0 = time.perf_counter()
+    engine = EmbeddedEngine(threads=threads)
+    engine.load()
+    cases = json.loads(ids_json.read_text())
+
+    def one(ids: list[int]) -> int:
+        mel = engine.mel(ids, Prosody())
+        return len(engine.vocoder(torch.from_numpy(mel)[None]))
+
+    one(next(iter(cases.values()))["ids"])
+    cold = time.perf_counter() - t0
+    samples = 0
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        for case in cases.values():
+            samples += one(case["ids"])
+    elapsed = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out.write_text(json.dumps({"seconds": elapsed, "audio_seconds": samples / 24000, "cold_seconds": cold, "peak_rss": rss}))
+
+
+def measure(repeat: int = 3, threads: int = 2) -> dict:
+    """Both engines' figures, side by side."""
+    from ttsha.engine.embedded import find_asset_dir
+
+    results: dict = {"threads": threads, "repeat": repeat, "sentences": len(SENTENCES)}
+    with tempfile.TemporaryDirectory() as tmp:
+        ids = Path(tmp) / "ids.json"
+        ids.write_text(json.dumps(_ids()))
+        ours = Path(tmp) / "ours.json"
+        subprocess.run(
+            [sys.executable, __file__, "--child", str(ids), str(ours), "--repeat", str(repeat), "--threads", str(threads)],
+            check=True,
+        )
+        results["ttsha"] = json.loads(ours.read_text())
+        if REF_PYTHON.exists():
+            ref = Path(tmp) / "ref.json"
+            subprocess.run(
+                [str(REF_PYTHON), str(ROOT / "tools" / "tflite_reference.py"), "bench", str(find_asset_dir()), str(ids), str(ref)],
+                check=True,
+                env={**os.environ, "BENCH_THREADS": str(threads)},
+                stderr=subprocess.DEVNULL,
+            )
+            results["original"] = json.loads(ref.read_text())
+    for name in ("ttsha", "original"):
+        if name in results:
+            r = results[name]
+            r["rtf"] = r["seconds"] / r["audio_seconds"]
+    if "original" in results:
+        results["speedup"] = results["original"]["rtf"] / results["ttsha"]["rtf"]
+        results["rss_ratio"] = results["ttsha"]["peak_rss"] / results["original"]["peak_rss"]
+        results["cold_ratio"] = results["ttsha"]["cold_seconds"] / results["original"]["cold_seconds"]
+    return results
+
+
+def table(results: dict) -> list[str]:
+    """Markdown rows for the report."""
+    rows = [
+        "| metric | ttsha (torch) | original (.tflite, TF 2.15) | ratio |",
+        "|---|---|---|---|",
+    ]
+    ours, ref = results["ttsha"], results.get("original")
+
+    def cell(r, key, fmt):
+        return fmt.format(r[key]) if r else "n/a (no reference venv)"
+
+    rows.append(f"| real-time factor (lower is faster) | {ours['rtf']:.4f} | {cell(ref, 'rtf', '{:.4f}')} | "
+                + (f"{results['speedup']:.2f}x faster |" if ref else "|"))
+    rows.append(f"| peak RSS | {ours['peak_rss'] / 2**20:.0f} MiB | "
+                + (f"{ref['peak_rss'] / 2**20:.0f} MiB | {results['rss_ratio']:.2f} |" if ref else "n/a | |"))
+    rows.append(f"| cold start (load + first sentence) | {ours['cold_seconds']:.2f} s | "
+                + (f"{ref['cold_seconds']:.2f} s | {results['cold_ratio']:.2f} |" if ref else "n/a | |"))
+    rows.append(f"| audio synthesized | {ours['audio_seconds']:.1f} s | " + (f"{ref['audio_seconds']:.1f} s | |" if ref else "n/a | |"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", nargs=2, type=Path, metavar=("IDS", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, args.repeat, args.threads)
+        return
+    results = measure(args.repeat, args.threads)
+    print("\n".join(table(results)))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

