@@ -44,4 +44,5 @@ def setup(verbose: int = 0, force_plain: bool = False) -> None:
         handler.setFormatter(_KeyValueFormatter())
     root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("jieba").setLevel(logging.WARNING)
+    # werkzeug's per-request lines carry terminal colours; ttsha keeps metrics instead.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING if verbose < 2 else logging.INFO)

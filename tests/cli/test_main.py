@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -29,9 +30,9 @@ def test_version(capsys):
 def test_help_lists_commands_with_examples(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for name in ("synth", "voices", "config", "doctor"):
+    for name in ("synth", "voices", "config", "doctor", "serve", "gc"):
         assert name in out
-    for name in ("synth", "voices", "config", "doctor"):
+    for name in ("synth", "voices", "config", "doctor", "serve", "gc"):
         code, out, _ = run(capsys, name, "--help")
         assert code == 0 and "Example" in out, name
 
@@ -171,3 +172,22 @@ def test_doctor(capsys, tmp_path):
 def test_no_command_prints_usage(capsys):
     code, out, err = run(capsys)
     assert "Usage" in out + err
+
+
+def test_gc_dry_run_then_delete(capsys, tmp_path):
+    from ttsha.store import AudioStore, result_id
+
+    store = AudioStore(tmp_path / "audio")
+    rid = result_id(engine="e", model_version="v", voice="x", emotion="neutral", speed=1.0, sample_rate=1, text="旧")
+    store.put(rid, b"RIFF", {})
+    old = time.time() - 30 * 86400
+    for path in (store.audio_path(rid), store.meta_path(rid)):
+        os.utime(path, (old, old))
+    code, out, err = run(capsys, "gc", "--store", str(store.root), "--older-than", "7d")
+    assert code == 0 and f"would remove {rid}" in out and "dry run" in err
+    assert store.get(rid) is not None
+    code, out, err = run(capsys, "gc", "--store", str(store.root), "--older-than", "7d", "--yes")
+    assert code == 0 and f"removed {rid}" in out
+    assert store.get(rid) is None
+    code, _, err = run(capsys, "gc", "--older-than", "soon")
+    assert code == 2 and "--older-than" in err

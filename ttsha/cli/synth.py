@@ -59,6 +59,9 @@ def _write_wav(path: str, samples, rate: int) -> None:
             sf.write(f, samples, rate, format="WAV", subtype="PCM_16")
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a user expects
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

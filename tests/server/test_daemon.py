@@ -1,0 +1,164 @@
+"""``ttsha serve`` as a process: sd_notify, watchdog, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import soundfile as sf
+
+from ttsha.server import daemon as daemon_module
+
+EXE = Path(sys.executable).with_name("ttsha")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    yield sock, path
+    sock.close()
+
+
+def messages(sock, until, timeout=60.0):
+    """Collect notifications until one contains ``until``."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+        if until in got[-1]:
+            return got
+    raise AssertionError(f"no {until!r} within {timeout} s; got {got}")
+
+
+def start_serve(tmp_path, port, extra_env=None, config=""):
+    cfg = tmp_path / "ttsha.toml"
+    cfg.write_text(f'[serve]\nport = {port}\ndrain_timeout = "20s"\n[store]\npath = "{tmp_path}/audio"\n{config}')
+    env = {**os.environ, **(extra_env or {})}
+    return subprocess.Popen([str(EXE), "--config", str(cfg), "serve"], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def get(port, path, timeout=5.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_sd_notify_ready_watchdog_stopping(tmp_path, notify_socket):
+    sock, path = notify_socket
+    port = free_port()
+    proc = start_serve(tmp_path, port, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    try:
+        messages(sock, "READY=1")
+        # READY only after warm-up: the canary has already synthesized.
+        status, body = get(port, "/health")
+        health = json.loads(body)
+        assert status == 200 and health["status"] == "ready" and health["last_synth_ok_at"]
+        pings = messages(sock, "WATCHDOG=1", timeout=5)
+        assert pings[-1] == "WATCHDOG=1"
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in messages(sock, "STOPPING=1", timeout=10)[-1]
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigterm_drains_a_request_in_flight(tmp_path):
+    port = free_port()
+    proc = start_serve(tmp_path, port)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if get(port, "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("serve never became ready")
+        text = "当主节点失去响应时，网关会在两秒内把流量切换到备用节点，客户端不会看到任何失败的请求。" * 3
+        result = {}
+
+        def long_request():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            result["status"], result["body"] = resp.status, resp.read()
+
+        client = threading.Thread(target=long_request)
+        client.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and json.loads(get(port, "/health")[1])["workers_busy"] == 0:
+            time.sleep(0.02)
+        assert json.loads(get(port, "/health")[1])["workers_busy"] == 1, "the request never started"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(OSError):  # no new connections while draining
+            get(port, "/health", timeout=2)
+        client.join(60)
+        assert result["status"] == 200
+        samples, rate = sf.read(io.BytesIO(result["body"]))
+        assert len(samples) / rate > 10
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_watchdog_withheld_when_workers_are_wedged(tmp_path, notify_socket, monkeypatch):
+    from .conftest import SERVE, FakeEngine, Node
+
+    sock, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setattr(daemon_module, "STUCK_AFTER_S", 0.3)
+    engine = FakeEngine()
+    node = Node(engine, tmp_path / "store", SERVE)
+    stop = threading.Event()
+    fake_daemon = SimpleNamespace(service=node.service, _stop=stop)
+    thread = threading.Thread(target=daemon_module.ServeDaemon._watchdog, args=(fake_daemon, 0.05), daemon=True)
+    thread.start()
+    try:
+        assert "WATCHDOG=1" in messages(sock, "WATCHDOG=1", timeout=2)[-1]
+        engine.gate.clear()
+        engine.started.clear()
+        threading.Thread(target=node.client.synth, kwargs={"text": "卡住"}, daemon=True).start()
+        assert engine.started.wait(5)
+        time.sleep(0.5)  # the job is now older than STUCK_AFTER_S
+        while True:  # drain pings sent before the job got stuck
+            try:
+                sock.recv(4096)
+            except TimeoutError:
+                break
+        with pytest.raises(TimeoutError):
+            for _ in range(5):
+                sock.recv(4096)
+        engine.gate.set()
+        assert "WATCHDOG=1" in messages(sock, "WATCHDOG=1", timeout=2)[-1]
+    finally:
+        stop.set()
+        node.close()

@@ -1,0 +1,330 @@
+"""The WSGI application of ``ttsha serve`` (werkzeug, no framework).
+
+Routes::
+
+    POST /v1/synthesize         JSON {text, voice?, emotion?, speed?, format?, stream?}
+    GET  /v1/synthesize?text=…  the same, for curl
+    POST /v1/audio/speech       OpenAI-compatible {model, input, voice, response_format, speed?}
+    GET  /v1/audio/<id>.wav     a stored result (HEAD and Range supported)
+    GET  /v1/voices             engine, voices, emotions
+    GET  /health                readiness, from memory
+    GET  /metrics               Prometheus text format
+    GET  /                      a minimal web page
+
+Every error is JSON: ``{"error": code, "message": text}`` with its 4xx/5xx.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.utils import send_file
+from werkzeug.wrappers import Request, Response
+
+from ..errors import EngineError, InputError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .page import PAGE
+from .pool import Overloaded
+from .service import Service, SynthRequest
+
+log = logging.getLogger(__name__)
+
+WAV_HEADER_BYTES = 44
+#: OpenAI voice names map to the engine's default voice so clients work unchanged.
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
+)
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a JSON body."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(description=message)
+        self.code = status
+        self.error = code
+        self.extra_headers = headers or {}
+
+    def get_response(self, environ=None, scope=None) -> Response:  # type: ignore[override]
+        body = json.dumps({"error": self.error, "message": self.description}, ensure_ascii=False)
+        return Response(body, status=self.code, mimetype="application/json", headers=self.extra_headers)
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False), status=status, mimetype="application/json")
+
+
+class App:
+    """``create_app(service)`` returns one; call it as a WSGI application."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.url_map = Map(
+            [
+                Rule("/", endpoint="page", methods=["GET"]),
+                Rule("/health", endpoint="health", methods=["GET"]),
+                Rule("/metrics", endpoint="metrics", methods=["GET"]),
+                Rule("/v1/voices", endpoint="voices", methods=["GET"]),
+                Rule("/v1/synthesize", endpoint="synthesize", methods=["GET", "POST"]),
+                Rule("/v1/audio/speech", endpoint="openai_speech", methods=["POST"]),
+                Rule("/v1/audio/<rid>.wav", endpoint="audio", methods=["GET"]),
+            ],
+            strict_slashes=False,
+        )
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._idle = threading.Condition(self._active_lock)
+
+    # -- WSGI ------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        self._enter()  # counted from arrival: a drain waits for requests mid-synthesis too
+        try:
+            body = self._respond(environ)(environ, start_response)
+        except BaseException:
+            self._leave()
+            raise
+        return _Tracked(body, self._leave)
+
+    def _respond(self, environ) -> Response:
+        request = Request(environ)
+        request.max_content_length = self.service.serve.max_body_bytes
+        adapter = self.url_map.bind_to_environ(environ)
+        route = "unknown"
+        try:
+            endpoint, args = adapter.match()
+            route = endpoint
+            response = getattr(self, f"on_{endpoint}")(request, **args)
+        except ApiError as exc:
+            response = exc.get_response()
+        except HTTPException as exc:
+            response = ApiError(exc.code or 500, _slug(exc.name), exc.description or exc.name).get_response()
+            if exc.code == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
+                response.headers["Allow"] = ", ".join(exc.valid_methods)
+        except Exception:
+            log.exception("unhandled error on %s", request.path)
+            response = ApiError(500, "internal_error", "internal error; see the server log").get_response()
+        self.service.metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    def _enter(self) -> None:
+        with self._active_lock:
+            self._active += 1
+
+    def _leave(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.notify_all()
+
+    @property
+    def active_requests(self) -> int:
+        with self._active_lock:
+            return self._active
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no response is being sent (drain on SIGTERM)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    # -- routes ----------------------------------------------------------
+    def on_page(self, request: Request) -> Response:
+        return Response(PAGE, mimetype="text/html")
+
+    def on_health(self, request: Request) -> Response:
+        status, body = self.service.health()
+        return _json(body, status)
+
+    def on_metrics(self, request: Request) -> Response:
+        self.service._update_gauges()
+        return Response(self.service.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+    def on_voices(self, request: Request) -> Response:
+        info = self._ready_engine()
+        return _json(
+            {
+                "engine": info.engine,
+                "model_id": info.model_id,
+                "model_version": info.model_version,
+                "sample_rate": info.sample_rate,
+                "default_voice": info.default_voice,
+                "voices": list(info.voices),
+                "emotions": list(info.emotions),
+            }
+        )
+
+    def on_synthesize(self, request: Request) -> Response:
+        if request.method == "GET":
+            data: dict[str, Any] = dict(request.args)
+            if "speed" in data:
+                data["speed"] = _number(data["speed"], "speed")
+            data["stream"] = request.args.get("stream") in ("1", "true", "yes")
+        else:
+            data = self._json_body(request)
+            if request.args.get("stream") in ("1", "true", "yes"):
+                data["stream"] = True
+        fmt = data.get("format", "wav")
+        if fmt not in ("wav", "pcm"):
+            raise ApiError(400, "bad_format", f"format must be 'wav' or 'pcm', got {fmt!r}")
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, "bad_stream", "stream must be true or false")
+        req = self._validate(data.get("text"), data.get("voice"), data.get("emotion"), data.get("speed"))
+        wants_json = request.args.get("return") == "json" or (
+            request.accept_mimetypes.best_match(["audio/wav", "application/json"]) == "application/json"
+            and "application/json" in request.headers.get("Accept", "")
+        )
+        if stream and not wants_json:
+            return self._stream(request, req, fmt)
+        stored, cached = self._result(req)
+        if wants_json:
+            return _json(
+                {
+                    "id": stored.id,
+                    "url": f"/v1/audio/{stored.id}.wav",
+                    "duration_s": stored.meta.get("duration_s"),
+                    "sample_rate": stored.meta.get("sample_rate"),
+                    "cached": cached,
+                    "engine": stored.meta.get("engine"),
+                    "voice": req.voice,
+                }
+            )
+        return self._audio_response(request, stored, fmt, cached)
+
+    def on_openai_speech(self, request: Request) -> Response:
+        data = self._json_body(request)
+        fmt = data.get("response_format", "wav")
+        if fmt not in ("wav", "pcm"):
+            raise ApiError(400, "bad_format", f"response_format must be 'wav' or 'pcm' (got {fmt!r})")
+        voice = data.get("voice")
+        if isinstance(voice, str) and voice in OPENAI_VOICES:
+            voice = None
+        req = self._validate(data.get("input"), voice, data.get("emotion"), data.get("speed"))
+        if data.get("stream") is True:
+            return self._stream(request, req, fmt)
+        stored, cached = self._result(req)
+        return self._audio_response(request, stored, fmt, cached)
+
+    def on_audio(self, request: Request, rid: str) -> Response:
+        stored = self.service.store.get(rid)
+        if stored is None:
+            raise ApiError(404, "not_found", f"no audio with id {rid!r}")
+        return self._audio_response(request, stored, "wav", cached=True)
+
+    # -- helpers ---------------------------------------------------------
+    def _ready_engine(self):
+        if self.service.readiness.status in ("starting", "failed"):
+            raise ApiError(503, "starting", "the model is still loading", {"Retry-After": "5"})
+        return self.service.engine.info
+
+    def _json_body(self, request: Request) -> dict[str, Any]:
+        raw = request.get_data(cache=False)  # RequestEntityTooLarge past max_body_bytes
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "invalid_utf8", "the request body is not UTF-8") from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_json", f"the request body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+        return data
+
+    def _validate(self, text: Any, voice: Any, emotion: Any, speed: Any) -> SynthRequest:
+        self._ready_engine()
+        try:
+            return self.service.validate(text, voice, emotion, speed)
+        except InputError as exc:
+            raise ApiError(400, exc.code, exc.message) from None
+
+    def _result(self, req: SynthRequest):
+        found = self.service.lookup(req)
+        if found is not None:
+            return found, True
+        try:
+            return self.service.synthesize(req), False
+        except Overloaded as exc:
+            raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        except InputError as exc:
+            raise ApiError(400, exc.code, exc.message) from None
+        except EngineError as exc:
+            raise ApiError(500, "engine_error", exc.message) from None
+
+    def _stream(self, request: Request, req: SynthRequest, fmt: str) -> Response:
+        found = self.service.lookup(req)
+        if found is not None:
+            return self._audio_response(request, found, fmt, cached=True)
+        try:
+            body = self.service.stream(req, fmt)
+        except Overloaded as exc:
+            raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        rate = self.service.engine.info.sample_rate
+        mimetype = "audio/wav" if fmt == "wav" else "audio/L16"
+        response = Response(body, mimetype=mimetype, direct_passthrough=True)
+        response.headers.update({"X-Audio-Id": req.id, "X-Sample-Rate": str(rate), "X-Cache": "MISS"})
+        return response
+
+    def _audio_response(self, request: Request, stored, fmt: str, cached: bool) -> Response:
+        headers = {
+            "X-Audio-Id": stored.id,
+            "X-Cache": "HIT" if cached else "MISS",
+            "X-Sample-Rate": str(stored.meta.get("sample_rate", "")),
+        }
+        if fmt == "pcm":
+            with open(stored.path, "rb") as f:
+                pcm = f.read()[WAV_HEADER_BYTES:]
+            response = Response(pcm, mimetype="audio/L16")
+        else:
+            response = send_file(
+                stored.path,
+                request.environ,
+                mimetype="audio/wav",
+                conditional=True,
+                etag=stored.id,
+                max_age=86400,
+            )
+        response.headers.update(headers)
+        return response
+
+
+class _Tracked:
+    """Wraps a response body so the app knows when it has been sent."""
+
+    def __init__(self, body, done) -> None:
+        self._body = body
+        self._done = done
+        self._closed = False
+
+    def __iter__(self):
+        return iter(self._body)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if hasattr(self._body, "close"):
+                self._body.close()
+        finally:
+            self._done()
+
+
+def _number(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ApiError(400, f"bad_{name}", f"{name} must be a number, got {value!r}") from None
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "_")
+
+
+def create_app(service: Service) -> App:
+    """The WSGI app for ``service`` (tests drive it in-process or on a real socket)."""
+    return App(service)

@@ -1,0 +1,123 @@
+"""The ``ttsha serve`` daemon: bind at once, load and warm up, serve, drain.
+
+Signals are fed into the main loop: SIGTERM/SIGINT stop (new connections
+are refused, in-flight requests finish within ``drain_timeout``, exit 0),
+SIGHUP re-reads the configuration for what can change without a restart.
+Under systemd: READY=1 after warm-up, WATCHDOG=1 from a thread that checks
+the synthesis workers, STOPPING=1 on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from werkzeug.serving import make_server
+
+from .. import systemd
+from ..config import Config, load
+from ..engine import create_engine
+from ..errors import TTSHAError
+from ..store import AudioStore
+from .app import create_app
+from .service import STUCK_AFTER_S, Service
+
+log = logging.getLogger(__name__)
+
+
+class ServeDaemon:
+    def __init__(self, config: Config, host: str, port: int, store_dir: Path) -> None:
+        self.config = config
+        self.host, self.port = host, port
+        store = AudioStore(store_dir)
+        store.ensure()
+        engine = create_engine(config.engine, workers=config.serve.workers)
+        self.service = Service(config.serve, engine, store)
+        self.app = create_app(self.service)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        try:
+            self.server = make_server(host, port, self.app, threaded=True)
+        except OSError as exc:
+            raise TTSHAError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.server.daemon_threads = True
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2]
+
+    def _signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def _watchdog(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            if self.service.pool.healthy(STUCK_AFTER_S):
+                systemd.watchdog_ping()
+            else:
+                log.error("synthesis workers are wedged; withholding the watchdog ping")
+
+    def _load(self) -> None:
+        try:
+            self.service.start()
+            info = self.service.engine.info
+            systemd.ready(f"serving {info.engine} {info.model_version} on {self.host}:{self.port}")
+            log.info("ready engine=%s model_version=%s", info.engine, info.model_version)
+        except Exception as exc:
+            log.error("start-up failed: %s", exc)
+            self._failed = exc
+            self._stop.set()
+
+    def _apply_reload(self) -> None:
+        source = self.config.source
+        systemd.reloading()
+        try:
+            new = load(source) if source else self.config
+        except TTSHAError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+        else:
+            restart_needed = [
+                name for name in ("engine", "store") if getattr(new, name) != getattr(self.config, name)
+            ]
+            if new.serve.workers != self.config.serve.workers or new.serve.port != self.config.serve.port:
+                restart_needed.append("serve.workers/port")
+            if restart_needed:
+                log.warning("reload: %s changed; restart the service to apply", ", ".join(restart_needed))
+            # Limits apply to the next request; the pool and engine stay.
+            self.service.serve = new.serve
+            self.config = new
+            log.info("configuration reloaded from %s", source or "defaults")
+        systemd.ready()
+
+    def run(self) -> int:
+        """Serve until SIGTERM; the exit code."""
+        self._failed: Exception | None = None
+        self._signals()
+        http = threading.Thread(target=self.server.serve_forever, name="http", kwargs={"poll_interval": 0.2})
+        http.start()
+        log.info("listening on http://%s:%d (loading model)", *self.address)
+        threading.Thread(target=self._load, name="load", daemon=True).start()
+        interval = systemd.watchdog_interval()
+        if interval:
+            threading.Thread(target=self._watchdog, args=(interval,), name="watchdog", daemon=True).start()
+        while not self._stop.wait(0.5):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._apply_reload()
+        drain = self.config.serve.drain_timeout
+        systemd.stopping(f"draining for up to {drain:.0f} s")
+        log.info("stopping: refusing new connections, draining in-flight requests")
+        self.server.shutdown()
+        self.server.server_close()
+        http.join()
+        drained = self.app.wait_idle(drain)
+        self.service.stop(timeout=1.0 if drained else 0.0)
+        if not drained:
+            log.warning("drain timeout: %d responses still in flight", self.app.active_requests)
+        if self._failed is not None:
+            raise TTSHAError(f"start-up failed: {self._failed}")
+        log.info("stopped")
+        return 0

@@ -1,0 +1,31 @@
+"""Prometheus metrics of one ``serve`` process (its own registry, so tests can run many)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ttsha_http_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.synthesis_seconds = Histogram(
+            "ttsha_synthesis_seconds",
+            "Time to synthesize one request (cache misses)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge("ttsha_queue_depth", "Requests waiting for a worker", registry=self.registry)
+        self.workers_busy = Gauge("ttsha_workers_busy", "Workers synthesizing now", registry=self.registry)
+        self.cache = Counter("ttsha_cache", "Synthesis cache lookups", ["result"], registry=self.registry)
+        self.audio_seconds = Counter("ttsha_audio_seconds", "Seconds of audio synthesized", registry=self.registry)
+        self.canary = Counter("ttsha_canary_runs", "Canary syntheses by outcome", ["outcome"], registry=self.registry)
+        self.engine = Info("ttsha_engine", "Loaded engine and model", registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,283 @@
+"""What one node's ``serve`` process knows: engine, store, workers, readiness.
+
+The WSGI app (:mod:`ttsha.server.app`) turns HTTP into calls on
+:class:`Service`; the daemon (:mod:`ttsha.server.daemon`) starts and stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..audio import to_pcm16, wav_bytes, wav_header
+from ..config import ServeConfig
+from ..engine import Engine
+from ..errors import EngineError, InputError
+from ..store import AudioStore, StoredResult, normalize_key_text, result_id
+from .metrics import Metrics
+from .pool import SynthesisPool
+
+log = logging.getLogger(__name__)
+
+CANARY_TEXT = "欢迎使用语音合成服务。"
+#: A job running longer than this means a wedged worker (the watchdog stops pinging).
+STUCK_AFTER_S = 300.0
+
+
+@dataclass(frozen=True)
+class SynthRequest:
+    """A validated synthesis request."""
+
+    text: str
+    voice: str
+    emotion: str
+    speed: float
+    id: str
+
+
+@dataclass
+class Readiness:
+    """Start-up and canary state, read by ``/health`` without locks or I/O."""
+
+    status: str = "starting"  # starting | ready | degraded | failed
+    reason: str = "loading model"
+    since: float = field(default_factory=time.time)
+    last_synth_ok_at: float | None = None
+    canary: dict[str, Any] = field(default_factory=dict)
+
+    def set(self, status: str, reason: str = "") -> None:
+        if status != self.status:
+            level = logging.INFO if status == "ready" else logging.WARNING
+            log.log(level, "health status=%s reason=%s", status, reason or "-")
+            self.since = time.time()
+        self.status, self.reason = status, reason
+
+
+def check_canary_audio(samples: np.ndarray, rate: int, text: str) -> str | None:
+    """Why the canary's audio is bad, or None when it is plausible speech."""
+    if samples.size == 0:
+        return "no audio"
+    duration = samples.size / rate
+    chars = sum(1 for c in text if "\u4e00" <= c <= "\u9fff")
+    if not (0.08 * chars <= duration <= 1.0 * chars + 1.0):
+        return f"implausible duration {duration:.2f} s for {chars} characters"
+    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
+    if rms < 1e-3:
+        return f"silent (rms {rms:.5f})"
+    clipped = float(np.mean(np.abs(samples) >= 0.999))
+    if clipped > 0.01:
+        return f"clipped ({clipped:.1%} of samples at full scale)"
+    return None
+
+
+class Service:
+    """Synthesis through a bounded worker pool into the content-addressed store."""
+
+    def __init__(self, serve: ServeConfig, engine: Engine, store: AudioStore) -> None:
+        self.serve = serve
+        self.engine = engine
+        self.store = store
+        self.pool = SynthesisPool(serve.workers, serve.queue_size)
+        self.metrics = Metrics()
+        self.readiness = Readiness()
+        self._stop = threading.Event()
+        self._canary_thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        """Load the model, warm it up with a real synthesis, then report ready."""
+        try:
+            info = self.engine.load()
+            self.metrics.engine.info(
+                {"engine": info.engine, "model_id": info.model_id, "model_version": info.model_version}
+            )
+            self.pool.start()
+            started = time.perf_counter()
+            outcome = self._canary_once(blocking=True)
+            log.info("warm-up synthesis took %.2f s", time.perf_counter() - started)
+        except Exception as exc:
+            self.readiness.set("failed", str(exc))
+            raise
+        if outcome is None:
+            self.readiness.set("ready")
+        self._canary_thread = threading.Thread(target=self._canary_loop, name="canary", daemon=True)
+        self._canary_thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        self._stop.set()
+        return self.pool.stop(timeout)
+
+    # -- requests --------------------------------------------------------
+    def validate(self, text: Any, voice: Any, emotion: Any, speed: Any) -> SynthRequest:
+        """Check a request against limits and the loaded engine; fill defaults."""
+        if text is None or not isinstance(text, str) or not text.strip():
+            raise InputError("text is empty", code="empty_text")
+        if len(text) > self.serve.max_chars:
+            raise InputError(f"text has {len(text)} characters, the limit is {self.serve.max_chars}", code="text_too_long")
+        for name, value in (("voice", voice), ("emotion", emotion)):
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"{name} must be a string", code=f"bad_{name}")
+        if isinstance(speed, bool):
+            raise InputError("speed must be a number", code="bad_speed")
+        voice, emotion, speed = self.engine.resolve(voice or None, emotion or None, speed)
+        self.engine.pieces(text)  # refuses text with nothing to say
+        info = self.engine.info
+        rid = result_id(
+            engine=info.engine,
+            model_version=info.model_version,
+            voice=voice,
+            emotion=emotion,
+            speed=speed,
+            sample_rate=info.sample_rate,
+            text=text,
+        )
+        return SynthRequest(normalize_key_text(text), voice, emotion, speed, rid)
+
+    def lookup(self, req: SynthRequest) -> StoredResult | None:
+        found = self.store.get(req.id)
+        self.metrics.cache.labels("hit" if found else "miss").inc()
+        return found
+
+    def synthesize(self, req: SynthRequest) -> StoredResult:
+        """The stored result for ``req``; synthesizes through the pool when absent.
+
+        Raises :class:`~ttsha.server.pool.Overloaded` when the queue is full.
+        """
+        found = self.lookup(req)
+        if found is not None:
+            return found
+        future = self.pool.submit(lambda: self._render(req), key=req.id)
+        self._update_gauges()
+        return future.result()
+
+    def stream(self, req: SynthRequest, fmt: str) -> Iterator[bytes]:
+        """Audio bytes sentence by sentence as they are synthesized (WAV or raw PCM).
+
+        The synthesis runs on a pool worker; the finished result is stored
+        for the cache when the last piece is done.
+        """
+        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue()
+        rate = self.engine.info.sample_rate
+
+        def produce() -> None:
+            try:
+                self._render(req, on_piece=lambda pcm: chunks.put(pcm))
+            except BaseException as exc:  # reaches the HTTP thread
+                chunks.put(exc)
+            finally:
+                chunks.put(None)
+
+        self.pool.submit(produce)
+        self._update_gauges()
+
+        def body() -> Iterator[bytes]:
+            if fmt == "wav":
+                yield wav_header(rate, None)
+            while True:
+                item = chunks.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    # Headers are gone already: end the stream early; the log says why.
+                    log.error("streamed synthesis failed: %s", item)
+                    return
+                yield item
+
+        return body()
+
+    def _render(self, req: SynthRequest, on_piece=None) -> StoredResult:
+        """Runs on a worker: synthesize, store, account."""
+        started = time.perf_counter()
+        parts = []
+        for samples in self.engine.stream(req.text, req.voice, req.emotion, req.speed):
+            parts.append(samples)
+            if on_piece is not None:
+                on_piece(to_pcm16(samples))
+        audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        info = self.engine.info
+        duration = audio.size / info.sample_rate
+        meta = {
+            "text": req.text,
+            "voice": req.voice,
+            "emotion": req.emotion,
+            "speed": req.speed,
+            "engine": info.engine,
+            "model_version": info.model_version,
+            "sample_rate": info.sample_rate,
+            "duration_s": round(duration, 3),
+        }
+        stored = self.store.put(req.id, wav_bytes(audio, info.sample_rate), meta)
+        self.metrics.synthesis_seconds.observe(time.perf_counter() - started)
+        self.metrics.audio_seconds.inc(duration)
+        self.readiness.last_synth_ok_at = time.time()
+        return stored
+
+    def _update_gauges(self) -> None:
+        self.metrics.queue_depth.set(self.pool.queue_depth)
+        self.metrics.workers_busy.set(self.pool.busy)
+
+    # -- health ----------------------------------------------------------
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``/health``: answered from memory."""
+        r = self.readiness
+        body: dict[str, Any] = {"status": r.status}
+        if r.status != "ready":
+            body["reason"] = r.reason
+        if self.engine._info is not None:
+            info = self.engine._info
+            body.update(engine=info.engine, model_version=info.model_version, voices=list(info.voices))
+        body.update(
+            queue_depth=self.pool.queue_depth,
+            workers_busy=self.pool.busy,
+            last_synth_ok_at=r.last_synth_ok_at,
+            canary=r.canary,
+        )
+        return (200 if r.status == "ready" else 503), body
+
+    def _canary_once(self, blocking: bool = False) -> str | None:
+        """Synthesize the fixed sentence and check it; the failure reason or None."""
+
+        def run() -> tuple[np.ndarray, int]:
+            audio = self.engine.synthesize(CANARY_TEXT)
+            return audio.samples, audio.sample_rate
+
+        started = time.perf_counter()
+        try:
+            if blocking:
+                samples, rate = self.pool.submit(run, priority=10).result()
+            else:
+                future = self.pool.submit_if_idle(run)
+                if future is None:
+                    self.metrics.canary.labels("skipped").inc()
+                    return None  # real work has priority; it proves health too
+                samples, rate = future.result()
+            reason = check_canary_audio(samples, rate, CANARY_TEXT)
+        except (EngineError, InputError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # a broken model can raise anything
+            reason = f"{type(exc).__name__}: {exc}"
+        self.readiness.canary = {
+            "ok": reason is None,
+            "at": time.time(),
+            "seconds": round(time.perf_counter() - started, 3),
+            **({"reason": reason} if reason else {}),
+        }
+        self.metrics.canary.labels("ok" if reason is None else "failed").inc()
+        if reason is None:
+            self.readiness.last_synth_ok_at = time.time()
+            if self.readiness.status == "degraded":
+                self.readiness.set("ready")
+        else:
+            self.readiness.set("degraded", f"canary: {reason}")
+        return reason
+
+    def _canary_loop(self) -> None:
+        while not self._stop.wait(self.serve.canary_interval):
+            self._canary_once()

@@ -1,0 +1,197 @@
+"""Content-addressed audio store.
+
+A result's id is a hash of everything that determines its audio (engine,
+model version, voice, emotion, speed, sample rate, normalized text), so the
+same request always names the same file: a repeat is a cache hit, and a
+retry on the standby produces the same id. Files live in two-character
+shards: ``ab/abcdef….wav`` with its JSON sidecar ``ab/abcdef….json``.
+
+Every write is atomic (temp file in the same directory, fsync, rename, fsync
+of the directory). The sidecar is written before the audio, so whoever sees
+an audio file (a reader, the replicator) can also find the request that made
+it, and a standby can regenerate a missing result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import TTSHAError
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+#: Temp files younger than this are left alone by gc: a writer may still own them.
+TEMP_GRACE_S = 3600.0
+
+
+def normalize_key_text(text: str) -> str:
+    """The text as it counts for the id: NFKC, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def result_id(
+    *,
+    engine: str,
+    model_version: str,
+    voice: str,
+    emotion: str,
+    speed: float,
+    sample_rate: int,
+    text: str,
+) -> str:
+    """The content address of a synthesis request."""
+    key = json.dumps(
+        [engine, model_version, voice, emotion, round(float(speed), 4), int(sample_rate), normalize_key_text(text)],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    id: str
+    path: Path
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GcEntry:
+    """A result that gc removes (or would remove, in a dry run)."""
+
+    id: str
+    files: tuple[Path, ...]
+    bytes: int
+    age_s: float
+
+
+class AudioStore:
+    """Results on disk, addressed by :func:`result_id`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def ensure(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TTSHAError(f"cannot create the audio store {self.root}: {exc.strerror or exc}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise TTSHAError(f"the audio store {self.root} is not writable")
+
+    @staticmethod
+    def valid_id(result: str) -> bool:
+        return bool(ID_PATTERN.match(result))
+
+    def _base(self, result: str) -> Path:
+        if not self.valid_id(result):
+            raise ValueError(f"not a result id: {result!r}")
+        return self.root / result[:2] / result
+
+    def audio_path(self, result: str) -> Path:
+        return self._base(result).with_suffix(".wav")
+
+    def meta_path(self, result: str) -> Path:
+        return self._base(result).with_suffix(".json")
+
+    def get(self, result: str) -> StoredResult | None:
+        """The stored result, or None (unknown or malformed ids are simply absent)."""
+        if not self.valid_id(result):
+            return None
+        audio = self.audio_path(result)
+        if not audio.is_file():
+            return None
+        try:
+            meta = json.loads(self.meta_path(result).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        return StoredResult(result, audio, meta)
+
+    def put(self, result: str, wav: bytes, meta: dict[str, Any]) -> StoredResult:
+        """Store ``wav`` under ``result``: sidecar first, then audio, both atomically."""
+        audio, sidecar = self.audio_path(result), self.meta_path(result)
+        audio.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**meta, "id": result, "created": meta.get("created", time.time())}
+        _atomic_write(sidecar, json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        _atomic_write(audio, wav)
+        return StoredResult(result, audio, meta)
+
+    def results(self) -> Iterator[tuple[str, list[Path]]]:
+        """Every id with its files (audio and/or sidecar)."""
+        if not self.root.is_dir():
+            return
+        for shard in sorted(self.root.iterdir()):
+            if not (shard.is_dir() and len(shard.name) == 2):
+                continue
+            groups: dict[str, list[Path]] = {}
+            for path in shard.iterdir():
+                if path.suffix in (".wav", ".json") and self.valid_id(path.stem):
+                    groups.setdefault(path.stem, []).append(path)
+            yield from sorted(groups.items())
+
+    def gc(self, older_than_s: float, dry_run: bool = True, now: float | None = None) -> list[GcEntry]:
+        """Results older than ``older_than_s`` (by their newest file), removed unless ``dry_run``.
+
+        Audio goes before its sidecar, so a result is never left as audio
+        without the request that made it. Stale temp files of crashed writers
+        go too; young ones may belong to a write in progress and stay.
+        """
+        now = time.time() if now is None else now
+        removed: list[GcEntry] = []
+        for result, files in self.results():
+            try:
+                stats = {p: p.stat() for p in files}
+            except FileNotFoundError:
+                continue  # removed under us
+            newest = max(st.st_mtime for st in stats.values())
+            age = now - newest
+            if age < older_than_s:
+                continue
+            ordered = tuple(sorted(files, key=lambda p: p.suffix != ".wav"))
+            entry = GcEntry(result, ordered, sum(st.st_size for st in stats.values()), age)
+            if not dry_run:
+                for path in ordered:
+                    path.unlink(missing_ok=True)
+            removed.append(entry)
+        for temp in self.root.glob("*/.*.tmp"):
+            try:
+                age = now - temp.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age > max(TEMP_GRACE_S, older_than_s):
+                size = temp.stat().st_size if temp.exists() else 0
+                if not dry_run:
+                    temp.unlink(missing_ok=True)
+                removed.append(GcEntry(temp.name, (temp,), size, age))
+        return removed
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
