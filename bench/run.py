@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PENDING = {
-    "serve": "cache-hit latency, /health under load, server overhead (issue 4)",
     "failover": "kill -9 of the primary vs the article's passive Nginx setup (issue 5)",
     "replication": "audio lag, burst and no-change sync vs rsync (issue 6)",
 }
@@ -49,6 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import engine
+    import serve
 
     lines = [
         "# Benchmarks",
@@ -67,6 +67,15 @@ def main() -> None:
     ]
     results = engine.measure()
     lines += engine.table(results)
+    lines += [
+        "",
+        "## Serve",
+        "",
+        "A real `ttsha serve` process with the embedded engine; clients run in separate processes",
+        "(no model loaded) over loopback HTTP/1.1 keep-alive.",
+        "",
+    ]
+    lines += serve.table(serve.measure())
     lines.append("")
     for area, what in PENDING.items():
         lines += [f"## {area.capitalize()}", "", f"Not measured yet: {what}.", ""]

@@ -101,6 +101,9 @@ class ServeConfig:
     port: int = _field(8900, "port 'serve' listens on", min=1, max=65535)
     workers: int = _field(2, "synthesis worker threads", min=1, max=64)
     queue_size: int = _field(16, "requests waiting for a worker before 503", min=1, max=10000)
+    worker_priority: str = _field(
+        "idle", "CPU priority of synthesis workers below the HTTP threads", choices=("idle", "low", "normal")
+    )
     max_chars: int = _field(2000, "longest text accepted", min=1, max=100000)
     max_body_bytes: int = _field(65536, "largest request body accepted", min=1024, max=16 * 1024 * 1024)
     canary_interval: Duration = _field(Duration(30.0), "how often the health canary synthesizes")

@@ -9,6 +9,7 @@ the synthesis workers, STOPPING=1 on shutdown.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -63,6 +64,10 @@ class ServeDaemon:
     def _load(self) -> None:
         try:
             self.service.start()
+            # The model's objects live as long as the process: keep the cyclic
+            # GC from walking them on every full collection (a pause of ~10 ms).
+            gc.collect()
+            gc.freeze()
             info = self.service.engine.info
             systemd.ready(f"serving {info.engine} {info.model_version} on {self.host}:{self.port}")
             log.info("ready engine=%s model_version=%s", info.engine, info.model_version)

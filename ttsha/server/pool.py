@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -24,6 +25,23 @@ log = logging.getLogger(__name__)
 REQUEST = 0
 BACKGROUND = 10
 _STOP = 100
+
+
+def _lower_priority(priority: str) -> None:
+    """Put the calling thread below the HTTP threads in the CPU scheduler.
+
+    Synthesis saturates the cores; health checks and cache hits must not wait
+    for a time slice behind it. ``idle`` (SCHED_IDLE) runs synthesis only on
+    otherwise idle CPU time, ``low`` is nice 10, ``normal`` leaves it alone.
+    """
+    tid = threading.get_native_id()
+    try:
+        if priority == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        elif priority == "low":
+            os.setpriority(os.PRIO_PROCESS, tid, 10)
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot lower synthesis worker priority (%s): %s", priority, exc)
 
 
 class Overloaded(Exception):
@@ -46,9 +64,10 @@ class _Job:
 class SynthesisPool:
     """``workers`` threads running submitted callables, at most ``queue_size`` waiting."""
 
-    def __init__(self, workers: int, queue_size: int) -> None:
+    def __init__(self, workers: int, queue_size: int, priority: str = "idle") -> None:
         self.workers = workers
         self.queue_size = queue_size
+        self.priority = priority
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._lock = threading.Lock()
@@ -120,6 +139,7 @@ class SynthesisPool:
 
     def _work(self) -> None:
         me = threading.get_ident()
+        _lower_priority(self.priority)
         while True:
             job = self._queue.get()
             if job.priority == _STOP:

@@ -84,7 +84,7 @@ class Service:
         self.serve = serve
         self.engine = engine
         self.store = store
-        self.pool = SynthesisPool(serve.workers, serve.queue_size)
+        self.pool = SynthesisPool(serve.workers, serve.queue_size, serve.worker_priority)
         self.metrics = Metrics()
         self.readiness = Readiness()
         self._stop = threading.Event()
@@ -127,7 +127,6 @@ class Service:
         if isinstance(speed, bool):
             raise InputError("speed must be a number", code="bad_speed")
         voice, emotion, speed = self.engine.resolve(voice or None, emotion or None, speed)
-        self.engine.pieces(text)  # refuses text with nothing to say
         info = self.engine.info
         rid = result_id(
             engine=info.engine,
@@ -138,7 +137,11 @@ class Service:
             sample_rate=info.sample_rate,
             text=text,
         )
-        return SynthRequest(normalize_key_text(text), voice, emotion, speed, rid)
+        req = SynthRequest(normalize_key_text(text), voice, emotion, speed, rid)
+        # A stored result proves the text was sayable; only new text pays for the front end.
+        if not self.store.audio_path(rid).is_file():
+            self.engine.pieces(text)  # refuses text with nothing to say
+        return req
 
     def lookup(self, req: SynthRequest) -> StoredResult | None:
         found = self.store.get(req.id)

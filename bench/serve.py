@@ -1,0 +1,255 @@
+"""Serve benchmark: a real ``ttsha serve`` process on loopback, measured from outside.
+
+* cache-hit latency p50/p99 (target p99 < 5 ms);
+* ``/health`` p99 while every worker synthesizes (target < 5 ms): the
+  article's service ran a full inference inside each health check;
+* throughput on cache misses through HTTP vs calling the engine directly in a
+  loop, same texts, same threads (server overhead target < 5 %).
+
+Every loop is bounded in count and time.
+
+    python bench/serve.py
+"""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+TEXTS = [f"第{i}号测试句子，语音合成服务的吞吐量测量。" for i in range(1, 41)]
+LONG = "当主节点失去响应时，网关会在两秒内把流量切换到备用节点，客户端不会看到任何失败的请求。"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(conn: http.client.HTTPConnection, text: str) -> int:
+    conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    return resp.status
+
+
+def _wav_size(node: "ServeProcess", text: str) -> int:
+    conn = node.conn()
+    conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    return len(resp.read())
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class ServeProcess:
+    def __init__(self, workers: int, threads: int) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.port = _free_port()
+        cfg = Path(self.tmp.name) / "ttsha.toml"
+        cfg.write_text(
+            f'[engine]\nthreads = {threads}\n[serve]\nport = {self.port}\nworkers = {workers}\nqueue_size = 64\n'
+            f'canary_interval = "1h"\n[store]\npath = "{self.tmp.name}/audio"\n'
+        )
+        exe = Path(sys.executable).with_name("ttsha")
+        self.proc = subprocess.Popen([str(exe), "--config", str(cfg), "serve"], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("serve did not become ready")
+
+    def conn(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self.tmp.cleanup()
+
+
+def overhead_rounds(node: "ServeProcess", threads: int, rounds: int = 4) -> tuple[float, float]:
+    """Seconds for the same kind of texts through HTTP and directly, interleaved
+    round by round so that a noisy machine affects both alike."""
+    from ttsha.engine.embedded import EmbeddedEngine
+
+    engine = EmbeddedEngine(threads=threads)
+    engine.load()
+    engine.synthesize("预热。")
+    conn = node.conn()
+    per_round = len(TEXTS) // (2 * rounds)
+    direct = http = 0.0
+    for r in range(rounds):
+        chunk = TEXTS[2 * r * per_round : 2 * (r + 1) * per_round]
+        mine, theirs = chunk[::2], chunk[1::2]
+        if r % 2:
+            mine, theirs = theirs, mine
+        started = time.perf_counter()
+        for text in mine:
+            engine.synthesize(text)
+        direct += time.perf_counter() - started
+        started = time.perf_counter()
+        for text in theirs:
+            assert _post(conn, text) == 200
+        http += time.perf_counter() - started
+    return direct, http
+
+
+def measure(hits: int = 500, health_probes: int = 300) -> dict:
+    results: dict = {}
+    threads = os.cpu_count() or 2
+    # Server overhead: one worker with all cores, one client in sequence, vs a direct loop.
+    node = ServeProcess(workers=1, threads=threads)
+    try:
+        results["direct_s"], results["http_s"] = overhead_rounds(node, threads)
+    finally:
+        node.close()
+    results["overhead"] = results["http_s"] / results["direct_s"] - 1
+
+    # The default layout (2 workers, 1 torch thread each): cache hits measured
+    # from a separate process that has no model loaded; then /health while
+    # both workers synthesize cache misses sent by one process.
+    node = ServeProcess(workers=2, threads=max(1, threads // 2))
+    try:
+        results["wav_bytes"] = _wav_size(node, TEXTS[1])
+        results.update(_child("hits", node.port, hits))
+        loader = subprocess.Popen([sys.executable, __file__, "--child", "load", str(node.port), "60"])
+        time.sleep(2.0)
+        results.update(_child("health", node.port, health_probes))
+        loader.terminate()
+        loader.wait(30)
+    finally:
+        node.close()
+    results.update(floor_hits(hits, results["wav_bytes"]))
+    return results
+
+
+def _child(mode: str, port: int, count: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(port), str(count)], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout)
+
+
+def floor_server(port: int, size: int) -> None:
+    """Baseline: the same werkzeug threaded server with a trivial app returning
+    ``size`` bytes, so the report separates the server's cost from ttsha's."""
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Response
+
+    payload = b"\0" * size
+
+    def app(environ, start_response):
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        return Response(payload, mimetype="audio/wav")(environ, start_response)
+
+    make_server("127.0.0.1", port, app, threaded=True).serve_forever()
+
+
+def floor_hits(hits: int, size: int) -> dict:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", "floor", str(port), str(size)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        result = _child("hits", port, hits)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"floor_p50_ms": result["hit_p50_ms"], "floor_p99_ms": result["hit_p99_ms"]}
+
+
+def child(mode: str, port: int, count: int) -> None:
+    """Client side, in its own process (no torch): prints JSON results."""
+    if mode == "floor":
+        floor_server(port, count)
+        return
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    deadline = time.monotonic() + 90
+    if mode == "load":
+        stop = time.monotonic() + count
+
+        def loop(n: int) -> None:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            i = 0
+            while time.monotonic() < stop and i < 500:
+                _post(c, f"{LONG}{n}-{i}")
+                i += 1
+
+        workers = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(3)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(count + 120)
+        return
+    latencies, busy = [], []
+    _post(conn, TEXTS[1]) if mode == "hits" else None
+    gc.disable()  # as timeit does
+    for _ in range(count):
+        t0 = time.perf_counter()
+        if mode == "hits":
+            assert _post(conn, TEXTS[1]) == 200
+        else:
+            conn.request("GET", "/health")
+            busy.append(json.loads(conn.getresponse().read())["workers_busy"])
+        latencies.append(time.perf_counter() - t0)
+        if mode == "health":
+            time.sleep(0.01)
+        if time.monotonic() > deadline:
+            break
+    gc.enable()
+    prefix = "hit" if mode == "hits" else "health"
+    result = {f"{prefix}_p50_ms": 1000 * _pct(latencies, 0.5), f"{prefix}_p99_ms": 1000 * _pct(latencies, 0.99)}
+    if mode == "hits":
+        result["hits"] = len(latencies)
+    else:
+        result["health_busy_mean"] = statistics.mean(busy)
+    print(json.dumps(result))
+
+
+def table(r: dict) -> list[str]:
+    return [
+        "| metric | measured | target |",
+        "|---|---|---|",
+        f"| cache-hit latency p50 / p99 ({r['hits']} requests) | {r['hit_p50_ms']:.2f} / {r['hit_p99_ms']:.2f} ms | p99 < 5 ms |",
+        f"| baseline: same werkzeug server, trivial app, same {r['wav_bytes']} bytes | "
+        f"{r['floor_p50_ms']:.2f} / {r['floor_p99_ms']:.2f} ms | ratio p50 {r['hit_p50_ms'] / r['floor_p50_ms']:.2f} |",
+        f"| /health p50 / p99 with every worker synthesizing (mean busy {r['health_busy_mean']:.1f}) | "
+        f"{r['health_p50_ms']:.2f} / {r['health_p99_ms']:.2f} ms | p99 < 5 ms |",
+        f"| 20 cache misses: HTTP (1 worker) vs direct engine loop | {r['http_s']:.2f} s vs {r['direct_s']:.2f} s "
+        f"(overhead {100 * r['overhead']:+.1f} %) | < 5 % |",
+    ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        sys.exit(0)
+    res = measure()
+    print("\n".join(table(res)))
+    print(json.dumps(res, indent=2))
