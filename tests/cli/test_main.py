@@ -30,9 +30,10 @@ def test_version(capsys):
 def test_help_lists_commands_with_examples(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for name in ("synth", "voices", "config", "doctor", "serve", "gc"):
+    commands = ("synth", "voices", "config", "doctor", "serve", "gc", "nginx", "monitor", "status")
+    for name in commands:
         assert name in out
-    for name in ("synth", "voices", "config", "doctor", "serve", "gc"):
+    for name in commands:
         code, out, _ = run(capsys, name, "--help")
         assert code == 0 and "Example" in out, name
 

@@ -73,19 +73,22 @@ class Client:
 class Node:
     """A Service + App on a real werkzeug server on an ephemeral loopback port."""
 
-    def __init__(self, engine: Engine, store_dir, serve: ServeConfig, start: bool = True) -> None:
+    def __init__(self, engine: Engine, store_dir, serve: ServeConfig, start: bool = True, host: str = "127.0.0.1") -> None:
         self.engine = engine
+        self.host = host
         self.service = Service(serve, engine, AudioStore(store_dir))
         self.app = create_app(self.service)
-        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.server = make_server(host, 0, self.app, threaded=True)
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
-        self.client = Client("127.0.0.1", self.server.server_address[1])
+        self.client = Client(host, self.port)
         if start:
             self.service.start()
 
     def close(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():
+            self.server.shutdown()
         self.server.server_close()
         if isinstance(self.engine, FakeEngine):
             self.engine.gate.set()

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ttsha.config import Config, MonitorConfig, NginxConfig, NodeConfig
+from ttsha.nginx import render_main, render_site
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def need(binary: str, package: str) -> str:
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
+    if path is None:
+        message = f"{binary} not found: apt-get install -y {package}"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI a missing component is a failure, never a skip
+        pytest.skip(message)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """A real Nginx on a private prefix, rendered by ttsha's own renderer."""
+
+    def __init__(self, prefix: Path, config: Config, binary: str) -> None:
+        self.prefix, self.binary = prefix, binary
+        self.conf = prefix / "nginx.conf"
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+            (prefix / "tmp" / sub).chmod(0o1777)
+        self.conf.write_text(render_main(config, prefix))
+        (prefix / "ttsha-site.conf").write_text(render_site(config))
+        self.port = int(config.nginx.listen.rsplit(":", 1)[1])
+
+    def command(self, *args: str) -> list[str]:
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *args]
+
+    def start(self) -> None:
+        subprocess.run(self.command(), check=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start")
+
+    def stop(self) -> None:
+        subprocess.run(self.command("-s", "quit"), timeout=30)
+        pid = self.prefix / "nginx.pid"
+        deadline = time.monotonic() + 10
+        while pid.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class NodeProcess:
+    """A fake-engine ``serve`` process that can be killed for real."""
+
+    def __init__(self, host: str, port: int, store: Path) -> None:
+        self.host, self.port, self.store = host, port, store
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.server.fake_node", self.host, str(self.port), str(self.store)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Two fake-engine node processes on 127.0.0.2 and 127.0.0.3, a real Nginx in front, and the config."""
+    binary = need("nginx", "nginx")
+    nodes_live = {
+        "a": NodeProcess("127.0.0.2", free_port("127.0.0.2"), tmp_path / "store-a"),
+        "b": NodeProcess("127.0.0.3", free_port("127.0.0.3"), tmp_path / "store-b"),
+    }
+    for node in nodes_live.values():
+        node.start()
+    prefix = tmp_path / "gw"
+    prefix.mkdir()
+    gw_port = free_port()
+    test = [binary, "-t", "-q", "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    reload = [binary, "-s", "reload", "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    config = Config(
+        nodes={
+            name: NodeConfig(url=node.url, priority=200 if name == "a" else 100)
+            for name, node in nodes_live.items()
+        },
+        monitor=MonitorConfig(interval=0.1, fast_interval=0.05, fall=2, rise=2, state_file=tmp_path / "monitor.json"),
+        nginx=NginxConfig(
+            listen=f"127.0.0.1:{gw_port}",
+            upstream_file=prefix / "ttsha-upstream.conf",
+            site_file=prefix / "ttsha-site.conf",
+            test_command=test,
+            reload_command=reload,
+        ),
+    )
+    from ttsha.nginx import render_upstream
+
+    (prefix / "ttsha-upstream.conf").write_text(render_upstream(config.nodes, {"a": "primary", "b": "backup"}))
+    gateway = Gateway(prefix, config, binary)
+    gateway.start()
+    yield config, nodes_live, gateway
+    gateway.stop()
+    for node in nodes_live.values():
+        node.close()

@@ -1,0 +1,152 @@
+"""The monitor against a real Nginx and real node processes on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import threading
+import time
+
+from ttsha.alert import Alerter
+from ttsha.monitor.daemon import Monitor
+from ttsha.nginx import NginxError, UpstreamController
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Traffic:
+    """Bounded client load through the gateway: distinct texts, one at a time."""
+
+    def __init__(self, port: int, limit: int = 2000, seconds: float = 30.0) -> None:
+        self.port, self.limit, self.seconds = port, limit, seconds
+        self.results: list[tuple[float, int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        i = 0
+        while not self._stop.is_set() and i < self.limit and time.monotonic() < deadline:
+            i += 1
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("POST", "/v1/synthesize", body=json.dumps({"text": f"请求{i}号"}).encode(),
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                self.results.append((time.monotonic(), resp.status, resp.getheader("X-Upstream") or ""))
+                conn.close()
+            except OSError as exc:
+                self.results.append((time.monotonic(), 0, str(exc)))
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(15)
+
+
+def start_monitor(config):
+    monitor = Monitor(config, alerter=Alerter(config.alert))
+    thread = threading.Thread(target=monitor.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    return monitor, thread
+
+
+def test_kill_primary_switches_nginx_with_no_failed_request(pair):
+    config, nodes, gateway = pair
+    monitor, thread = start_monitor(config)
+    try:
+        wait_for(lambda: monitor.decider.primary == "a" and monitor._applied_roles, what="initial routing")
+        with Traffic(gateway.port) as traffic:
+            wait_for(lambda: len(traffic.results) >= 20, what="traffic")
+            killed_at = time.monotonic()
+            nodes["a"].kill()  # kill -9
+            wait_for(lambda: monitor.decider.primary == "b", timeout=5, what="switchover")
+            switched_at = time.monotonic()
+            wait_for(lambda: "# a: down" in config.nginx.upstream_file.read_text(), timeout=5, what="upstream rewrite")
+            n = len(traffic.results)
+            wait_for(lambda: len(traffic.results) >= n + 20, what="traffic after the switch")
+        statuses = [status for _, status, _ in traffic.results]
+        assert statuses.count(200) == len(statuses), f"failed requests: {[r for r in traffic.results if r[1] != 200]}"
+        after = [up for t, _, up in traffic.results if t > switched_at + 0.2]
+        assert after and all(up == f"{nodes['b'].host}:{nodes['b'].port}" for up in after)
+        assert switched_at - killed_at < 2.0
+        upstream = config.nginx.upstream_file.read_text()
+        assert f"server {nodes['a'].host}:{nodes['a'].port} down;" in upstream
+        assert f"server {nodes['b'].host}:{nodes['b'].port} max_fails=1" in upstream
+        subprocess.run(config.nginx.test_command, check=True)  # what Nginx runs is valid
+
+        # The old primary comes back: it rejoins as standby, no automatic failback.
+        nodes["a"].start()
+        wait_for(lambda: monitor.decider.states["a"].status == "up", what="a back up")
+        wait_for(lambda: "# a: backup" in config.nginx.upstream_file.read_text(), what="a as backup")
+        assert monitor.decider.primary == "b"
+
+        def state():
+            return json.loads(config.monitor.state_file.read_text())
+
+        wait_for(lambda: state()["nodes"]["a"]["role"] == "backup", what="state file")
+        state = state()
+        kinds = [e["kind"] for e in state["events"]]
+        for kind in ("node_down", "switchover", "upstream_rewritten", "node_up"):
+            assert kind in kinds
+        assert state["nodes"]["b"]["role"] == "primary" and state["primary"] == "b"
+        assert state["nginx"]["ok"] is True and state["nginx"]["live_s"] is not None
+    finally:
+        monitor.stop()
+        thread.join(5)
+
+
+def test_starting_node_is_not_eligible(pair):
+    """A frozen primary (SIGSTOP) stops answering probes and is taken out."""
+    config, nodes, gateway = pair
+    monitor, thread = start_monitor(config)
+    try:
+        wait_for(lambda: monitor.decider.primary == "a" and monitor._applied_roles, what="initial routing")
+        import signal
+
+        nodes["a"].kill(signal.SIGSTOP)
+        wait_for(lambda: monitor.decider.primary == "b", timeout=5, what="switchover from a frozen node")
+        wait_for(lambda: monitor.nginx_status.get("live_s") is not None, timeout=5, what="reload confirmed")
+        # Once the reload is live, new requests go to the standby at once.
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("X-Upstream") == f"{nodes['b'].host}:{nodes['b'].port}"
+        nodes["a"].kill(signal.SIGCONT)
+    finally:
+        monitor.stop()
+        thread.join(5)
+
+
+def test_rejected_config_is_rolled_back(pair):
+    config, nodes, gateway = pair
+    before = config.nginx.upstream_file.read_text()
+    broken = {name: node for name, node in config.nodes.items()}
+    from dataclasses import replace
+
+    broken["b"] = replace(broken["b"], address="127.0.0.3:99999")  # nginx -t: invalid port
+    controller = UpstreamController(config.nginx, broken)
+    try:
+        controller.apply({"a": "down", "b": "primary"})
+    except NginxError as exc:
+        assert "nginx -t failed" in str(exc)
+    else:
+        raise AssertionError("nginx accepted an invalid port")
+    assert config.nginx.upstream_file.read_text() == before
+    subprocess.run(config.nginx.test_command, check=True)
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200  # still serving on the previous config

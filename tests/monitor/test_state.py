@@ -1,0 +1,170 @@
+"""The monitor's state machine, driven by a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttsha.config import NodeConfig
+from ttsha.monitor.state import Decider
+
+NODES = {
+    "a": NodeConfig(url="http://127.0.0.2:8900", priority=200),
+    "b": NodeConfig(url="http://127.0.0.3:8900", priority=100),
+}
+INFO = {"engine": "embedded", "model_version": "v1"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def tick(self, seconds: float = 1.0) -> float:
+        self.now += seconds
+        return self.now
+
+
+def feed(decider, clock, name, ok, n=1, info=INFO):
+    events = []
+    for _ in range(n):
+        events += decider.observe(name, ok, clock.tick(), info if ok else None, 1.0, "" if ok else "refused")
+    return events
+
+
+def kinds(events):
+    return [(e.kind, e.node) for e in events]
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def started(clock, **kw):
+    d = Decider(NODES, fall=2, rise=3, **kw)
+    feed(d, clock, "a", True)
+    feed(d, clock, "b", True)
+    return d
+
+
+def test_start_waits_for_every_node_then_picks_the_highest_priority(clock):
+    d = Decider(NODES, fall=2, rise=3)
+    assert d.roles() is None  # nothing probed: nothing to route
+    events = feed(d, clock, "b", True)
+    assert kinds(events) == [("node_up", "b")] and d.primary is None  # a not heard from yet
+    events = feed(d, clock, "a", True)
+    assert kinds(events) == [("node_up", "a"), ("switchover", "a")]
+    assert d.roles() == {"a": "primary", "b": "backup"}
+
+
+def test_start_with_a_dead_node(clock):
+    d = Decider(NODES, fall=2, rise=3)
+    feed(d, clock, "a", False, 2)
+    events = feed(d, clock, "b", True)
+    assert ("switchover", "b") in kinds(events) and d.roles() == {"a": "down", "b": "primary"}
+
+
+def test_existing_primary_is_adopted(clock):
+    d = Decider(NODES, fall=2, rise=3, primary="b")
+    feed(d, clock, "a", True)  # a answers first, but b routes today: no switch before b is probed
+    assert d.primary == "b"
+    events = feed(d, clock, "b", True)
+    assert d.primary == "b" and ("switchover", "b") not in kinds(events)
+    assert d.roles() == {"a": "backup", "b": "primary"}
+
+
+def test_fall_and_failover(clock):
+    d = started(clock)
+    assert d.primary == "a" and d.roles() == {"a": "primary", "b": "backup"}
+    assert feed(d, clock, "a", False) == []  # one failure is not enough
+    assert d.primary == "a"
+    events = feed(d, clock, "a", False)
+    assert kinds(events) == [("node_down", "a"), ("switchover", "b")]
+    assert d.roles() == {"a": "down", "b": "primary"}
+
+
+def test_rise_needs_consecutive_successes_and_no_failback(clock):
+    d = started(clock)
+    feed(d, clock, "a", False, 2)
+    assert feed(d, clock, "a", True, 2) == []
+    feed(d, clock, "a", False)  # a flap resets the count
+    assert feed(d, clock, "a", True, 2) == []
+    events = feed(d, clock, "a", True)
+    assert kinds(events) == [("node_up", "a")]
+    assert d.primary == "b" and d.roles() == {"a": "backup", "b": "primary"}
+
+
+def test_flapping_node_never_serves(clock):
+    d = started(clock)
+    feed(d, clock, "a", False, 2)
+    for _ in range(10):
+        feed(d, clock, "a", True, 2)
+        feed(d, clock, "a", False)
+    assert d.states["a"].status == "down" and d.primary == "b"
+
+
+def test_failback_after_duration(clock):
+    d = started(clock, failback="after:10s")
+    feed(d, clock, "a", False, 2)
+    feed(d, clock, "a", True, 3)  # up again at t
+    assert d.primary == "b"
+    events = feed(d, clock, "a", True, 9)  # 9 s later: not yet
+    assert d.primary == "b" and not events
+    events = feed(d, clock, "a", True, 1)
+    assert kinds(events) == [("switchover", "a")] and d.primary == "a"
+
+
+def test_all_down_keeps_last_routing(clock):
+    d = started(clock)
+    feed(d, clock, "a", False, 2)
+    roles_before = d.roles()
+    events = feed(d, clock, "b", False, 2)
+    assert ("all_down", "*") in kinds(events)
+    assert d.roles() is None  # the monitor keeps the last applied file
+    assert feed(d, clock, "b", False, 3) == []  # alerted once, not on every probe
+    events = feed(d, clock, "b", True, 3)
+    assert d.primary == "b" and d.roles() == roles_before
+
+
+def test_starting_or_degraded_counts_as_failure(clock):
+    d = started(clock)
+    # The probe reports 503 starting/degraded as ok=False: same path as a dead node.
+    events = feed(d, clock, "a", False, 2)
+    assert ("node_down", "a") in kinds(events)
+
+
+def test_model_mismatch_warned_once(clock):
+    d = Decider(NODES, fall=2, rise=3)
+    feed(d, clock, "a", True)
+    events = feed(d, clock, "b", True, info={"engine": "embedded", "model_version": "v2"})
+    assert kinds(events)[-1] == ("model_mismatch", "b")
+    assert "v2" in events[-1].detail and "v1" in events[-1].detail
+    assert feed(d, clock, "b", True, 3, info={"engine": "embedded", "model_version": "v2"}) == []
+
+
+def test_active_active(clock):
+    d = Decider(NODES, mode="active-active", fall=2, rise=3)
+    feed(d, clock, "a", True)
+    feed(d, clock, "b", True)
+    assert d.roles() == {"a": "active", "b": "active"}
+    feed(d, clock, "a", False, 2)
+    assert d.roles() == {"a": "down", "b": "active"}
+
+
+def test_faster_probing_while_changing(clock):
+    d = started(clock)
+    assert not d.states["a"].changing
+    feed(d, clock, "a", False)
+    assert d.states["a"].changing
+    feed(d, clock, "a", False)
+    assert not d.states["a"].changing  # settled: down
+    feed(d, clock, "a", True)
+    assert d.states["a"].changing
+
+
+def test_manual_switchover(clock):
+    d = started(clock)
+    event = d.set_primary("b", clock.tick())
+    assert event.kind == "switchover" and d.primary == "b"
+    feed(d, clock, "b", False, 2)
+    with pytest.raises(ValueError):
+        d.set_primary("b", clock.tick())

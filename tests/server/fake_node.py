@@ -1,0 +1,35 @@
+"""A ``serve`` process with the fake engine, so tests can ``kill -9`` a real process.
+
+    python -m tests.server.fake_node HOST PORT STORE_DIR
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from werkzeug.serving import make_server
+
+from ttsha.server.app import create_app
+from ttsha.server.service import Service
+from ttsha.store import AudioStore
+
+from .conftest import SERVE, FakeEngine
+
+
+def main(host: str, port: int, store: Path) -> None:
+    service = Service(SERVE, FakeEngine(), AudioStore(store))
+    server = make_server(host, port, create_app(service), threaded=True)
+    service.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    stop.wait()
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))

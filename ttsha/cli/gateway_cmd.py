@@ -1,0 +1,144 @@
+"""``ttsha nginx render``, ``ttsha monitor`` and ``ttsha status`` (the gateway host)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import TTSHAError
+from . import Context, pass_ctx
+
+
+@click.group()
+def nginx() -> None:
+    """Render the gateway's Nginx configuration.
+
+    \b
+    Example:
+      ttsha nginx render && nginx -t && nginx -s reload
+    """
+
+
+@nginx.command()
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path),
+              help="Write a complete, self-contained nginx.conf under DIR (run: nginx -p DIR -c DIR/nginx.conf).")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print the site configuration instead of writing files.")
+@click.option("--force", is_flag=True, help="Overwrite an existing upstream file.")
+@pass_ctx
+def render(ctx: Context, prefix: Path | None, to_stdout: bool, force: bool) -> None:
+    """Write the site configuration and the initial upstream include.
+
+    The site goes to [nginx] site_file (or DIR/ttsha-site.conf with --prefix);
+    the upstream file, which the monitor rewrites afterwards, is created with
+    the highest-priority node as primary unless it already exists.
+
+    \b
+    Examples:
+      ttsha nginx render
+      ttsha nginx render --stdout > /etc/nginx/conf.d/ttsha.conf
+      ttsha nginx render --prefix /tmp/gw && nginx -p /tmp/gw -c /tmp/gw/nginx.conf
+    """
+    from ..nginx import BACKUP, PRIMARY, atomic_write, render_main, render_site, render_upstream
+
+    cfg = ctx.config
+    site = render_site(cfg)
+    if to_stdout:
+        click.echo(site, nl=False)
+        return
+    written = []
+    try:
+        if prefix is not None:
+            prefix = prefix.resolve()
+            for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+                # Workers run as an unprivileged user when the master is root.
+                (prefix / "tmp" / sub).chmod(0o1777)
+            atomic_write(prefix / "nginx.conf", render_main(cfg, prefix))
+            atomic_write(prefix / "ttsha-site.conf", site)
+            written += [prefix / "nginx.conf", prefix / "ttsha-site.conf"]
+        else:
+            atomic_write(cfg.nginx.site_file, site)
+            written.append(cfg.nginx.site_file)
+        upstream = cfg.nginx.upstream_file
+        if force or not upstream.exists():
+            first = max(cfg.nodes, key=lambda n: cfg.nodes[n].priority)
+            roles = {name: PRIMARY if name == first else BACKUP for name in cfg.nodes}
+            atomic_write(upstream, render_upstream(cfg.nodes, roles))
+            written.append(upstream)
+    except OSError as exc:
+        raise TTSHAError(f"cannot write the Nginx configuration: {exc}") from None
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+
+
+@click.command()
+@pass_ctx
+def monitor(ctx: Context) -> None:
+    """Probe the nodes and keep Nginx routing to a healthy primary.
+
+    Rewrites only the upstream include ([nginx] upstream_file), validates it
+    with the test command, reloads, and rolls back if Nginx refuses it.
+    Events go to the log, the state file and the alert webhook.
+
+    \b
+    Example:
+      ttsha --config /etc/ttsha/ttsha.toml monitor
+    """
+    from ..log import setup
+    from ..monitor.daemon import Monitor
+
+    setup(max(ctx.verbose, 1))
+    raise click.exceptions.Exit(Monitor(ctx.config).run())
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw state as JSON.")
+@click.option("--events", "n_events", type=int, default=10, show_default=True, help="Recent events to show.")
+@pass_ctx
+def status(ctx: Context, as_json: bool, n_events: int) -> None:
+    """Show nodes, roles, health and recent events as the monitor sees them.
+
+    \b
+    Example:
+      ttsha status --events 20
+    """
+    path = ctx.config.monitor.state_file
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TTSHAError(f"no monitor state at {path}: is 'ttsha monitor' running on this host?") from None
+    except (OSError, ValueError) as exc:
+        raise TTSHAError(f"cannot read the monitor state {path}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    now = time.time()
+    age = now - data.get("updated_at", 0)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    table = Table(title=f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)")
+    for column in ("node", "role", "health", "since", "probe", "model", "last error"):
+        table.add_column(column)
+    styles = {"up": "green", "down": "bold red", "unknown": "yellow"}
+    for name, node in data.get("nodes", {}).items():
+        since = f"{now - node['since']:.0f} s ago" if node.get("since") else "-"
+        probe = f"{node['last_probe_ms']:.1f} ms" if node.get("last_probe_ms") is not None else "-"
+        model = f"{node.get('engine', '')} {node.get('model_version', '')}".strip() or "-"
+        table.add_row(name, node.get("role", "?"), f"[{styles.get(node['status'], '')}]{node['status']}[/]",
+                      since, probe, model, node.get("last_error") or "")
+    console.print(table)
+    events = data.get("events", [])[-n_events:]
+    if events:
+        ev = Table(title="recent events")
+        for column in ("when", "event", "node", "detail"):
+            ev.add_column(column)
+        for e in events:
+            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], e["node"], e["detail"])
+        console.print(ev)

@@ -1,0 +1,212 @@
+"""``ttsha monitor``: probe every node, decide, make Nginx follow, record.
+
+One thread per node probes ``/health`` on its own interval (faster while the
+node is changing state) and feeds results into the main loop, which runs the
+:class:`~ttsha.monitor.state.Decider`, applies its roles through the single
+Nginx code path, writes the state file ``ttsha status`` reads, and alerts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import systemd
+from ..alert import Alert, Alerter
+from ..config import Config
+from ..nginx import NginxError, UpstreamController, atomic_write, node_address
+from .state import Decider, Event
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 200
+
+
+@dataclass(frozen=True)
+class Probe:
+    node: str
+    ok: bool
+    at: float
+    latency_ms: float | None
+    info: dict[str, Any] | None
+    error: str = ""
+
+
+def probe(url: str, connect_timeout: float, read_timeout: float) -> tuple[bool, dict[str, Any] | None, str]:
+    """One ``GET /health``: (eligible, body, reason)."""
+    parts = urlsplit(url)
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
+    try:
+        conn.connect()
+        conn.sock.settimeout(read_timeout)
+        conn.request("GET", "/health", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        raw = resp.read(65536)
+    except (OSError, http.client.HTTPException) as exc:
+        return False, None, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return False, None, f"HTTP {resp.status}, not JSON"
+    status = body.get("status") if isinstance(body, dict) else None
+    if resp.status == 200 and status == "ready":
+        return True, body, ""
+    return False, body if isinstance(body, dict) else None, f"HTTP {resp.status} {status or ''}".strip()
+
+
+class Monitor:
+    def __init__(self, config: Config, alerter: Alerter | None = None) -> None:
+        self.config = config
+        mc = config.monitor
+        self.nginx = UpstreamController(config.nginx, config.nodes)
+        self.decider = Decider(config.nodes, mc.mode, mc.fall, mc.rise, mc.failback, primary=self.nginx.current_primary())
+        self.alerter = alerter or Alerter(config.alert)
+        self.results: queue.Queue[Probe] = queue.Queue()
+        self.events: list[dict[str, Any]] = []
+        self.nginx_status: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._applied_roles: dict[str, str] | None = None
+        self._last_state_write = 0.0
+
+    # -- probing ---------------------------------------------------------
+    def _probe_loop(self, name: str) -> None:
+        mc = self.config.monitor
+        url = self.config.nodes[name].url
+        while not self._stop.is_set():
+            started = time.monotonic()
+            ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout)
+            latency = (time.monotonic() - started) * 1000
+            self.results.put(Probe(name, ok, time.time(), latency, info, error))
+            state = self.decider.states[name]
+            interval = mc.fast_interval if state.changing or not ok else mc.interval
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    # -- decisions -------------------------------------------------------
+    def handle(self, result: Probe) -> list[Event]:
+        events = self.decider.observe(result.node, result.ok, result.at, result.info, result.latency_ms, result.error)
+        for event in events:
+            self._record(event)
+        roles = self.decider.roles()
+        applied = roles is not None and roles != self._applied_roles
+        if applied:
+            self._apply(roles, result.at)
+        if events or applied or time.monotonic() - self._last_state_write > 2.0:
+            self.write_state()
+        return events
+
+    def _record(self, event: Event) -> None:
+        entry = asdict(event)
+        self.events.append(entry)
+        del self.events[:-MAX_EVENTS]
+        severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical", "model_mismatch": "warning"}
+        log.log(logging.INFO if event.kind == "node_up" else logging.WARNING, "event=%s node=%s %s", event.kind, event.node, event.detail)
+        if event.kind in severity:
+            self.alerter.send(Alert(event.kind, f"{event.kind} {event.node}: {event.detail}", severity[event.kind], event.at))
+
+    def _apply(self, roles: dict[str, str], at: float) -> None:
+        started = time.time()
+        try:
+            result = self.nginx.apply(roles)
+        except (NginxError, OSError) as exc:
+            self.nginx_status = {"ok": False, "at": started, "error": str(exc), "roles": roles}
+            self._record(Event("nginx_failed", "*", started, str(exc)))
+            self.alerter.send(Alert("nginx_failed", f"nginx rejected the upstream change: {exc}", "critical", started))
+            return
+        self._applied_roles = roles
+        self.nginx_status = {
+            "ok": True,
+            "at": started,
+            "changed": result.changed,
+            "test_s": round(result.test_s, 4),
+            "reload_s": round(result.reload_s, 4),
+            "live_s": None if result.live_s is None else round(result.live_s, 4),
+            "roles": roles,
+        }
+        if result.changed:
+            self._record(
+                Event(
+                    "upstream_rewritten",
+                    self.decider.primary or "*",
+                    time.time(),
+                    ", ".join(f"{n}={r}" for n, r in roles.items()),
+                    {"test_s": result.test_s, "reload_s": result.reload_s, "live_s": result.live_s,
+                     "after_probe_s": started - at},
+                )
+            )
+
+    def write_state(self) -> None:
+        self._last_state_write = time.monotonic()
+        roles = self._applied_roles or {}
+        nodes = {}
+        for name, state in self.decider.states.items():
+            nodes[name] = {
+                "url": self.config.nodes[name].url,
+                "address": node_address(self.config.nodes[name]),
+                "status": state.status,
+                "role": roles.get(name, "unknown"),
+                "since": state.since,
+                "last_probe_at": state.last_probe_at,
+                "last_probe_ms": state.last_probe_ms,
+                "last_error": state.last_error,
+                "engine": state.engine,
+                "model_version": state.model_version,
+            }
+        data = {
+            "updated_at": time.time(),
+            "mode": self.decider.mode,
+            "primary": self.decider.primary,
+            "all_down": self.decider.all_down,
+            "nodes": nodes,
+            "nginx": self.nginx_status,
+            "events": self.events,
+        }
+        try:
+            atomic_write(Path(self.config.monitor.state_file), json.dumps(data, ensure_ascii=False, indent=1))
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", self.config.monitor.state_file, exc)
+
+    # -- daemon ----------------------------------------------------------
+    def run(self, install_signals: bool = True) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+            signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        threads = [
+            threading.Thread(target=self._probe_loop, args=(name,), name=f"probe-{name}", daemon=True)
+            for name in self.config.nodes
+        ]
+        for thread in threads:
+            thread.start()
+        systemd.ready(f"monitoring {len(threads)} nodes")
+        log.info("monitoring %s", ", ".join(f"{n}={c.url}" for n, c in self.config.nodes.items()))
+        interval = systemd.watchdog_interval()
+        next_ping = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                result = self.results.get(timeout=0.2)
+            except queue.Empty:
+                result = None
+            if result is not None:
+                self.handle(result)
+            if interval and time.monotonic() >= next_ping:
+                # Pinged from the loop that does the work: a stuck loop stops the pings.
+                systemd.watchdog_ping()
+                next_ping = time.monotonic() + interval
+        systemd.stopping()
+        self.write_state()
+        self.alerter.close(timeout=2)
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,201 @@
+"""The monitor's decisions, as a pure state machine driven by probe results.
+
+Nothing here sleeps, probes or touches Nginx: :class:`Decider` takes
+``observe(node, ok, now, info)`` calls and answers with events and the roles
+Nginx should use. Tests drive it with a fake clock.
+
+Rules (HAProxy-style hysteresis):
+
+* a node is DOWN after ``fall`` consecutive failed probes and UP again after
+  ``rise`` consecutive successes; a probe succeeds only when ``/health`` says
+  ``ready`` (``starting`` and ``degraded`` are failures);
+* active-standby: at start, the primary of the existing routing keeps its
+  role until probed; without one, the choice waits until every node has been
+  heard from. The primary keeps its role while UP; when it goes DOWN the
+  UP node with the highest priority takes over. A recovered node rejoins as
+  standby: no automatic failback unless ``failback = "after:<duration>"``,
+  which hands the role back to a higher-priority node once it has been UP
+  that long;
+* active-active: every UP node serves;
+* when every node is DOWN the last routing is kept (an alert says so): an
+  empty upstream would fail every request, a stale one may still work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import NodeConfig, parse_duration
+from ..nginx import ACTIVE, BACKUP, DOWN, PRIMARY
+
+UNKNOWN, UP, DOWN_STATE = "unknown", "up", "down"
+
+
+@dataclass
+class NodeState:
+    name: str
+    priority: int
+    status: str = UNKNOWN
+    successes: int = 0
+    failures: int = 0
+    since: float = 0.0  # time of the last status change
+    last_probe_at: float | None = None
+    last_probe_ms: float | None = None
+    last_error: str = ""
+    engine: str = ""
+    model_version: str = ""
+
+    @property
+    def changing(self) -> bool:
+        """True while a transition is pending (the monitor probes faster then)."""
+        if self.status == UP:
+            return self.failures > 0
+        return self.successes > 0 or self.status == UNKNOWN
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # node_down, node_up, switchover, all_down, model_mismatch
+    node: str
+    at: float
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Decider:
+    nodes: dict[str, NodeConfig]
+    mode: str = "active-standby"
+    fall: int = 2
+    rise: int = 3
+    failback: str = "manual"
+    primary: str | None = None
+    states: dict[str, NodeState] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.states = {name: NodeState(name, node.priority) for name, node in self.nodes.items()}
+        self._failback_after = (
+            None if self.failback == "manual" else parse_duration(self.failback.split(":", 1)[1])
+        )
+        self._mismatch_reported: tuple[str, str] | None = None
+        self._all_down = False
+
+    # -- input -----------------------------------------------------------
+    def observe(self, name: str, ok: bool, now: float, info: dict[str, Any] | None = None,
+                latency_ms: float | None = None, error: str = "") -> list[Event]:
+        """Account one probe result; returns what changed."""
+        state = self.states[name]
+        state.last_probe_at, state.last_probe_ms = now, latency_ms
+        events: list[Event] = []
+        if ok:
+            state.successes += 1
+            state.failures = 0
+            state.last_error = ""
+            if info:
+                state.engine = str(info.get("engine", state.engine))
+                state.model_version = str(info.get("model_version", state.model_version))
+            # A node seen for the first time serves after one good probe: the
+            # monitor must not hold a healthy pair down for `rise` intervals at start.
+            needed = 1 if state.status == UNKNOWN else self.rise
+            if state.status != UP and state.successes >= needed:
+                state.status, state.since = UP, now
+                events.append(Event("node_up", name, now, f"{state.successes} good probes"))
+        else:
+            state.failures += 1
+            state.successes = 0
+            state.last_error = error
+            if state.status != DOWN_STATE and state.failures >= self.fall:
+                state.status, state.since = DOWN_STATE, now
+                events.append(Event("node_down", name, now, error or "probe failed"))
+        events += self._decide(now)
+        return events
+
+    # -- decisions -------------------------------------------------------
+    def _up(self) -> list[NodeState]:
+        return sorted((s for s in self.states.values() if s.status == UP), key=lambda s: (-s.priority, s.name))
+
+    def _decide(self, now: float) -> list[Event]:
+        events: list[Event] = []
+        up = self._up()
+        if not up:
+            if not self._all_down and any(s.status == DOWN_STATE for s in self.states.values()):
+                self._all_down = True
+                events.append(Event("all_down", "*", now, "every node is down; keeping the last routing"))
+            return events
+        self._all_down = False
+        if self.mode == "active-standby":
+            current = self.states.get(self.primary) if self.primary else None
+            if current is None and any(s.status == UNKNOWN for s in self.states.values()):
+                return events  # choose once every node has been heard from
+            if current is not None and current.status == UNKNOWN:
+                return events  # the primary in the existing routing keeps it until probed
+            chosen = current if current is not None and current.status == UP else up[0]
+            best = up[0]
+            if (
+                self._failback_after is not None
+                and best is not chosen
+                and best.priority > chosen.priority
+                and now - best.since >= self._failback_after
+            ):
+                chosen = best
+            if chosen.name != self.primary:
+                old = self.primary
+                self.primary = chosen.name
+                events.append(
+                    Event("switchover", chosen.name, now, f"{old or 'none'} -> {chosen.name}", {"from": old, "to": chosen.name})
+                )
+        events += self._check_models(now)
+        return events
+
+    def _check_models(self, now: float) -> list[Event]:
+        primary = self.states.get(self.primary) if self.primary else None
+        if primary is None or not primary.model_version:
+            return []
+        for state in self._up():
+            if state is primary or not state.model_version:
+                continue
+            if (state.engine, state.model_version) != (primary.engine, primary.model_version):
+                key = (state.name, state.model_version)
+                if self._mismatch_reported != key:
+                    self._mismatch_reported = key
+                    return [
+                        Event(
+                            "model_mismatch",
+                            state.name,
+                            now,
+                            f"{state.name} serves {state.engine} {state.model_version}, "
+                            f"primary {primary.name} serves {primary.engine} {primary.model_version}",
+                        )
+                    ]
+        return []
+
+    @property
+    def all_down(self) -> bool:
+        return self._all_down
+
+    def roles(self) -> dict[str, str] | None:
+        """Node name -> Nginx role, or None when there is nothing safe to route to yet."""
+        if self._all_down or (self.mode == "active-standby" and self.primary is None) or not self._up():
+            return None
+        up = {s.name for s in self._up()}
+        if self.mode == "active-active":
+            return {name: (ACTIVE if name in up else DOWN) for name in self.states}
+        roles = {}
+        for name, state in self.states.items():
+            if name == self.primary:
+                roles[name] = PRIMARY
+            elif state.status == UP:
+                roles[name] = BACKUP
+            elif state.status == UNKNOWN:
+                roles[name] = BACKUP  # not probed yet: harmless as a backup
+            else:
+                roles[name] = DOWN
+        return roles
+
+    def set_primary(self, name: str, now: float) -> Event:
+        """A planned switchover (``ttsha failover --to``)."""
+        if self.states[name].status != UP:
+            raise ValueError(f"{name} is not up")
+        old, self.primary = self.primary, name
+        return Event("switchover", name, now, f"{old or 'none'} -> {name} (manual)", {"from": old, "to": name})

@@ -1,0 +1,292 @@
+"""The one code path that edits Nginx: render the gateway config, rewrite the
+upstream include, validate with ``nginx -t``, reload, roll back on failure.
+
+The site config (``render_site``) is written once by ``ttsha nginx render``.
+Afterwards only the small upstream include changes, and only through
+:class:`UpstreamController.apply`: temp file + rename, ``nginx -t``, then
+reload; a failed test restores the previous file, so Nginx is never left with
+a broken configuration.
+
+Why the proxy settings look the way they do:
+
+* ``proxy_next_upstream error timeout http_502 http_503 non_idempotent``:
+  synthesis is idempotent (same request, same content-addressed result), so a
+  POST that failed on a dead node is safely retried on the standby. This is
+  what keeps clients from seeing errors between the crash and the monitor's
+  switchover.
+* a short ``proxy_connect_timeout``: the 60 s default stalls every request
+  on a powered-off node.
+* a dead node is marked ``down`` rather than merely demoted: a reload resets
+  Nginx's passive failure counts, and ``down`` keeps it out for sure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .config import Config, NginxConfig, NodeConfig
+from .errors import TTSHAError
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_NAME = "ttsha_backend"
+PRIMARY, BACKUP, DOWN, ACTIVE = "primary", "backup", "down", "active"
+
+
+class NginxError(TTSHAError):
+    """Nginx refused a configuration or could not be reloaded."""
+
+
+def node_address(node: NodeConfig) -> str:
+    """``host:port`` Nginx proxies to for this node."""
+    if node.address:
+        return node.address
+    parts = urlsplit(node.url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generation: str = "0") -> str:
+    """The upstream include for ``roles`` (node name -> primary/backup/active/down).
+
+    ``generation`` is served at ``/ttsha_generation`` by the site config, so
+    whoever changed the file can tell when the reloaded workers use it.
+    """
+    lines = [
+        "# Written by ttsha monitor; do not edit: the next switchover rewrites it.",
+        f'map "" $ttsha_generation {{ default "{generation}"; }}',
+        f"upstream {UPSTREAM_NAME} {{",
+    ]
+    for name, node in nodes.items():
+        role = roles.get(name, DOWN)
+        params = {
+            PRIMARY: "max_fails=1 fail_timeout=2s",
+            ACTIVE: f"weight={node.weight} max_fails=1 fail_timeout=2s",
+            BACKUP: "backup",
+            DOWN: "down",
+        }[role]
+        lines.append(f"    server {node_address(node)} {params};  # {name}: {role}")
+    lines += ["    keepalive 16;", "}", ""]
+    return "\n".join(lines)
+
+
+def _seconds(value: float) -> str:
+    return f"{int(value * 1000)}ms" if value < 1 else f"{value:g}s"
+
+
+def render_site(config: Config, upstream_file: Path | None = None) -> str:
+    """The gateway's ``server`` block (http context), including the upstream file."""
+    ng = config.nginx
+    body = max(config.serve.max_body_bytes, 1024)
+    return f"""# Rendered by `ttsha nginx render`; regenerate rather than edit.
+# Gateway for the ttsha pair. The monitor rewrites only {upstream_file or ng.upstream_file}.
+# In the main context of nginx.conf, also set:
+#   worker_shutdown_timeout 30s;  # streams cannot pile up old workers after reloads
+include {upstream_file or ng.upstream_file};
+
+server {{
+    listen {ng.listen};
+    client_max_body_size {body};
+
+    location / {{
+        proxy_pass http://{UPSTREAM_NAME};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        # A dead node must not stall requests: fail fast, then retry elsewhere.
+        proxy_connect_timeout {_seconds(ng.proxy_connect_timeout)};
+        proxy_send_timeout 10s;
+        proxy_read_timeout {_seconds(ng.proxy_read_timeout)};
+        # Synthesis is idempotent (content-addressed results): retrying a POST is safe.
+        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+        proxy_next_upstream_tries {ng.proxy_next_upstream_tries};
+        proxy_next_upstream_timeout {_seconds(ng.proxy_read_timeout + 5)};
+        # The body is buffered (the default) so that a retry can resend it;
+        # responses are not, so streamed audio reaches the client at once.
+        proxy_request_buffering on;
+        proxy_buffering off;
+        add_header X-Upstream $upstream_addr always;
+    }}
+
+    location = /nginx_status {{
+        stub_status;
+        allow 127.0.0.1;
+        deny all;
+    }}
+
+    # Which upstream file the serving workers loaded (see `ttsha monitor`).
+    location = /ttsha_generation {{
+        allow 127.0.0.1;
+        deny all;
+        default_type text/plain;
+        return 200 "$ttsha_generation\n";
+    }}
+}}
+"""
+
+
+def render_main(config: Config, prefix: Path) -> str:
+    """A complete nginx.conf for a private prefix (the lab, tests, a dedicated gateway)."""
+    site = prefix / "ttsha-site.conf"
+    return f"""# Rendered by `ttsha nginx render --full`; a self-contained gateway.
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_shutdown_timeout 30s;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include {site};
+}}
+"""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    changed: bool
+    reload_s: float = 0.0
+    test_s: float = 0.0
+    #: Seconds from the reload command until the gateway served the new generation
+    #: (None when it could not be confirmed).
+    live_s: float | None = None
+
+
+def _run(command: list[str], what: str, timeout: float = 30.0) -> None:
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise NginxError(f"{what}: {command[0]} not found (apt-get install -y nginx)") from None
+    except subprocess.TimeoutExpired:
+        raise NginxError(f"{what}: {' '.join(command)} timed out after {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise NginxError(f"{what} failed: {detail[-1] if detail else f'exit {proc.returncode}'}")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class UpstreamController:
+    """Rewrites the upstream include and makes Nginx follow, or rolls back."""
+
+    def __init__(self, nginx: NginxConfig, nodes: dict[str, NodeConfig]) -> None:
+        self.nginx = nginx
+        self.nodes = nodes
+
+    @property
+    def path(self) -> Path:
+        return self.nginx.upstream_file
+
+    def current(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def current_primary(self) -> str | None:
+        """The node the existing upstream file routes to first, if any."""
+        text = self.current() or ""
+        for line in text.splitlines():
+            if line.rstrip().endswith(f": {PRIMARY}") and "#" in line:
+                name = line.rsplit("#", 1)[1].split(":")[0].strip()
+                if name in self.nodes:
+                    return name
+        return None
+
+    def _generation_url(self) -> str:
+        host, _, port = self.nginx.listen.rpartition(":")
+        if host in ("", "0.0.0.0", "*", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{port}/ttsha_generation"
+
+    def served_generation(self, timeout: float = 0.5) -> str | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self._generation_url(), timeout=timeout) as resp:
+                return resp.read().decode().strip()
+        except OSError:
+            return None
+
+    def _wait_live(self, generation: str, timeout: float) -> float | None:
+        import time
+
+        # Old workers may accept a few more connections while they shut down:
+        # the change is live once fresh connections keep getting the new file.
+        started = time.perf_counter()
+        streak, first = 0, None
+        while time.perf_counter() - started < timeout:
+            if self.served_generation() == generation:
+                first = first if first is not None else time.perf_counter() - started
+                streak += 1
+                if streak >= 5:
+                    return first
+            else:
+                streak, first = 0, None
+            time.sleep(0.01)
+        return None
+
+    def apply(self, roles: dict[str, str], *, force: bool = False, confirm_timeout: float = 5.0) -> ApplyResult:
+        """Make Nginx route by ``roles``; raises :class:`NginxError` after rolling back."""
+        import time
+
+        previous = self.current()
+        if previous is not None and not force:
+            unchanged = render_upstream(self.nodes, roles, _generation_of(previous))
+            if unchanged == previous:
+                return ApplyResult(changed=False)
+        generation = f"{time.time():.6f}"
+        text = render_upstream(self.nodes, roles, generation)
+        atomic_write(self.path, text)
+        started = time.perf_counter()
+        try:
+            _run(list(self.nginx.test_command), "nginx -t")
+        except NginxError:
+            if previous is None:
+                self.path.unlink(missing_ok=True)
+            else:
+                atomic_write(self.path, previous)
+            log.error("nginx rejected the new upstream; previous file restored")
+            raise
+        tested = time.perf_counter()
+        _run(list(self.nginx.reload_command), "nginx reload")
+        reloaded = time.perf_counter()
+        live = self._wait_live(generation, confirm_timeout) if confirm_timeout else None
+        if live is None and confirm_timeout:
+            log.warning("could not confirm that Nginx serves the new upstream (%s)", self._generation_url())
+        return ApplyResult(changed=True, test_s=tested - started, reload_s=reloaded - tested, live_s=live)
+
+
+def _generation_of(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith('map "" $ttsha_generation'):
+            return line.split('default "', 1)[1].split('"', 1)[0]
+    return "0"
