@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PENDING = {
-    "failover": "kill -9 of the primary vs the article's passive Nginx setup (issue 5)",
     "replication": "audio lag, burst and no-change sync vs rsync (issue 6)",
 }
 
@@ -48,6 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import engine
+    import failover
     import serve
 
     lines = [
@@ -76,6 +76,15 @@ def main() -> None:
         "",
     ]
     lines += serve.table(serve.measure())
+    lines += [
+        "",
+        "## Failover",
+        "",
+        "The lab (`ttsha lab`: two real `ttsha serve` nodes, a real Nginx, loopback) under drill traffic,",
+        "once with ttsha's gateway and monitor, once with the article's passive Nginx setup.",
+        "",
+    ]
+    lines += failover.table(failover.measure())
     lines.append("")
     for area, what in PENDING.items():
         lines += [f"## {area.capitalize()}", "", f"Not measured yet: {what}.", ""]

@@ -132,6 +132,31 @@ server {{
 """
 
 
+def render_article_baseline(config: Config, primary: str, standby: str) -> tuple[str, str]:
+    """(upstream, site) as in the article ttsha improves on, for side-by-side benchmarks:
+    passive checks only (max_fails=2 fail_timeout=10s), Nginx's default
+    retry policy (a failed POST is not retried) and default timeouts."""
+    nodes = config.nodes
+    upstream = (
+        f'map "" $ttsha_generation {{ default "article"; }}\n'
+        f"upstream {UPSTREAM_NAME} {{\n"
+        f"    server {node_address(nodes[primary])} max_fails=2 fail_timeout=10s;\n"
+        f"    server {node_address(nodes[standby])} backup;\n"
+        "}\n"
+    )
+    site = f"""include {config.nginx.upstream_file};
+server {{
+    listen {config.nginx.listen};
+    location / {{
+        proxy_pass http://{UPSTREAM_NAME};
+        proxy_set_header Host $host;
+        add_header X-Upstream $upstream_addr always;
+    }}
+}}
+"""
+    return upstream, site
+
+
 def render_main(config: Config, prefix: Path) -> str:
     """A complete nginx.conf for a private prefix (the lab, tests, a dedicated gateway)."""
     site = prefix / "ttsha-site.conf"

@@ -1,0 +1,293 @@
+"""``ttsha lab``: the whole HA pair on one machine, on 127.0.0.0/8.
+
+Two ``ttsha serve`` nodes (127.0.0.2 and 127.0.0.3, each with its own store),
+a real Nginx gateway rendered by ttsha's renderer on a private prefix, and
+``ttsha monitor``. Every process is started from a config written into the
+lab directory and recorded by pid there, so ``down`` stops exactly what
+``up`` started. The end-to-end tests and benchmarks stand the system up
+through this module too: there is one way to do it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PeerUnreachable, TTSHAError
+
+NODE_HOSTS = {"primary": "127.0.0.2", "standby": "127.0.0.3"}
+GATEWAY_HOST = "127.0.0.1"
+
+
+class LabError(TTSHAError):
+    """The lab could not be started or is not running."""
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _pick_port(host: str, preferred: int) -> int:
+    if _port_free(host, preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def find_binary(name: str, package: str) -> str:
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
+    if path is None:
+        raise LabError(f"{name} not found: install it with 'apt-get install -y {package}'")
+    return path
+
+
+@dataclass
+class LabLayout:
+    root: Path
+    node_ports: dict[str, int]
+    gateway_port: int
+
+    @property
+    def config(self) -> Path:
+        return self.root / "ttsha.toml"
+
+    @property
+    def gateway(self) -> Path:
+        return self.root / "gateway"
+
+    def node_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def url(self, name: str) -> str:
+        return f"http://{NODE_HOSTS[name]}:{self.node_ports[name]}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{GATEWAY_HOST}:{self.gateway_port}"
+
+
+def write_config(layout: LabLayout, nginx_binary: str, article: bool = False) -> None:
+    """The lab's ttsha.toml: everything under ``layout.root``, all on loopback."""
+    gw = layout.gateway
+    nodes = "\n".join(
+        f'[nodes.{name}]\nurl = "{layout.url(name)}"\npriority = {200 if name == "primary" else 100}\n'
+        for name in NODE_HOSTS
+    )
+    text = f"""# Written by `ttsha lab up`.
+[serve]
+workers = 2
+canary_interval = "30s"
+drain_timeout = "10s"
+
+[store]
+path = "{layout.root}/primary/audio"
+
+{nodes}
+[monitor]
+interval = "500ms"
+fast_interval = "100ms"
+connect_timeout = "200ms"
+read_timeout = "500ms"
+fall = 2
+rise = 3
+state_file = "{layout.root}/monitor.json"
+
+[nginx]
+listen = "{GATEWAY_HOST}:{layout.gateway_port}"
+upstream_file = "{gw}/ttsha-upstream.conf"
+site_file = "{gw}/ttsha-site.conf"
+test_command = ["{nginx_binary}", "-t", "-q", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
+reload_command = ["{nginx_binary}", "-s", "reload", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
+
+[drill]
+duration = "20s"
+rate = 10.0
+"""
+    layout.config.write_text(text, encoding="utf-8")
+
+
+class Lab:
+    """Start, inspect and stop the lab in ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.pids = self.root / "pids.json"
+
+    # -- state -----------------------------------------------------------
+    def layout(self) -> LabLayout:
+        try:
+            data = json.loads((self.root / "lab.json").read_text())
+        except (OSError, ValueError):
+            raise LabError(f"no lab in {self.root}: run 'ttsha lab up --dir {self.root}'") from None
+        return LabLayout(self.root, data["node_ports"], data["gateway_port"])
+
+    def _pids(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads(self.pids.read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_pids(self, pids: dict[str, int]) -> None:
+        self.pids.write_text(json.dumps(pids, indent=1))
+
+    def pid(self, name: str) -> int | None:
+        return self._pids().get(name)
+
+    # -- processes -------------------------------------------------------
+    def _ttsha(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "ttsha", "--config", str(self.root / "ttsha.toml"), *args]
+
+    def _spawn(self, name: str, command: list[str]) -> int:
+        log = open(self.root / f"{name}.log", "ab")
+        proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        pids = self._pids()
+        pids[name] = proc.pid
+        self._save_pids(pids)
+        return proc.pid
+
+    def start_node(self, name: str) -> int:
+        layout = self.layout()
+        store = layout.node_dir(name) / "audio"
+        store.mkdir(parents=True, exist_ok=True)
+        return self._spawn(
+            name,
+            self._ttsha("serve", "--host", NODE_HOSTS[name], "--port", str(layout.node_ports[name]), "--store", str(store)),
+        )
+
+    def up(self, node_ports: dict[str, int] | None = None, gateway_port: int | None = None, monitor: bool = True,
+           timeout: float = 120.0) -> LabLayout:
+        """Write configs, start everything, wait until healthy."""
+        nginx = find_binary("nginx", "nginx")
+        if self._pids():
+            raise LabError(f"a lab already runs in {self.root} (ttsha lab down --dir {self.root})")
+        self.root.mkdir(parents=True, exist_ok=True)
+        ports = node_ports or {name: _pick_port(host, 8900) for name, host in NODE_HOSTS.items()}
+        layout = LabLayout(self.root, ports, gateway_port or _pick_port(GATEWAY_HOST, 8080))
+        (self.root / "lab.json").write_text(json.dumps({"node_ports": ports, "gateway_port": layout.gateway_port}))
+        write_config(layout, nginx)
+        subprocess.run(self._ttsha("nginx", "render", "--prefix", str(layout.gateway), "--force"), check=True,
+                       capture_output=True)
+        for name in NODE_HOSTS:
+            self.start_node(name)
+        proc = subprocess.run([nginx, "-p", str(layout.gateway), "-c", str(layout.gateway / "nginx.conf")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            self.down()
+            raise LabError(f"nginx did not start: {proc.stderr.strip()}")
+        pids = self._pids()
+        pids["nginx"] = int((layout.gateway / "nginx.pid").read_text())
+        self._save_pids(pids)
+        self.wait_healthy(layout, timeout)
+        if monitor:
+            self._spawn("monitor", self._ttsha("monitor"))
+            self.wait_monitor(timeout=30)
+        return layout
+
+    def wait_healthy(self, layout: LabLayout, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(NODE_HOSTS)
+        while pending and time.monotonic() < deadline:
+            for name in list(pending):
+                if health(layout.url(name)) == "ready":
+                    pending.discard(name)
+            time.sleep(0.2)
+        if pending:
+            raise PeerUnreachable(f"lab nodes not ready after {timeout:.0f} s: {', '.join(sorted(pending))} "
+                                  f"(see {self.root}/*.log)")
+
+    def wait_monitor(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.monitor_state()
+            if state and state.get("primary") and state.get("nginx", {}).get("ok"):
+                return state
+            time.sleep(0.1)
+        raise LabError(f"the monitor did not take control within {timeout:.0f} s (see {self.root}/monitor.log)")
+
+    def monitor_state(self) -> dict | None:
+        try:
+            return json.loads((self.root / "monitor.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def status(self) -> dict[str, dict]:
+        layout = self.layout()
+        out = {}
+        for name, pid in self._pids().items():
+            alive = _alive(pid)
+            entry = {"pid": pid, "running": alive, "log": str(self.root / f"{name}.log")}
+            if name in NODE_HOSTS:
+                entry["endpoint"] = layout.url(name)
+                entry["health"] = health(layout.url(name)) if alive else "-"
+            elif name == "nginx":
+                entry["endpoint"] = layout.gateway_url
+                entry["log"] = str(layout.gateway / "error.log")
+            out[name] = entry
+        return out
+
+    def down(self, timeout: float = 20.0) -> list[str]:
+        """Stop every process this lab started (by recorded pid), and nothing else."""
+        stopped = []
+        pids = self._pids()
+        for name in ("monitor", "nginx", *NODE_HOSTS):
+            pid = pids.get(name)
+            if pid is None or not _alive(pid):
+                continue
+            try:
+                os.kill(pid, signal.SIGCONT)  # a drill may have frozen it
+                os.kill(pid, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(name)
+        self.pids.unlink(missing_ok=True)
+        return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def health(url: str, timeout: float = 1.0) -> str:
+    """The node's /health status word, or "unreachable"."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
+            return json.loads(resp.read()).get("status", "?")
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read()).get("status", str(exc.code))
+        except ValueError:
+            return str(exc.code)
+    except OSError:
+        return "unreachable"
