@@ -30,7 +30,7 @@ def test_version(capsys):
 def test_help_lists_commands_with_examples(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    commands = ("synth", "voices", "config", "doctor", "serve", "gc", "nginx", "monitor", "status")
+    commands = ("synth", "voices", "config", "doctor", "serve", "gc", "nginx", "monitor", "status", "replicate", "lab")
     for name in commands:
         assert name in out
     for name in commands:

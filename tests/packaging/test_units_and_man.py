@@ -56,7 +56,7 @@ def _man_sections() -> dict[str, set[str]]:
     current = None
     for line in MAN1.read_text(encoding="utf-8").splitlines():
         if line.startswith(".SS") or line.startswith(".SH"):
-            current = line.split('"')[1] if line.startswith('.SS "ttsha') else None
+            current = line.split('"')[1].replace("\\-", "-") if line.startswith('.SS "ttsha') else None
             if current is not None:
                 sections[current] = set()
             continue
@@ -139,12 +139,13 @@ def _lab_config(tmp_path: Path) -> Path:
     text = (ROOT / "conf" / "ttsha.toml").read_text()
     text = text.replace("/var/lib/ttsha", str(tmp_path / "state")).replace("/etc/nginx", str(tmp_path / "nginx"))
     text = text.replace('port = 8900', f"port = {port}")
+    text = text.replace('peer = ""', 'peer = "standby"')
     path = tmp_path / "ttsha.toml"
     path.write_text(text)
     return path
 
 
-@pytest.mark.parametrize("name", ["ttsha-serve.service", "ttsha-monitor.service"])
+@pytest.mark.parametrize("name", ["ttsha-serve.service", "ttsha-monitor.service", "ttsha-replicate.service"])
 def test_daemon_exec_start_runs(name, tmp_path):
     """The unit's own command line starts, reports READY=1 and stops on SIGTERM."""
     argv = _exec_start(ROOT / "systemd" / name)

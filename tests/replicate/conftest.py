@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ttsha.config import Config, NodeConfig, ReplicateConfig, StoreConfig
+
+from ..monitor.conftest import free_port, need
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class Sshd:
+    """A real OpenSSH server on loopback with a temp host key and authorized key."""
+
+    def __init__(self, root: Path) -> None:
+        self.binary = need("sshd", "openssh-server")
+        keygen = need("ssh-keygen", "openssh-client")
+        self.root = root
+        self.port = free_port()
+        self.host_key = root / "host_key"
+        self.client_key = root / "client_key"
+        for key in (self.host_key, self.client_key):
+            subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+        os.chmod(self.client_key, 0o600)
+        self.config = root / "sshd_config"
+        self.config.write_text(
+            f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {self.host_key}
+PidFile {root}/sshd.pid
+AuthorizedKeysFile {root}/authorized_keys
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UsePAM no
+Subsystem sftp internal-sftp
+LogLevel ERROR
+"""
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "-D", "-f", str(self.config), "-E", str(self.root / "sshd.log")])
+        deadline = time.monotonic() + 10
+        import socket
+
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start")
+
+    def stop(self) -> None:
+        """Stop the server and every session it spawned: the standby is gone."""
+        if self.proc and self.proc.poll() is None:
+            victims = _descendants(self.proc.pid)
+            self.proc.kill()
+            self.proc.wait(10)
+            for pid in victims:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+
+    def known_hosts_line(self) -> str:
+        key = (self.root / "host_key.pub").read_text().split()
+        return f"[127.0.0.1]:{self.port} {key[0]} {key[1]}\n"
+
+
+@pytest.fixture
+def sshd_running(tmp_path):
+    root = tmp_path / "sshd"
+    root.mkdir()
+    server = Sshd(root)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rep_config(tmp_path, sshd_running):
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd_running.known_hosts_line())
+    for d in ("src-models", "dst-models", "src-audio", "dst-audio"):
+        (tmp_path / d).mkdir()
+    return Config(
+        nodes={
+            "primary": NodeConfig(url="http://127.0.0.2:8900"),
+            "standby": NodeConfig(url="http://127.0.0.3:8900", ssh_host="127.0.0.1", ssh_port=sshd_running.port,
+                                  ssh_user=os.environ.get("USER", "root") if os.geteuid() else "root"),
+        },
+        store=StoreConfig(path=tmp_path / "src-audio"),
+        replicate=ReplicateConfig(
+            peer="standby",
+            known_hosts=known,
+            key_file=sshd_running.client_key,
+            remote_store=tmp_path / "dst-audio",
+            remote_models=tmp_path / "dst-models",
+            local_models=tmp_path / "src-models",
+            queue_file=tmp_path / "queue.sqlite",
+            exclude=[],
+        ),
+    )

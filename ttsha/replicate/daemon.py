@@ -1,0 +1,256 @@
+"""``ttsha replicate``: models on a schedule, audio in real time, over one SSH link.
+
+The audio store is watched with pyinotify (``IN_CLOSE_WRITE`` and
+``IN_MOVED_TO``: the store writes by rename). Every finished file goes into
+the durable queue first; a sender drains the queue in order over SFTP,
+reconnecting with exponential backoff when the peer is away. A catch-up scan
+at start and after an inotify queue overflow finds anything missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyinotify
+
+from .. import systemd
+from ..config import Config
+from ..errors import TTSHAError
+from ..nginx import atomic_write
+from .queue import DurableQueue
+from .sync import SyncResult, scan_local, selected, sync
+from .transport import HostKeyRefused, Peer
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+LAG_SAMPLES = 2000
+
+
+def peer_for(config: Config, root: str) -> Peer:
+    """A Peer for ``[replicate] peer`` rooted at ``root`` on that node."""
+    name = config.replicate.peer
+    if not name:
+        raise TTSHAError("replicate.peer is not set: name the node that receives copies ([nodes.NAME])")
+    node = config.nodes[name]
+    host = node.ssh_host or node.url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
+    return Peer(host, node.ssh_port, node.ssh_user, config.replicate.key_file, config.replicate.known_hosts, root,
+                bwlimit_kib=config.replicate.bwlimit)
+
+
+class _Handler(pyinotify.ProcessEvent):
+    def my_init(self, replicator: "Replicator") -> None:  # pyinotify's constructor hook
+        self.replicator = replicator
+
+    def process_IN_CLOSE_WRITE(self, event) -> None:
+        self.replicator.file_done(event.pathname)
+
+    def process_IN_MOVED_TO(self, event) -> None:
+        self.replicator.file_done(event.pathname)
+
+    def process_IN_CREATE(self, event) -> None:
+        if event.dir:
+            # pyinotify adds the watch for a new directory (auto_add) only after
+            # files may already have been written in it: queue what is there.
+            self.replicator.scan_directory(Path(event.pathname))
+
+    def process_IN_Q_OVERFLOW(self, event) -> None:
+        log.warning("inotify queue overflow: scanning the store for missed files")
+        self.replicator.request_scan()
+
+
+class Replicator:
+    def __init__(self, config: Config, store: Path | None = None) -> None:
+        self.config = config
+        rc = config.replicate
+        self.store = Path(store or config.store.path)
+        self.queue = DurableQueue(rc.queue_file)
+        self.state_file = Path(rc.queue_file).with_suffix(".json")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._scan = threading.Event()
+        self._scan.set()  # catch-up at start
+        self.lags: list[float] = []
+        self.stats: dict[str, Any] = {"files_sent": 0, "bytes_sent": 0, "last_error": "", "connected": False,
+                                      "models": {}}
+
+    # -- producer --------------------------------------------------------
+    def file_done(self, path: str) -> None:
+        rel = os.path.relpath(path, self.store)
+        name = os.path.basename(rel)
+        if name.startswith(".") or rel.startswith(".."):
+            return  # temp files of atomic writes; their rename brings the real name
+        if not selected(rel, self.config.replicate.include, self.config.replicate.exclude):
+            return
+        self.queue.put(rel, time.time())
+        self._wake.set()
+
+    def scan_directory(self, directory: Path) -> None:
+        for dirpath, _, filenames in os.walk(directory):
+            for name in sorted(filenames, key=lambda n: (n.rpartition(".")[0], not n.endswith(".json"))):
+                self.file_done(os.path.join(dirpath, name))
+
+    def request_scan(self) -> None:
+        self._scan.set()
+        self._wake.set()
+
+    # -- sender ----------------------------------------------------------
+    def _catch_up(self, peer: Peer) -> None:
+        """Queue every local file the peer lacks or has in another version."""
+        local = scan_local(self.store, self.config.replicate.include, self.config.replicate.exclude)
+        remote = peer.walk()
+        missing = [
+            rel for rel, e in local.items()
+            if rel not in remote or remote[rel].size != e.size or remote[rel].mtime != e.mtime
+        ]
+        if missing:
+            from .sync import sidecar_first
+
+            self.queue.put_many(sorted(missing, key=sidecar_first))
+            log.info("catch-up: %d files to send", len(missing))
+
+    def drain(self, peer: Peer) -> int:
+        """Send what is queued, in order; returns files sent."""
+        sent = 0
+        while not self._stop.is_set():
+            if self._scan.is_set():
+                self._scan.clear()
+                self._catch_up(peer)
+            batch = self.queue.peek(64)
+            if not batch:
+                return sent
+            for item in batch:
+                local = self.store / item.rel
+                try:
+                    nbytes = peer.put(local, item.rel)
+                except FileNotFoundError:
+                    self.queue.done(item)  # removed locally (gc) before it could be sent
+                    continue
+                except Exception:
+                    self.queue.failed(item)
+                    raise
+                self.queue.done(item)
+                self.lags.append(time.time() - item.closed_at)
+                del self.lags[:-LAG_SAMPLES]
+                self.stats["files_sent"] += 1
+                self.stats["bytes_sent"] += nbytes
+                sent += 1
+        return sent
+
+    def _audio_loop(self) -> None:
+        backoff = 0.5
+        peer: Peer | None = None
+        while not self._stop.is_set():
+            try:
+                if peer is None or not peer.alive:
+                    peer = peer_for(self.config, str(self.config.replicate.remote_store)).connect()
+                    self.stats["connected"] = True
+                    self._scan.set()
+                    log.info("connected to %s@%s:%d", peer.user, peer.host, peer.port)
+                self.drain(peer)
+                backoff = 0.5
+                self.write_state()
+                self._wake.wait(1.0)
+                self._wake.clear()
+            except HostKeyRefused as exc:
+                self._failure(peer, exc, alert=True)
+                peer = None
+                self._stop.wait(MAX_BACKOFF_S)
+            except Exception as exc:  # paramiko raises many kinds; all mean "retry later"
+                self._failure(peer, exc)
+                peer = None
+                self._stop.wait(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    def _failure(self, peer: Peer | None, exc: Exception, alert: bool = False) -> None:
+        if peer is not None:
+            peer.close()
+        self.stats["connected"] = False
+        self.stats["last_error"] = f"{type(exc).__name__}: {exc}"
+        (log.error if alert else log.warning)("replication paused: %s (queue depth %d)", exc, self.queue.depth())
+        self.write_state()
+
+    def sync_models(self, dry_run: bool = False, progress=None) -> SyncResult:
+        rc = self.config.replicate
+        peer = peer_for(self.config, str(rc.remote_models)).connect()
+        try:
+            result = sync(Path(rc.local_models), peer, delete=rc.delete, checksum=rc.checksum,
+                          include=rc.include, exclude=rc.exclude, dry_run=dry_run, progress=progress)
+        finally:
+            peer.close()
+        self.stats["models"] = {"at": time.time(), "files": result.files_sent, "bytes": result.bytes_sent,
+                                "deleted": result.deleted, "seconds": round(result.seconds, 3)}
+        return result
+
+    def _models_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if Path(self.config.replicate.local_models).is_dir():
+                    result = self.sync_models()
+                    log.info("models sync: %d files, %d bytes, %d deleted", result.files_sent, result.bytes_sent,
+                             result.deleted)
+            except Exception as exc:
+                self.stats["last_error"] = f"models: {type(exc).__name__}: {exc}"
+                log.warning("models sync failed: %s", exc)
+            self._stop.wait(self.config.replicate.interval)
+
+    # -- observability ---------------------------------------------------
+    def lag_percentiles(self) -> dict[str, float | None]:
+        ordered = sorted(self.lags)
+        if not ordered:
+            return {"p50": None, "p99": None}
+        return {"p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
+
+    def write_state(self) -> None:
+        data = {"updated_at": time.time(), "queue_depth": self.queue.depth(), "lag_s": self.lag_percentiles(),
+                **self.stats}
+        try:
+            atomic_write(self.state_file, json.dumps(data, indent=1))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.state_file, exc)
+
+    # -- daemon ----------------------------------------------------------
+    def start_watch(self) -> pyinotify.ThreadedNotifier:
+        self.store.mkdir(parents=True, exist_ok=True)
+        manager = pyinotify.WatchManager()
+        notifier = pyinotify.ThreadedNotifier(manager, _Handler(replicator=self))
+        notifier.daemon = True
+        notifier.start()
+        # IN_CREATE is needed for auto_add to watch new shard directories.
+        mask = pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO | pyinotify.IN_CREATE | pyinotify.IN_Q_OVERFLOW
+        manager.add_watch(str(self.store), mask, rec=True, auto_add=True)
+        return notifier
+
+    def run(self, install_signals: bool = True, models: bool = True) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        notifier = self.start_watch()
+        threads = [threading.Thread(target=self._audio_loop, name="audio", daemon=True)]
+        if models:
+            threads.append(threading.Thread(target=self._models_loop, name="models", daemon=True))
+        for thread in threads:
+            thread.start()
+        systemd.ready(f"replicating {self.store} to {self.config.replicate.peer}")
+        interval = systemd.watchdog_interval() or 5.0
+        while not self._stop.wait(interval):
+            if threads[0].is_alive():
+                systemd.watchdog_ping()
+        systemd.stopping()
+        notifier.stop()
+        for thread in threads:
+            thread.join(10)
+        self.write_state()
+        self.queue.close()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()

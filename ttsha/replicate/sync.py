@@ -1,0 +1,175 @@
+"""rsync semantics over SFTP: quick check, whole-file atomic transfer, delete.
+
+A file is sent when it is missing on the peer or differs in size or mtime
+(or in content, with ``checksum``). Mode and mtime are preserved, so the
+next quick check finds nothing to do. ``delete`` removes files the source no
+longer has. Symlinks are never followed out of the source root.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .transport import Peer, RemoteEntry, safe_relative
+
+log = logging.getLogger(__name__)
+
+SEND, DELETE = "send", "delete"
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    path: Path
+    size: int
+    mtime: int
+    mode: int
+
+
+@dataclass(frozen=True)
+class Change:
+    op: str
+    rel: str
+    reason: str  # new, size, time, checksum, extraneous
+    size: int = 0
+
+    def itemize(self) -> str:
+        """rsync ``--itemize-changes`` style: ``>f+++++++++ path``, ``>f.st...... path``, ``*deleting path``."""
+        if self.op == DELETE:
+            return f"*deleting   {self.rel}"
+        flags = {"new": "+++++++++", "size": ".st......", "time": "..t......", "checksum": "c........"}[self.reason]
+        return f">f{flags} {self.rel}"
+
+
+@dataclass
+class SyncResult:
+    changes: list[Change] = field(default_factory=list)
+    files_sent: int = 0
+    bytes_sent: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+
+
+def selected(rel: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
+    """rsync-like filters on the relative path and on each path component."""
+    parts = rel.split("/")
+
+    def match(pattern: str) -> bool:
+        return fnmatch.fnmatchcase(rel, pattern) or any(fnmatch.fnmatchcase(p, pattern) for p in parts)
+
+    include = list(include)
+    if any(match(p) for p in exclude):
+        return False
+    return not include or any(match(p) for p in include)
+
+
+def scan_local(root: Path, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> dict[str, LocalEntry]:
+    """Regular files under ``root``; temp files of writers in progress are left out."""
+    root = Path(root)
+    real_root = root.resolve()
+    found: dict[str, LocalEntry] = {}
+    include, exclude = list(include), list(exclude)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, root)
+        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
+        for name in filenames:
+            if name.startswith(".") and name.endswith(".tmp"):
+                continue  # an atomic write in progress: its rename brings the real name
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if not selected(rel, include, exclude):
+                continue
+            path = Path(dirpath) / name
+            try:
+                if path.is_symlink():
+                    target = path.resolve()
+                    if real_root not in target.parents:
+                        log.warning("skipping symlink %s: it points outside %s", rel, root)
+                        continue
+                st = path.stat()
+            except (FileNotFoundError, RuntimeError):
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[safe_relative(rel)] = LocalEntry(path, st.st_size, int(st.st_mtime), stat.S_IMODE(st.st_mode))
+    return found
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sidecar_first(rel: str) -> tuple[str, int]:
+    """Sort key: a result's JSON sidecar goes before its audio."""
+    base, _, ext = rel.rpartition(".")
+    return (base or rel, 0 if ext == "json" else 1)
+
+
+def plan(
+    local: dict[str, LocalEntry],
+    remote: dict[str, RemoteEntry],
+    *,
+    delete: bool = False,
+    checksum: bool = False,
+    peer: Peer | None = None,
+) -> list[Change]:
+    changes: list[Change] = []
+    for rel in sorted(local, key=sidecar_first):
+        entry, other = local[rel], remote.get(rel)
+        if other is None:
+            changes.append(Change(SEND, rel, "new", entry.size))
+        elif other.size != entry.size:
+            changes.append(Change(SEND, rel, "size", entry.size))
+        elif checksum:
+            if peer is None or peer.checksum(rel) != file_sha256(entry.path):
+                changes.append(Change(SEND, rel, "checksum", entry.size))
+        elif other.mtime != entry.mtime:
+            changes.append(Change(SEND, rel, "time", entry.size))
+    if delete:
+        changes += [Change(DELETE, rel, "extraneous") for rel in sorted(set(remote) - set(local))]
+    return changes
+
+
+def sync(
+    root: Path,
+    peer: Peer,
+    *,
+    delete: bool = False,
+    checksum: bool = False,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    dry_run: bool = False,
+    progress: Callable[[Change, int], None] | None = None,
+) -> SyncResult:
+    """Make the peer's root match ``root`` (one way)."""
+    started = time.monotonic()
+    local = scan_local(root, include, exclude)
+    remote = {rel: e for rel, e in peer.walk().items() if selected(rel, include, exclude) and not rel.split("/")[-1].startswith(".")}
+    result = SyncResult(changes=plan(local, remote, delete=delete, checksum=checksum, peer=peer))
+    if dry_run:
+        result.seconds = time.monotonic() - started
+        return result
+    for change in result.changes:
+        if change.op == SEND:
+            try:
+                result.bytes_sent += peer.put(local[change.rel].path, change.rel)
+                result.files_sent += 1
+            except FileNotFoundError:
+                log.info("%s vanished before it could be sent", change.rel)
+                continue
+        else:
+            peer.remove(change.rel)
+            result.deleted += 1
+        if progress is not None:
+            progress(change, result.bytes_sent)
+    result.seconds = time.monotonic() - started
+    return result

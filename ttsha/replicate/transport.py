@@ -1,0 +1,256 @@
+"""One verified SSH connection and the SFTP operations replication needs.
+
+Host keys are checked against a known_hosts file: an unknown or changed key
+is refused (:class:`HostKeyRefused`), never added on the fly. Only key
+authentication is used, and the key file must not be readable by others.
+Every remote path is built from a relative path that has been checked, under
+the configured remote root: nothing is ever written outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import paramiko
+
+from ..errors import PeerUnreachable, TTSHAError
+
+log = logging.getLogger(__name__)
+
+#: SFTP window and packet sizes: large windows keep a fast link busy.
+WINDOW = 64 * 1024 * 1024
+CHUNK = 256 * 1024
+
+
+class HostKeyRefused(PeerUnreachable):
+    """The peer's host key is unknown or differs from known_hosts."""
+
+
+class UnsafePath(TTSHAError):
+    """A path would leave the replication root."""
+
+
+def safe_relative(rel: str) -> str:
+    """Normalize a relative path and refuse anything that climbs out or is absolute."""
+    if not rel or "\0" in rel:
+        raise UnsafePath(f"invalid path {rel!r}")
+    path = PurePosixPath(rel)
+    if path.is_absolute() or any(part in ("..", "") for part in path.parts):
+        raise UnsafePath(f"path {rel!r} leaves the replication root")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    size: int
+    mtime: int
+    mode: int
+
+
+def check_key_file(key_file: Path) -> None:
+    try:
+        st = key_file.stat()
+    except FileNotFoundError:
+        raise TTSHAError(f"SSH key {key_file} not found (ssh-keygen -t ed25519 -f {key_file})") from None
+    if st.st_mode & 0o077:
+        raise TTSHAError(f"SSH key {key_file} is accessible by others; run: chmod 600 {key_file}")
+
+
+class Peer:
+    """An SFTP session to ``user@host:port`` rooted at ``root``."""
+
+    def __init__(self, host: str, port: int, user: str, key_file: Path, known_hosts: Path, root: str,
+                 bwlimit_kib: int = 0, timeout: float = 10.0) -> None:
+        self.host, self.port, self.user = host, port, user
+        self.key_file, self.known_hosts = Path(key_file), Path(known_hosts)
+        self.root = root.rstrip("/") or "/"
+        self.bwlimit = bwlimit_kib * 1024
+        self.timeout = timeout
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    # -- connection ------------------------------------------------------
+    def connect(self) -> "Peer":
+        check_key_file(self.key_file)
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(self.known_hosts))
+        except FileNotFoundError:
+            raise HostKeyRefused(
+                f"known_hosts {self.known_hosts} does not exist; record the peer's key with "
+                f"'ttsha replicate trust-host {self.host} --port {self.port}'"
+            ) from None
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.user,
+                key_filename=str(self.key_file),
+                allow_agent=False,
+                look_for_keys=False,
+                timeout=self.timeout,
+                banner_timeout=self.timeout,
+                auth_timeout=self.timeout,
+            )
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyRefused(
+                f"host key of {self.host}:{self.port} CHANGED ({exc.key.get_name()} "
+                f"{exc.key.fingerprint}); refusing to connect"
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyRefused(
+                    f"{self.host}:{self.port} is not in {self.known_hosts}; "
+                    f"record its key with 'ttsha replicate trust-host {self.host} --port {self.port}'"
+                ) from None
+            raise PeerUnreachable(f"SSH to {self.user}@{self.host}:{self.port} failed: {exc}") from None
+        except OSError as exc:
+            raise PeerUnreachable(f"SSH to {self.host}:{self.port} failed: {exc.strerror or exc}") from None
+        transport = client.get_transport()
+        transport.set_keepalive(15)
+        transport.default_window_size = WINDOW
+        self._client = client
+        self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=32768)
+        return self
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            raise PeerUnreachable(f"not connected to {self.host}:{self.port}")
+        return self._sftp
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._client and self._client.get_transport() and self._client.get_transport().is_active())
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = self._sftp = None
+
+    # -- paths -----------------------------------------------------------
+    def remote(self, rel: str) -> str:
+        return posixpath.join(self.root, safe_relative(rel))
+
+    def makedirs(self, rel_dir: str) -> None:
+        if rel_dir in ("", "."):
+            return
+        path = self.root
+        for part in PurePosixPath(safe_relative(rel_dir)).parts:
+            path = posixpath.join(path, part)
+            try:
+                if not stat.S_ISDIR(self.sftp.stat(path).st_mode):
+                    raise UnsafePath(f"{path} exists on the peer and is not a directory")
+            except FileNotFoundError:
+                self.sftp.mkdir(path)
+
+    # -- operations ------------------------------------------------------
+    def walk(self) -> dict[str, RemoteEntry]:
+        """Every regular file under the root: relative path -> size, mtime, mode."""
+        found: dict[str, RemoteEntry] = {}
+        try:
+            self.sftp.stat(self.root)
+        except FileNotFoundError:
+            return found
+        pending = [""]
+        while pending:
+            rel_dir = pending.pop()
+            for attr in self.sftp.listdir_attr(posixpath.join(self.root, rel_dir) if rel_dir else self.root):
+                rel = posixpath.join(rel_dir, attr.filename) if rel_dir else attr.filename
+                if stat.S_ISDIR(attr.st_mode):
+                    pending.append(rel)
+                elif stat.S_ISREG(attr.st_mode):
+                    found[rel] = RemoteEntry(attr.st_size, int(attr.st_mtime), stat.S_IMODE(attr.st_mode))
+        return found
+
+    def stat(self, rel: str) -> RemoteEntry | None:
+        try:
+            attr = self.sftp.stat(self.remote(rel))
+        except FileNotFoundError:
+            return None
+        return RemoteEntry(attr.st_size, int(attr.st_mtime), stat.S_IMODE(attr.st_mode))
+
+    def put(self, local: Path, rel: str) -> int:
+        """Copy ``local`` to ``rel`` atomically: dot-temp name, mode and mtime set, then rename.
+
+        A reader on the peer sees the old file or the whole new one, never a
+        partial one. Returns the bytes sent.
+        """
+        target = self.remote(rel)
+        directory, name = posixpath.split(target)
+        self.makedirs(posixpath.dirname(safe_relative(rel)))
+        temp = posixpath.join(directory, f".{name}.ttsha-{os.getpid()}.tmp")
+        st = local.stat()
+        sent = 0
+        started = time.monotonic()
+        try:
+            with open(local, "rb") as src, self.sftp.open(temp, "wb") as dst:
+                dst.set_pipelined(True)
+                while True:
+                    block = src.read(CHUNK)
+                    if not block:
+                        break
+                    dst.write(block)
+                    sent += len(block)
+                    if self.bwlimit:
+                        ahead = sent / self.bwlimit - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
+            self.sftp.chmod(temp, stat.S_IMODE(st.st_mode))
+            self.sftp.utime(temp, (st.st_atime, st.st_mtime))
+            self.sftp.posix_rename(temp, target)
+        except BaseException:
+            try:
+                self.sftp.remove(temp)
+            except OSError:
+                pass
+            raise
+        return sent
+
+    def remove(self, rel: str) -> None:
+        try:
+            self.sftp.remove(self.remote(rel))
+        except FileNotFoundError:
+            pass
+
+    def checksum(self, rel: str) -> str:
+        """SHA-256 of a remote file, read over SFTP (for ``checksum = true``)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        with self.sftp.open(self.remote(rel), "rb") as f:
+            f.prefetch()
+            for block in iter(lambda: f.read(CHUNK), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def fetch_host_key(host: str, port: int, timeout: float = 10.0) -> paramiko.PKey:
+    """The key a host presents (for trust-host, which shows it before recording it)."""
+    import socket
+
+    sock = socket.create_connection((host, port), timeout=timeout)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=timeout)
+        return transport.get_remote_server_key()
+    finally:
+        transport.close()
+
+
+def record_host_key(known_hosts: Path, host: str, port: int, key: paramiko.PKey) -> None:
+    entry = host if port == 22 else f"[{host}]:{port}"
+    known = paramiko.HostKeys()
+    if known_hosts.exists():
+        known.load(str(known_hosts))
+    known.add(entry, key.get_name(), key)
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    known.save(str(known_hosts))
+    os.chmod(known_hosts, 0o644)
