@@ -62,6 +62,11 @@ class LabLayout:
     root: Path
     node_ports: dict[str, int]
     gateway_port: int
+    ssh_port: int = 0
+
+    @property
+    def ssh(self) -> Path:
+        return self.root / "ssh"
 
     @property
     def config(self) -> Path:
@@ -82,11 +87,15 @@ class LabLayout:
         return f"http://{GATEWAY_HOST}:{self.gateway_port}"
 
 
-def write_config(layout: LabLayout, nginx_binary: str, article: bool = False) -> None:
+def write_config(layout: LabLayout, nginx_binary: str) -> None:
     """The lab's ttsha.toml: everything under ``layout.root``, all on loopback."""
+    import getpass
+
     gw = layout.gateway
+    user = getpass.getuser()
     nodes = "\n".join(
         f'[nodes.{name}]\nurl = "{layout.url(name)}"\npriority = {200 if name == "primary" else 100}\n'
+        f'ssh_host = "{NODE_HOSTS[name]}"\nssh_port = {layout.ssh_port}\nssh_user = "{user}"\n'
         for name in NODE_HOSTS
     )
     text = f"""# Written by `ttsha lab up`.
@@ -115,11 +124,29 @@ site_file = "{gw}/ttsha-site.conf"
 test_command = ["{nginx_binary}", "-t", "-q", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
 reload_command = ["{nginx_binary}", "-s", "reload", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
 
+[replicate]
+peer = "standby"
+known_hosts = "{layout.ssh}/known_hosts"
+key_file = "{layout.ssh}/id_ed25519"
+remote_store = "{layout.root}/standby/audio"
+remote_models = "{layout.root}/standby/models"
+local_models = "{layout.root}/primary/models"
+queue_file = "{layout.root}/primary/replicate.sqlite"
+interval = "1m"
+
 [drill]
 duration = "20s"
 rate = 10.0
 """
     layout.config.write_text(text, encoding="utf-8")
+    # The standby replicates back to the primary: results are immutable and
+    # content-addressed, so whichever node serves, its audio reaches the other.
+    back = text.replace('peer = "standby"', 'peer = "primary"')
+    back = back.replace(f'remote_store = "{layout.root}/standby/audio"', f'remote_store = "{layout.root}/primary/audio"')
+    back = back.replace(f'remote_models = "{layout.root}/standby/models"', f'remote_models = "{layout.root}/primary/models"')
+    back = back.replace(f'local_models = "{layout.root}/primary/models"', f'local_models = "{layout.root}/standby/models"')
+    back = back.replace(f'queue_file = "{layout.root}/primary/replicate.sqlite"', f'queue_file = "{layout.root}/standby/replicate.sqlite"')
+    (layout.root / "ttsha-standby.toml").write_text(back, encoding="utf-8")
 
 
 class Lab:
@@ -135,7 +162,7 @@ class Lab:
             data = json.loads((self.root / "lab.json").read_text())
         except (OSError, ValueError):
             raise LabError(f"no lab in {self.root}: run 'ttsha lab up --dir {self.root}'") from None
-        return LabLayout(self.root, data["node_ports"], data["gateway_port"])
+        return LabLayout(self.root, data["node_ports"], data["gateway_port"], data.get("ssh_port", 0))
 
     def _pids(self) -> dict[str, int]:
         try:
@@ -178,14 +205,32 @@ class Lab:
         if self._pids():
             raise LabError(f"a lab already runs in {self.root} (ttsha lab down --dir {self.root})")
         self.root.mkdir(parents=True, exist_ok=True)
+        sshd = find_binary("sshd", "openssh-server")
+        keygen = find_binary("ssh-keygen", "openssh-client")
         ports = node_ports or {name: _pick_port(host, 8900) for name, host in NODE_HOSTS.items()}
-        layout = LabLayout(self.root, ports, gateway_port or _pick_port(GATEWAY_HOST, 8080))
-        (self.root / "lab.json").write_text(json.dumps({"node_ports": ports, "gateway_port": layout.gateway_port}))
+        ssh_port = next((p for p in range(2222, 2300) if all(_port_free(h, p) for h in NODE_HOSTS.values())), 0)
+        if not ssh_port:
+            raise LabError("no free SSH port for the lab between 2222 and 2299 on 127.0.0.2/3")
+        layout = LabLayout(self.root, ports, gateway_port or _pick_port(GATEWAY_HOST, 8080), ssh_port)
+        (self.root / "lab.json").write_text(
+            json.dumps({"node_ports": ports, "gateway_port": layout.gateway_port, "ssh_port": layout.ssh_port})
+        )
         write_config(layout, nginx)
+        self._write_ssh(layout, keygen)
         subprocess.run(self._ttsha("nginx", "render", "--prefix", str(layout.gateway), "--force"), check=True,
                        capture_output=True)
         for name in NODE_HOSTS:
             self.start_node(name)
+            (layout.node_dir(name) / "models").mkdir(parents=True, exist_ok=True)
+        # Each node's SSH endpoint, then each node's replicator towards the other.
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(exist_ok=True)
+        for name in NODE_HOSTS:
+            self._spawn(f"sshd-{name}", [sshd, "-D", "-f", str(layout.ssh / f"sshd_config-{name}"),
+                                         "-E", str(self.root / f"sshd-{name}.log")])
+        for name, config in (("primary", "ttsha.toml"), ("standby", "ttsha-standby.toml")):
+            self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.root / config),
+                                              "replicate", "--store", str(layout.node_dir(name) / "audio")])
         proc = subprocess.run([nginx, "-p", str(layout.gateway), "-c", str(layout.gateway / "nginx.conf")],
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -199,6 +244,39 @@ class Lab:
             self._spawn("monitor", self._ttsha("monitor"))
             self.wait_monitor(timeout=30)
         return layout
+
+    def _write_ssh(self, layout: LabLayout, keygen: str) -> None:
+        """Host key, client key, authorized_keys and known_hosts for the standby's sshd."""
+        ssh = layout.ssh
+        ssh.mkdir(parents=True, exist_ok=True)
+        for key in ("host_ed25519", "id_ed25519"):
+            if not (ssh / key).exists():
+                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"ttsha-lab-{key}", "-f", str(ssh / key)],
+                               check=True)
+        os.chmod(ssh / "id_ed25519", 0o600)
+        (ssh / "authorized_keys").write_text((ssh / "id_ed25519.pub").read_text())
+        host_key = (ssh / "host_ed25519.pub").read_text().split()
+        (ssh / "known_hosts").write_text(
+            "".join(f"[{host}]:{layout.ssh_port} {host_key[0]} {host_key[1]}\n" for host in NODE_HOSTS.values())
+        )
+        for name, host in NODE_HOSTS.items():
+            (ssh / f"sshd_config-{name}").write_text(
+                f"""# Written by `ttsha lab up`: {name}'s SSH endpoint, loopback only.
+Port {layout.ssh_port}
+ListenAddress {host}
+HostKey {ssh}/host_ed25519
+PidFile {ssh}/sshd-{name}.pid
+AuthorizedKeysFile {ssh}/authorized_keys
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UsePAM no
+Subsystem sftp internal-sftp
+LogLevel ERROR
+"""
+            )
 
     def wait_healthy(self, layout: LabLayout, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -233,6 +311,8 @@ class Lab:
         for name, pid in self._pids().items():
             alive = _alive(pid)
             entry = {"pid": pid, "running": alive, "log": str(self.root / f"{name}.log")}
+            if name.startswith("sshd-"):
+                entry["endpoint"] = f"ssh://{NODE_HOSTS[name[5:]]}:{layout.ssh_port}"
             if name in NODE_HOSTS:
                 entry["endpoint"] = layout.url(name)
                 entry["health"] = health(layout.url(name)) if alive else "-"
@@ -246,7 +326,8 @@ class Lab:
         """Stop every process this lab started (by recorded pid), and nothing else."""
         stopped = []
         pids = self._pids()
-        for name in ("monitor", "nginx", *NODE_HOSTS):
+        order = ("monitor", "replicate-primary", "replicate-standby", "nginx", "sshd-primary", "sshd-standby")
+        for name in (*order, *NODE_HOSTS):
             pid = pids.get(name)
             if pid is None or not _alive(pid):
                 continue

@@ -61,10 +61,27 @@ def test_drill_loses_no_request(lab, fault):
     assert report["rejoined_as"] == "backup"
     for key in ("marked_down", "switchover", "reload_done", "first_success_on_standby", "rejoined"):
         assert report["timeline"].get(key) is not None, key
-    # Without replication (issue 6) audio made on the dead primary is gone:
-    # the report must say so, and the exit code reflects the missed objective.
-    assert report["rpo_files"] == len(report["lost_ids"])
-    assert (proc.returncode == 0) == (not report["missed"])
+    # Audio acknowledged before the fault was replicated: nothing lost.
+    assert report["rpo_files"] == 0 and report["lost_ids"] == []
+    assert proc.returncode == 0 and report["missed"] == [], report["missed"]
+
+
+def test_audio_replicated_to_the_standby(lab):
+    import time
+    import urllib.request
+
+    layout = lab.layout()
+    req = urllib.request.Request(layout.gateway_url + "/v1/synthesize?return=json",
+                                 data=json.dumps({"text": "复制到备机的音频。"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        rid = json.loads(resp.read())["id"]
+    stores = [layout.node_dir(name) / "audio" / rid[:2] / f"{rid}.wav" for name in ("primary", "standby")]
+    deadline = time.monotonic() + 10
+    while not all(p.exists() for p in stores) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(p.exists() for p in stores)
+    assert stores[0].read_bytes() == stores[1].read_bytes()
 
 
 def test_freeze_takes_the_node_out(lab):
@@ -79,7 +96,7 @@ def test_down_stops_only_what_up_started(tmp_path):
     root = tmp_path / "lab"
     assert ttsha("lab", "up", "--dir", str(root)).returncode == 0
     pids = json.loads((root / "pids.json").read_text())
-    assert set(pids) == {"primary", "standby", "nginx", "monitor"}
+    assert set(pids) == {"primary", "standby", "nginx", "monitor", "sshd-primary", "sshd-standby", "replicate-primary", "replicate-standby"}
     status = ttsha("lab", "status", "--dir", str(root))
     assert status.returncode == 0 and "ready" in status.stdout
     proc = ttsha("lab", "down", "--dir", str(root))

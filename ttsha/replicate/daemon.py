@@ -129,6 +129,14 @@ class Replicator:
             for item in batch:
                 local = self.store / item.rel
                 try:
+                    # Results are immutable and content-addressed, so nodes can
+                    # replicate to each other: a file that came from the peer is
+                    # already there (same size and mtime) and is not sent back.
+                    st = local.stat()
+                    there = peer.stat(item.rel)
+                    if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
+                        self.queue.done(item)
+                        continue
                     nbytes = peer.put(local, item.rel)
                 except FileNotFoundError:
                     self.queue.done(item)  # removed locally (gc) before it could be sent
