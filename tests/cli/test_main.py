@@ -7,7 +7,6 @@ import time
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import soundfile as sf
 

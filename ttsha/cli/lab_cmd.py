@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from ..errors import TTSHAError
-from . import Context, pass_ctx
 
 DEFAULT_DIR = Path("/tmp/ttsha-lab")
 _dir = click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DIR,
