@@ -18,9 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PENDING = {
-    "replication": "audio lag, burst and no-change sync vs rsync (issue 6)",
-}
+PENDING: dict[str, str] = {}
 
 
 def machine() -> str:
@@ -48,6 +46,7 @@ def main() -> None:
 
     import engine
     import failover
+    import replicate
     import serve
 
     lines = [
@@ -85,6 +84,14 @@ def main() -> None:
         "",
     ]
     lines += failover.table(failover.measure())
+    lines += [
+        "",
+        "## Replication",
+        "",
+        "ttsha's replicator and `rsync -a -e ssh` against the same sshd on loopback, in the same run.",
+        "",
+    ]
+    lines += replicate.table(replicate.measure())
     lines.append("")
     for area, what in PENDING.items():
         lines += [f"## {area.capitalize()}", "", f"Not measured yet: {what}.", ""]

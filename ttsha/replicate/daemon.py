@@ -25,7 +25,7 @@ from ..config import Config
 from ..errors import TTSHAError
 from ..nginx import atomic_write
 from .queue import DurableQueue
-from .sync import SyncResult, scan_local, selected, sync
+from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,13 @@ class Replicator:
         """Queue every local file the peer lacks or has in another version."""
         local = scan_local(self.store, self.config.replicate.include, self.config.replicate.exclude)
         remote = peer.walk()
+        for rel in peer.stale_temps(remote):
+            peer.remove(rel)  # left by a sender killed mid-transfer
         missing = [
             rel for rel, e in local.items()
             if rel not in remote or remote[rel].size != e.size or remote[rel].mtime != e.mtime
         ]
         if missing:
-            from .sync import sidecar_first
-
             self.queue.put_many(sorted(missing, key=sidecar_first))
             log.info("catch-up: %d files to send", len(missing))
 
@@ -123,34 +123,56 @@ class Replicator:
             if self._scan.is_set():
                 self._scan.clear()
                 self._catch_up(peer)
-            batch = self.queue.peek(64)
+            batch = self.queue.peek(256)
             if not batch:
                 return sent
-            for item in batch:
-                local = self.store / item.rel
-                try:
-                    # Results are immutable and content-addressed, so nodes can
-                    # replicate to each other: a file that came from the peer is
-                    # already there (same size and mtime) and is not sent back.
-                    st = local.stat()
-                    there = peer.stat(item.rel)
-                    if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
-                        self.queue.done(item)
-                        continue
-                    nbytes = peer.put(local, item.rel)
-                except FileNotFoundError:
-                    self.queue.done(item)  # removed locally (gc) before it could be sent
-                    continue
-                except Exception:
-                    self.queue.failed(item)
-                    raise
-                self.queue.done(item)
-                self.lags.append(time.time() - item.closed_at)
-                del self.lags[:-LAG_SAMPLES]
-                self.stats["files_sent"] += 1
-                self.stats["bytes_sent"] += nbytes
-                sent += 1
+            counter = [0]
+            lock = threading.Lock()
+
+            def send_group(channel: Peer, items: list) -> None:
+                for item in items:
+                    nbytes = self._send_one(channel, item)
+                    if nbytes is not None:
+                        with lock:
+                            counter[0] += 1
+                            self.lags.append(time.time() - item.closed_at)
+                            self.stats["files_sent"] += 1
+                            self.stats["bytes_sent"] += nbytes
+
+            # Sidecars first, then the rest: whoever sees an audio file on the
+            # standby can also read the request that made it.
+            for phase in ([i for i in batch if i.rel.endswith(".json")], [i for i in batch if not i.rel.endswith(".json")]):
+                groups = [[item] for item in phase]
+                if self.config.replicate.concurrency > 1 and len(groups) > 1:
+                    run_groups(peer, groups, send_group, self.config.replicate.concurrency)
+                else:
+                    for items in groups:
+                        send_group(peer, items)
+            del self.lags[:-LAG_SAMPLES]
+            sent += counter[0]
         return sent
+
+    def _send_one(self, peer: Peer, item) -> int | None:
+        """Send one queued file; None when there was nothing to send."""
+        local = self.store / item.rel
+        try:
+            # Results are immutable and content-addressed, so nodes can
+            # replicate to each other: a file that came from the peer is
+            # already there (same size and mtime) and is not sent back.
+            st = local.stat()
+            there = peer.stat(item.rel)
+            if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
+                self.queue.done(item)
+                return None
+            nbytes = peer.put(local, item.rel)
+        except FileNotFoundError:
+            self.queue.done(item)  # removed locally (gc) before it could be sent
+            return None
+        except Exception:
+            self.queue.failed(item)
+            raise
+        self.queue.done(item)
+        return nbytes
 
     def _audio_loop(self) -> None:
         backoff = 0.5
@@ -190,7 +212,8 @@ class Replicator:
         peer = peer_for(self.config, str(rc.remote_models)).connect()
         try:
             result = sync(Path(rc.local_models), peer, delete=rc.delete, checksum=rc.checksum,
-                          include=rc.include, exclude=rc.exclude, dry_run=dry_run, progress=progress)
+                          include=rc.include, exclude=rc.exclude, dry_run=dry_run, progress=progress,
+                          concurrency=rc.concurrency)
         finally:
             peer.close()
         self.stats["models"] = {"at": time.time(), "files": result.files_sent, "bytes": result.bytes_sent,

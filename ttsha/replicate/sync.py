@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -149,27 +150,96 @@ def sync(
     exclude: Iterable[str] = (),
     dry_run: bool = False,
     progress: Callable[[Change, int], None] | None = None,
+    concurrency: int = 1,
 ) -> SyncResult:
-    """Make the peer's root match ``root`` (one way)."""
+    """Make the peer's root match ``root`` (one way), ``concurrency`` files at a time.
+
+    A result's sidecar and audio travel together, sidecar first.
+    """
     started = time.monotonic()
     local = scan_local(root, include, exclude)
-    remote = {rel: e for rel, e in peer.walk().items() if selected(rel, include, exclude) and not rel.split("/")[-1].startswith(".")}
+    walked = peer.walk()
+    if not dry_run:
+        for rel in peer.stale_temps(walked):
+            peer.remove(rel)
+    remote = {rel: e for rel, e in walked.items() if selected(rel, include, exclude) and not rel.split("/")[-1].startswith(".")}
     result = SyncResult(changes=plan(local, remote, delete=delete, checksum=checksum, peer=peer))
     if dry_run:
         result.seconds = time.monotonic() - started
         return result
-    for change in result.changes:
-        if change.op == SEND:
-            try:
-                result.bytes_sent += peer.put(local[change.rel].path, change.rel)
-                result.files_sent += 1
-            except FileNotFoundError:
-                log.info("%s vanished before it could be sent", change.rel)
-                continue
+    lock = threading.Lock()
+
+    def apply(channel: Peer, group: list[Change]) -> None:
+        for change in group:
+            if change.op == SEND:
+                try:
+                    sent = channel.put(local[change.rel].path, change.rel)
+                except FileNotFoundError:
+                    log.info("%s vanished before it could be sent", change.rel)
+                    continue
+                with lock:
+                    result.bytes_sent += sent
+                    result.files_sent += 1
+            else:
+                channel.remove(change.rel)
+                with lock:
+                    result.deleted += 1
+            if progress is not None:
+                progress(change, result.bytes_sent)
+
+    # Sidecars first, then everything else (each phase possibly concurrent).
+    sidecars = [c for c in result.changes if c.rel.endswith(".json")]
+    others = [c for c in result.changes if not c.rel.endswith(".json")]
+    for phase in (sidecars, others):
+        if concurrency <= 1 or len(phase) < 2:
+            apply(peer, phase)
         else:
-            peer.remove(change.rel)
-            result.deleted += 1
-        if progress is not None:
-            progress(change, result.bytes_sent)
+            run_groups(peer, [[c] for c in phase], apply, concurrency)
+    if result.changes:
+        _copy_dir_times(Path(root), peer, {os.path.dirname(rel) for rel in local})
     result.seconds = time.monotonic() - started
     return result
+
+
+def _copy_dir_times(root: Path, peer: Peer, dirs: set[str]) -> None:
+    """Directory mtimes as on the source (rsync -a does the same), deepest first."""
+    every = set()
+    for rel_dir in dirs:
+        while rel_dir:
+            every.add(rel_dir)
+            rel_dir = os.path.dirname(rel_dir)
+    for rel_dir in sorted(every, key=lambda d: -d.count("/")):
+        peer.set_dir_mtime(rel_dir, (root / rel_dir).stat().st_mtime)
+    peer.set_dir_mtime("", root.stat().st_mtime)
+
+
+def run_groups(peer: Peer, groups: list, apply: Callable, concurrency: int) -> None:
+    """Apply groups over ``concurrency`` SFTP channels of one SSH connection."""
+    import queue as queue_module
+
+    work: queue_module.Queue = queue_module.Queue()
+    for group in groups:
+        work.put(group)
+    errors: list[BaseException] = []
+    channels = [peer] + [peer.channel() for _ in range(min(concurrency, len(groups)) - 1)]
+
+    def worker(channel: Peer) -> None:
+        while not errors:
+            try:
+                group = work.get_nowait()
+            except queue_module.Empty:
+                return
+            try:
+                apply(channel, group)
+            except BaseException as exc:  # re-raised in the caller
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in channels]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for channel in channels[1:]:
+        channel.close()
+    if errors:
+        raise errors[0]

@@ -23,6 +23,9 @@ from ..errors import PeerUnreachable, TTSHAError
 
 log = logging.getLogger(__name__)
 
+#: Temp names are ``.<name>.ttsha-<pid>.tmp``: a crashed sender's leftovers are recognisable.
+TEMP_MARK = ".ttsha-"
+
 #: SFTP window and packet sizes: large windows keep a fast link busy.
 WINDOW = 64 * 1024 * 1024
 CHUNK = 256 * 1024
@@ -74,6 +77,7 @@ class Peer:
         self.timeout = timeout
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._dirs: set[str] = set()  # remote directories known to exist
 
     # -- connection ------------------------------------------------------
     def connect(self) -> "Peer":
@@ -120,6 +124,19 @@ class Peer:
         self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=32768)
         return self
 
+    def channel(self) -> "Peer":
+        """Another SFTP channel over the same SSH connection (for concurrent transfers)."""
+        twin = Peer(self.host, self.port, self.user, self.key_file, self.known_hosts, self.root,
+                    self.bwlimit // 1024, self.timeout)
+        twin._client = self._client
+        twin._sftp = paramiko.SFTPClient.from_transport(
+            self._client.get_transport(), window_size=WINDOW, max_packet_size=32768
+        )
+        twin._owner = False
+        return twin
+
+    _owner = True
+
     @property
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
@@ -131,7 +148,9 @@ class Peer:
         return bool(self._client and self._client.get_transport() and self._client.get_transport().is_active())
 
     def close(self) -> None:
-        if self._client is not None:
+        if self._sftp is not None and not self._owner:
+            self._sftp.close()
+        elif self._client is not None:
             self._client.close()
         self._client = self._sftp = None
 
@@ -145,13 +164,30 @@ class Peer:
         path = self.root
         for part in PurePosixPath(safe_relative(rel_dir)).parts:
             path = posixpath.join(path, part)
+            if path in self._dirs:
+                continue
             try:
                 if not stat.S_ISDIR(self.sftp.stat(path).st_mode):
                     raise UnsafePath(f"{path} exists on the peer and is not a directory")
             except FileNotFoundError:
-                self.sftp.mkdir(path)
+                try:
+                    self.sftp.mkdir(path)
+                except OSError:
+                    # Another channel may have created it meanwhile.
+                    if not stat.S_ISDIR(self.sftp.stat(path).st_mode):
+                        raise
+            self._dirs.add(path)
 
     # -- operations ------------------------------------------------------
+    def stale_temps(self, entries: dict[str, RemoteEntry]) -> list[str]:
+        """Temp files left on the peer by a sender that died mid-transfer."""
+        mine = f"{TEMP_MARK}{os.getpid()}.tmp"
+        return [
+            rel for rel in entries
+            if posixpath.basename(rel).startswith(".") and TEMP_MARK in rel and rel.endswith(".tmp")
+            and not rel.endswith(mine)
+        ]
+
     def walk(self) -> dict[str, RemoteEntry]:
         """Every regular file under the root: relative path -> size, mtime, mode."""
         found: dict[str, RemoteEntry] = {}
@@ -186,7 +222,7 @@ class Peer:
         target = self.remote(rel)
         directory, name = posixpath.split(target)
         self.makedirs(posixpath.dirname(safe_relative(rel)))
-        temp = posixpath.join(directory, f".{name}.ttsha-{os.getpid()}.tmp")
+        temp = posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp")
         st = local.stat()
         sent = 0
         started = time.monotonic()
@@ -213,6 +249,10 @@ class Peer:
                 pass
             raise
         return sent
+
+    def set_dir_mtime(self, rel_dir: str, mtime: float) -> None:
+        path = self.root if rel_dir in ("", ".") else self.remote(rel_dir)
+        self.sftp.utime(path, (mtime, mtime))
 
     def remove(self, rel: str) -> None:
         try:
