@@ -106,15 +106,18 @@ def test_a_dead_or_slow_webhook_never_blocks():
         for i in range(5):
             alerter.send(Alert(f"kind{i}", "x"))
         assert time.monotonic() - started < 0.1
+        alerter.close(timeout=30)  # let the deliveries finish inside the test
     finally:
         slow.close()
     dead = Alerter(AlertConfig(webhook_url="http://127.0.0.1:9/none", retries=1), backoff=0.01)
     started = time.monotonic()
     assert dead.send(Alert("node_down", "x"))
     assert time.monotonic() - started < 0.1
+    dead.close(timeout=10)
 
 
 def test_no_webhook_logs_only(caplog):
     alerter = Alerter(AlertConfig())
     assert alerter.send(Alert("node_down", "primary is down"))
     assert "primary is down" in caplog.text
+    alerter.close()
