@@ -26,7 +26,8 @@ from pathlib import Path
 from ttsha.config import load
 from ttsha.drill import run_drill
 from ttsha.lab import NODE_HOSTS, Lab
-from ttsha.nginx import atomic_write, render_article_baseline
+from ttsha.fsutil import atomic_write
+from ttsha.nginx import render_article_baseline
 
 
 def one(setup: str, duration: float, rate: float) -> dict:

@@ -29,6 +29,9 @@ NODE_HOSTS = {"primary": "127.0.0.2", "standby": "127.0.0.3"}
 GATEWAY_HOST = "127.0.0.1"
 
 
+HOST_AND_CLIENT_KEYS = ("host_ed25519", "id_ed25519")
+
+
 class LabError(TTSHAError):
     """The lab could not be started or is not running."""
 
@@ -48,6 +51,37 @@ def _pick_port(host: str, preferred: int) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def render_sshd_config(host: str, port: int, ssh_dir: Path, name: str) -> str:
+    """An sshd_config for a loopback test endpoint: key authentication only, SFTP."""
+    return f"""# Written by ttsha: {name}'s SSH endpoint, loopback only.
+Port {port}
+ListenAddress {host}
+HostKey {ssh_dir}/host_ed25519
+PidFile {ssh_dir}/sshd-{name}.pid
+AuthorizedKeysFile {ssh_dir}/authorized_keys
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UsePAM no
+Subsystem sftp internal-sftp
+LogLevel ERROR
+"""
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Block until ``host:port`` accepts connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise LabError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
 def find_binary(name: str, package: str) -> str:
@@ -249,7 +283,7 @@ class Lab:
         """Host key, client key, authorized_keys and known_hosts for the standby's sshd."""
         ssh = layout.ssh
         ssh.mkdir(parents=True, exist_ok=True)
-        for key in ("host_ed25519", "id_ed25519"):
+        for key in HOST_AND_CLIENT_KEYS:
             if not (ssh / key).exists():
                 subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"ttsha-lab-{key}", "-f", str(ssh / key)],
                                check=True)
@@ -260,23 +294,7 @@ class Lab:
             "".join(f"[{host}]:{layout.ssh_port} {host_key[0]} {host_key[1]}\n" for host in NODE_HOSTS.values())
         )
         for name, host in NODE_HOSTS.items():
-            (ssh / f"sshd_config-{name}").write_text(
-                f"""# Written by `ttsha lab up`: {name}'s SSH endpoint, loopback only.
-Port {layout.ssh_port}
-ListenAddress {host}
-HostKey {ssh}/host_ed25519
-PidFile {ssh}/sshd-{name}.pid
-AuthorizedKeysFile {ssh}/authorized_keys
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UsePAM no
-Subsystem sftp internal-sftp
-LogLevel ERROR
-"""
-            )
+            (ssh / f"sshd_config-{name}").write_text(render_sshd_config(host, layout.ssh_port, ssh, name))
 
     def wait_healthy(self, layout: LabLayout, timeout: float) -> None:
         deadline = time.monotonic() + timeout

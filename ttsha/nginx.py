@@ -23,15 +23,14 @@ Why the proxy settings look the way they do:
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Config, NginxConfig, NodeConfig
 from .errors import TTSHAError
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -202,21 +201,6 @@ def _run(command: list[str], what: str, timeout: float = 30.0) -> None:
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise NginxError(f"{what} failed: {detail[-1] if detail else f'exit {proc.returncode}'}")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class UpstreamController:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TTSHAError
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class AudioStore:
         audio, sidecar = self.audio_path(result), self.meta_path(result)
         audio.parent.mkdir(parents=True, exist_ok=True)
         meta = {**meta, "id": result, "created": meta.get("created", time.time())}
-        _atomic_write(sidecar, json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"))
-        _atomic_write(audio, wav)
+        atomic_write(sidecar, json.dumps(meta, ensure_ascii=False, sort_keys=True))
+        atomic_write(audio, wav)
         return StoredResult(result, audio, meta)
 
     def results(self) -> Iterator[tuple[str, list[Path]]]:
@@ -177,21 +177,3 @@ class AudioStore:
                 removed.append(GcEntry(temp.name, (temp,), size, age))
         return removed
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

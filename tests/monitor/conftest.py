@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ttsha.config import Config, MonitorConfig, NginxConfig, NodeConfig
+from ttsha.lab import wait_port
 from ttsha.nginx import render_main, render_site
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -51,14 +52,7 @@ class Gateway:
 
     def start(self) -> None:
         subprocess.run(self.command(), check=True, timeout=30)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start")
+        wait_port("127.0.0.1", self.port)
 
     def stop(self) -> None:
         subprocess.run(self.command("-s", "quit"), timeout=30)

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from ttsha.config import Config, NodeConfig, ReplicateConfig, StoreConfig
+from ttsha.lab import HOST_AND_CLIENT_KEYS, render_sshd_config, wait_port
 
 from ..monitor.conftest import free_port, need
 
@@ -38,44 +38,20 @@ class Sshd:
         keygen = need("ssh-keygen", "openssh-client")
         self.root = root
         self.port = free_port()
-        self.host_key = root / "host_key"
-        self.client_key = root / "client_key"
-        for key in (self.host_key, self.client_key):
-            subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+        for key in HOST_AND_CLIENT_KEYS:
+            subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True)
+        self.host_key = root / "host_ed25519"
+        self.client_key = root / "id_ed25519"
+        (root / "authorized_keys").write_text((root / "id_ed25519.pub").read_text())
         os.chmod(self.client_key, 0o600)
         self.config = root / "sshd_config"
-        self.config.write_text(
-            f"""Port {self.port}
-ListenAddress 127.0.0.1
-HostKey {self.host_key}
-PidFile {root}/sshd.pid
-AuthorizedKeysFile {root}/authorized_keys
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UsePAM no
-Subsystem sftp internal-sftp
-LogLevel ERROR
-"""
-        )
+        self.config.write_text(render_sshd_config("127.0.0.1", self.port, root, "test"))
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen([self.binary, "-D", "-f", str(self.config), "-E", str(self.root / "sshd.log")])
-        deadline = time.monotonic() + 10
-        import socket
-
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("sshd did not start")
+        wait_port("127.0.0.1", self.port)
 
     def stop(self) -> None:
         """Stop the server and every session it spawned: the standby is gone."""
@@ -90,7 +66,7 @@ LogLevel ERROR
                     pass
 
     def known_hosts_line(self) -> str:
-        key = (self.root / "host_key.pub").read_text().split()
+        key = (self.root / "host_ed25519.pub").read_text().split()
         return f"[127.0.0.1]:{self.port} {key[0]} {key[1]}\n"
 
 

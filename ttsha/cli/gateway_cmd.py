@@ -41,7 +41,8 @@ def render(ctx: Context, prefix: Path | None, to_stdout: bool, force: bool) -> N
       ttsha nginx render --stdout > /etc/nginx/conf.d/ttsha.conf
       ttsha nginx render --prefix /tmp/gw && nginx -p /tmp/gw -c /tmp/gw/nginx.conf
     """
-    from ..nginx import BACKUP, PRIMARY, atomic_write, render_main, render_site, render_upstream
+    from ..fsutil import atomic_write
+    from ..nginx import BACKUP, PRIMARY, render_main, render_site, render_upstream
 
     cfg = ctx.config
     site = render_site(cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,14 +37,16 @@ def _read_text(text: str | None, file: Path | None) -> str:
 
 
 def _write_wav(path: str, samples, rate: int) -> None:
-    """Write WAV to a file atomically (temp + rename), or to stdout for ``-``."""
+    """Write WAV to a file atomically, or to stdout for ``-``."""
+    import io
+
     import soundfile as sf
 
-    if path == "-":
-        import io
+    from ..fsutil import atomic_write
 
-        buf = io.BytesIO()
-        sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    if path == "-":
         sys.stdout.buffer.write(buf.getvalue())
         sys.stdout.buffer.flush()
         return
@@ -53,19 +54,9 @@ def _write_wav(path: str, samples, rate: int) -> None:
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise UsageError(f"{target}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, samples, rate, format="WAV", subtype="PCM_16")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a user expects
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write(target, buf.getvalue(), mode=0o666 & ~umask, sync_dir=False)
 
 
 @click.command()

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 from .. import systemd
 from ..alert import Alert, Alerter
 from ..config import Config
-from ..nginx import NginxError, UpstreamController, atomic_write, node_address
+from ..fsutil import atomic_write
+from ..nginx import NginxError, UpstreamController, node_address
 from .state import Decider, Event
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import pyinotify
 from .. import systemd
 from ..config import Config
 from ..errors import TTSHAError
-from ..nginx import atomic_write
+from ..fsutil import atomic_write
 from .queue import DurableQueue
 from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
