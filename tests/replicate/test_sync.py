@@ -164,3 +164,40 @@ def test_bwlimit_slows_the_transfer(rep_config):
         assert time.monotonic() - started >= 0.4
     finally:
         peer.close()
+
+
+def test_include_and_exclude(rep_config):
+    src, dst = rep_config.replicate.local_models, rep_config.replicate.remote_models
+    for rel in ("keep/a.bin", "keep/b.txt", "skip/c.bin", ".hidden/d.bin"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    peer = models_peer(rep_config)
+    try:
+        sync(src, peer, include=["*.bin"], exclude=["skip", ".*"])
+    finally:
+        peer.close()
+    sent = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    assert sent == ["keep/a.bin"]
+
+
+def test_trust_host_records_the_key_after_showing_it(rep_config, sshd_running, tmp_path, capsys, monkeypatch):
+    import io
+
+    from ttsha.cli import main
+    from ttsha.cli.config_cmd import _to_toml
+
+    known = rep_config.replicate.known_hosts
+    known.write_text("")
+    cfg = tmp_path / "ttsha.toml"
+    cfg.write_text(_to_toml(rep_config.to_dict()))
+    code = main(["--config", str(cfg), "replicate", "trust-host", "127.0.0.1", "--port", str(sshd_running.port), "--yes"])
+    err = capsys.readouterr().err
+    fingerprint = paramiko.Ed25519Key.from_private_key_file(str(sshd_running.host_key)).fingerprint
+    assert code == 0 and fingerprint in err
+    peer = models_peer(rep_config)  # now trusted
+    peer.close()
+    # Answering no at the prompt records nothing.
+    known.write_text("")
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    code = main(["--config", str(cfg), "replicate", "trust-host", "127.0.0.1", "--port", str(sshd_running.port)])
+    assert code != 0 and known.read_text() == ""

@@ -162,3 +162,49 @@ def test_watchdog_withheld_when_workers_are_wedged(tmp_path, notify_socket, monk
     finally:
         stop.set()
         node.close()
+
+
+def test_sighup_rereads_limits_without_a_restart(tmp_path):
+    port = free_port()
+    proc = start_serve(tmp_path, port, config="")
+    cfg = tmp_path / "ttsha.toml"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if get(port, "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        text = "好" * 30
+
+        def post():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+
+        cfg.write_text(cfg.read_text().replace("[serve]\n", "[serve]\nmax_chars = 20\n"))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and post()[0] != 400:
+            time.sleep(0.1)
+        status, body = post()
+        assert status == 400 and json.loads(body)["error"] == "text_too_long"
+        pid_before = proc.pid
+        cfg.write_text(cfg.read_text().replace("max_chars = 20", "max_chars = 100"))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and post()[0] != 200:
+            time.sleep(0.1)
+        assert post()[0] == 200 and proc.poll() is None and proc.pid == pid_before
+        # A broken file is refused and the running limits stay.
+        cfg.write_text("[serve\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert post()[0] == 200 and proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
