@@ -223,14 +223,17 @@ class Lab:
         self._save_pids(pids)
         return proc.pid
 
+    def node_config(self, name: str) -> Path:
+        """Each node's view: the standby's replicates back to the primary."""
+        return self.root / ("ttsha.toml" if name == "primary" else "ttsha-standby.toml")
+
     def start_node(self, name: str) -> int:
         layout = self.layout()
         store = layout.node_dir(name) / "audio"
         store.mkdir(parents=True, exist_ok=True)
-        return self._spawn(
-            name,
-            self._ttsha("serve", "--host", NODE_HOSTS[name], "--port", str(layout.node_ports[name]), "--store", str(store)),
-        )
+        command = [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)), "serve",
+                   "--host", NODE_HOSTS[name], "--port", str(layout.node_ports[name]), "--store", str(store)]
+        return self._spawn(name, command)
 
     def up(self, node_ports: dict[str, int] | None = None, gateway_port: int | None = None, monitor: bool = True,
            timeout: float = 120.0) -> LabLayout:
@@ -262,8 +265,8 @@ class Lab:
         for name in NODE_HOSTS:
             self._spawn(f"sshd-{name}", [sshd, "-D", "-f", str(layout.ssh / f"sshd_config-{name}"),
                                          "-E", str(self.root / f"sshd-{name}.log")])
-        for name, config in (("primary", "ttsha.toml"), ("standby", "ttsha-standby.toml")):
-            self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.root / config),
+        for name in NODE_HOSTS:
+            self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)),
                                               "replicate", "--store", str(layout.node_dir(name) / "audio")])
         proc = subprocess.run([nginx, "-p", str(layout.gateway), "-c", str(layout.gateway / "nginx.conf")],
                               capture_output=True, text=True)

@@ -80,7 +80,9 @@ def test_status(capsys, tmp_path, gw_config):
                     "primary": {"status": "down", "role": "down", "since": now - 30, "last_probe_ms": 0.4,
                                 "last_error": "ConnectionRefusedError", "engine": "embedded", "model_version": "v1"},
                     "standby": {"status": "up", "role": "primary", "since": now - 100, "last_probe_ms": 1.2,
-                                "last_error": "", "engine": "embedded", "model_version": "v1"},
+                                "last_error": "", "engine": "embedded", "model_version": "v1",
+                                "replication": {"queue_depth": 7, "lag_s": {"p50": 0.01, "p99": 0.042},
+                                                "connected": False}},
                 },
                 "events": [{"kind": "switchover", "node": "standby", "at": now - 29, "detail": "primary -> standby"}],
             }
@@ -89,5 +91,6 @@ def test_status(capsys, tmp_path, gw_config):
     code, out, _ = run(capsys, "--config", str(gw_config), "status")
     assert code == 0
     assert "ConnectionRefusedError" in out and "switchover" in out and "primary -> standby" in out
+    assert "queue 7, lag p99 42 ms, disconnected" in out
     code, out, _ = run(capsys, "--config", str(gw_config), "status", "--json")
     assert json.loads(out)["primary"] == "standby"

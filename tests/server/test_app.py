@@ -312,3 +312,24 @@ def test_page(fake_node):
     page = data.decode()
     assert resp.status == 200 and "<textarea" in page and "<audio" in page and "/v1/synthesize" in page
 
+
+
+def test_replication_state_in_health_and_metrics(tmp_path, fake_engine):
+    from .conftest import SERVE, Node
+
+    state = tmp_path / "replicate.json"
+    state.write_text(json.dumps({"updated_at": time.time(), "queue_depth": 3, "connected": True,
+                                 "lag_s": {"p50": 0.01, "p99": 0.05}, "last_error": ""}))
+    node = Node(fake_engine, tmp_path / "store", SERVE)
+    node.service.replication_state = state
+    try:
+        resp, data = node.client.request("GET", "/health")
+        rep = body_json(data)["replication"]
+        assert rep["queue_depth"] == 3 and rep["connected"] is True and rep["lag_s"]["p99"] == 0.05
+        resp, data = node.client.request("GET", "/metrics")
+        text = data.decode()
+        assert "ttsha_replication_queue_depth 3.0" in text
+        assert 'ttsha_replication_lag_seconds{quantile="p99"} 0.05' in text
+        assert "ttsha_replication_connected 1.0" in text
+    finally:
+        node.close()

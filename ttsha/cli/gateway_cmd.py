@@ -125,15 +125,23 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     if not console.is_terminal:
         console = Console(width=160)
     table = Table(title=f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)")
-    for column in ("node", "role", "health", "since", "probe", "model", "last error"):
+    for column in ("node", "role", "health", "since", "probe", "model", "replication", "last error"):
         table.add_column(column)
     styles = {"up": "green", "down": "bold red", "unknown": "yellow"}
     for name, node in data.get("nodes", {}).items():
         since = f"{now - node['since']:.0f} s ago" if node.get("since") else "-"
         probe = f"{node['last_probe_ms']:.1f} ms" if node.get("last_probe_ms") is not None else "-"
         model = f"{node.get('engine', '')} {node.get('model_version', '')}".strip() or "-"
+        rep = node.get("replication") or {}
+        if rep:
+            lag = (rep.get("lag_s") or {}).get("p99")
+            replication = (f"queue {rep.get('queue_depth')}, lag p99 "
+                           + ("-" if lag is None else f"{1000 * lag:.0f} ms")
+                           + ("" if rep.get("connected") else ", disconnected"))
+        else:
+            replication = "-"
         table.add_row(name, node.get("role", "?"), f"[{styles.get(node['status'], '')}]{node['status']}[/]",
-                      since, probe, model, node.get("last_error") or "")
+                      since, probe, model, replication, node.get("last_error") or "")
     console.print(table)
     events = data.get("events", [])[-n_events:]
     if events:

@@ -80,6 +80,7 @@ class Monitor:
         self._stop = threading.Event()
         self._applied_roles: dict[str, str] | None = None
         self._last_state_write = 0.0
+        self._replication: dict[str, Any] = {}
 
     # -- probing ---------------------------------------------------------
     def _probe_loop(self, name: str) -> None:
@@ -96,6 +97,8 @@ class Monitor:
 
     # -- decisions -------------------------------------------------------
     def handle(self, result: Probe) -> list[Event]:
+        if result.info is not None:
+            self._replication[result.node] = result.info.get("replication")
         events = self.decider.observe(result.node, result.ok, result.at, result.info, result.latency_ms, result.error)
         for event in events:
             self._record(event)
@@ -163,6 +166,7 @@ class Monitor:
                 "last_error": state.last_error,
                 "engine": state.engine,
                 "model_version": state.model_version,
+                "replication": self._replication.get(name),
             }
         data = {
             "updated_at": time.time(),

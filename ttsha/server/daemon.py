@@ -35,7 +35,9 @@ class ServeDaemon:
         store = AudioStore(store_dir)
         store.ensure()
         engine = create_engine(config.engine, workers=config.serve.workers)
-        self.service = Service(config.serve, engine, store)
+        # The replicator on this node (if any) writes its state beside its queue.
+        replication = Path(config.replicate.queue_file).with_suffix(".json")
+        self.service = Service(config.serve, engine, store, replication_state=replication)
         self.app = create_app(self.service)
         self._stop = threading.Event()
         self._reload = threading.Event()

@@ -26,6 +26,15 @@ class Metrics:
         self.audio_seconds = Counter("ttsha_audio_seconds", "Seconds of audio synthesized", registry=self.registry)
         self.canary = Counter("ttsha_canary_runs", "Canary syntheses by outcome", ["outcome"], registry=self.registry)
         self.engine = Info("ttsha_engine", "Loaded engine and model", registry=self.registry)
+        self.replication_queue = Gauge(
+            "ttsha_replication_queue_depth", "Files waiting to be copied to the peer", registry=self.registry
+        )
+        self.replication_lag = Gauge(
+            "ttsha_replication_lag_seconds", "Write-to-standby lag of recent files", ["quantile"], registry=self.registry
+        )
+        self.replication_connected = Gauge(
+            "ttsha_replication_connected", "1 while the replicator holds an SSH session to the peer", registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

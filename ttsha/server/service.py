@@ -6,12 +6,14 @@ The WSGI app (:mod:`ttsha.server.app`) turns HTTP into calls on
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,8 +82,12 @@ def check_canary_audio(samples: np.ndarray, rate: int, text: str) -> str | None:
 class Service:
     """Synthesis through a bounded worker pool into the content-addressed store."""
 
-    def __init__(self, serve: ServeConfig, engine: Engine, store: AudioStore) -> None:
+    def __init__(self, serve: ServeConfig, engine: Engine, store: AudioStore,
+                 replication_state: Path | None = None) -> None:
         self.serve = serve
+        #: The replicator's state file on this node (its queue and lag), if any.
+        self.replication_state = replication_state
+        self._replication: tuple[float, dict[str, Any] | None] = (0.0, None)
         self.engine = engine
         self.store = store
         self.pool = SynthesisPool(serve.workers, serve.queue_size, serve.worker_priority)
@@ -225,8 +231,36 @@ class Service:
     def _update_gauges(self) -> None:
         self.metrics.queue_depth.set(self.pool.queue_depth)
         self.metrics.workers_busy.set(self.pool.busy)
+        replication = self.replication()
+        if replication is not None:
+            self.metrics.replication_queue.set(replication.get("queue_depth") or 0)
+            self.metrics.replication_connected.set(1 if replication.get("connected") else 0)
+            for quantile, value in (replication.get("lag_s") or {}).items():
+                if value is not None:
+                    self.metrics.replication_lag.labels(quantile).set(value)
 
     # -- health ----------------------------------------------------------
+    def replication(self) -> dict[str, Any] | None:
+        """This node's replicator state (queue depth, lag), read at most once a second."""
+        if self.replication_state is None:
+            return None
+        read_at, cached = self._replication
+        now = time.monotonic()
+        if now - read_at >= 1.0:
+            try:
+                data = json.loads(self.replication_state.read_text())
+                cached = {
+                    "queue_depth": data.get("queue_depth"),
+                    "lag_s": data.get("lag_s"),
+                    "connected": data.get("connected"),
+                    "last_error": data.get("last_error", ""),
+                    "age_s": round(time.time() - data.get("updated_at", 0), 1),
+                }
+            except (OSError, ValueError):
+                cached = None
+            self._replication = (now, cached)
+        return cached
+
     def health(self) -> tuple[int, dict[str, Any]]:
         """``/health``: answered from memory."""
         r = self.readiness
@@ -242,6 +276,9 @@ class Service:
             last_synth_ok_at=r.last_synth_ok_at,
             canary=r.canary,
         )
+        replication = self.replication()
+        if replication is not None:
+            body["replication"] = replication
         return (200 if r.status == "ready" else 503), body
 
     def _canary_once(self, blocking: bool = False) -> str | None:
