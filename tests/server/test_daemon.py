@@ -60,6 +60,18 @@ def start_serve(tmp_path, port, extra_env=None, config=""):
     return subprocess.Popen([str(EXE), "--config", str(cfg), "serve"], env=env, stderr=subprocess.PIPE, text=True)
 
 
+def wait_ready(port, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if get(port, "/health")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail("serve never became ready")
+
+
 def get(port, path, timeout=5.0):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     conn.request("GET", path)
@@ -91,16 +103,7 @@ def test_sigterm_drains_a_request_in_flight(tmp_path):
     port = free_port()
     proc = start_serve(tmp_path, port)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if get(port, "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("serve never became ready")
+        wait_ready(port)
         text = "当主节点失去响应时，网关会在两秒内把流量切换到备用节点，客户端不会看到任何失败的请求。" * 3
         result = {}
 
@@ -169,14 +172,7 @@ def test_sighup_rereads_limits_without_a_restart(tmp_path):
     proc = start_serve(tmp_path, port, config="")
     cfg = tmp_path / "ttsha.toml"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if get(port, "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        wait_ready(port)
         text = "好" * 30
 
         def post():
