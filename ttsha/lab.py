@@ -237,10 +237,21 @@ class Lab:
 
     def up(self, node_ports: dict[str, int] | None = None, gateway_port: int | None = None, monitor: bool = True,
            timeout: float = 120.0) -> LabLayout:
-        """Write configs, start everything, wait until healthy."""
-        nginx = find_binary("nginx", "nginx")
+        """Write configs, start everything, wait until healthy.
+
+        If any step fails, whatever was already started is stopped again.
+        """
         if self._pids():
             raise LabError(f"a lab already runs in {self.root} (ttsha lab down --dir {self.root})")
+        try:
+            return self._up(node_ports, gateway_port, monitor, timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self, node_ports: dict[str, int] | None, gateway_port: int | None, monitor: bool,
+            timeout: float) -> LabLayout:
+        nginx = find_binary("nginx", "nginx")
         self.root.mkdir(parents=True, exist_ok=True)
         sshd = find_binary("sshd", "openssh-server")
         keygen = find_binary("ssh-keygen", "openssh-client")
@@ -271,7 +282,6 @@ class Lab:
         proc = subprocess.run([nginx, "-p", str(layout.gateway), "-c", str(layout.gateway / "nginx.conf")],
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            self.down()
             raise LabError(f"nginx did not start: {proc.stderr.strip()}")
         pids = self._pids()
         pids["nginx"] = int((layout.gateway / "nginx.pid").read_text())
