@@ -302,6 +302,7 @@ def test_metrics(fake_node):
     assert 'ttsha_http_requests_total{route="synthesize",status="200"} 2.0' in text
     assert 'ttsha_http_requests_total{route="synthesize",status="400"} 1.0' in text
     assert 'ttsha_cache_total{result="hit"} 1.0' in text
+    assert 'ttsha_cache_total{result="miss"} 1.0' in text  # a miss is looked up once
     assert "ttsha_synthesis_seconds_bucket" in text
     assert "ttsha_queue_depth" in text and "ttsha_audio_seconds_total" in text
     assert 'ttsha_engine_info{engine="fake"' in text

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import EngineError
-from .tflite_reader import TFLiteModel
+from .tflite_reader import TFLiteModel, conv1d_weight
 
 
 def _mish(x: torch.Tensor) -> torch.Tensor:
@@ -56,11 +56,6 @@ class _Conv1d(nn.Conv1d):
         return super().forward(_int8_round_trip(x, None) if self.emulate_int8 else x)
 
 
-def _conv_weight(w: np.ndarray) -> torch.Tensor:
-    """TFLite conv filter ``[out, 1, k, in]`` -> torch ``[out, in, k]``."""
-    return torch.from_numpy(np.ascontiguousarray(w[:, 0].transpose(0, 2, 1)))
-
-
 class _LayerNorm(nn.LayerNorm):
     def load(self, model: TFLiteModel, prefix: str) -> None:
         gamma = model.const_inputs(model.find_one("MUL", f"{prefix}/batchnorm/mul", exact=True))[0]
@@ -83,7 +78,7 @@ def _load_conv(layer: _Conv1d, model: TFLiteModel, prefix: str) -> None:
     op = model.find_one("CONV_2D", f"{prefix}/conv1d")
     weight, *conv_bias = model.const_inputs(op)
     layer.int8_weights = model.is_int8(op.inputs[1])
-    layer.weight.data = _conv_weight(weight)
+    layer.weight.data = conv1d_weight(weight)
     bias = model.bias_after(op)
     total = np.zeros(weight.shape[0], np.float32)
     for part in (*conv_bias, bias):

@@ -16,12 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import EngineError
-from .tflite_reader import Op, TFLiteModel
-
-
-def _conv_weight(w: np.ndarray) -> torch.Tensor:
-    """TFLite conv filter ``[out, 1, k, in]`` -> torch ``[out, in, k]``."""
-    return torch.from_numpy(np.ascontiguousarray(w[:, 0].transpose(0, 2, 1)))
+from .tflite_reader import Op, TFLiteModel, conv1d_weight
 
 
 def _tconv_weight(w: np.ndarray, time_axis: int) -> torch.Tensor:
@@ -141,7 +136,7 @@ class MBMelGAN(nn.Module):
             for part in (*extra, model.bias_after(op)):
                 if part is not None and part.size == bias.size:
                     bias = bias + part
-            return _Conv(_conv_weight(weight), torch.from_numpy(bias), *_padding_and_dilation(model, op))
+            return _Conv(conv1d_weight(weight), torch.from_numpy(bias), *_padding_and_dilation(model, op))
 
         def upsample(op: Op) -> _Upsample:
             weight = model.const_inputs(op)[0]  # [output_shape] is not constant; the filter is
@@ -172,7 +167,7 @@ class MBMelGAN(nn.Module):
         subband_scale = model.quant_scale(quant[0].outputs[0]) if quant else None
         synthesis_up = upsample(pqmf_up).weight
         filt = model.const_inputs(pqmf_conv)[0]  # [1, 1, taps, subbands]
-        synthesis_filter = _conv_weight(filt)
+        synthesis_filter = conv1d_weight(filt)
         subbands = int(synthesis_up.shape[0])
         return cls(first, blocks, last, synthesis_up, synthesis_filter, subbands, alpha, subband_scale).eval()
 

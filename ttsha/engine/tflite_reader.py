@@ -29,6 +29,13 @@ _NUMPY_TYPES = {
 }
 
 
+def conv1d_weight(w: np.ndarray):
+    """TFLite conv filter ``[out, 1, k, in]`` -> torch conv1d weight ``[out, in, k]``."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(w[:, 0].transpose(0, 2, 1)))
+
+
 @dataclass(frozen=True)
 class Op:
     """One operator of the graph, with tensor indices for inputs and outputs."""

@@ -243,11 +243,8 @@ class App:
             raise ApiError(400, exc.code, exc.message) from None
 
     def _result(self, req: SynthRequest):
-        found = self.service.lookup(req)
-        if found is not None:
-            return found, True
         try:
-            return self.service.synthesize(req), False
+            return self.service.synthesize(req)
         except Overloaded as exc:
             raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from None
         except InputError as exc:

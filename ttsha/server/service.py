@@ -154,17 +154,18 @@ class Service:
         self.metrics.cache.labels("hit" if found else "miss").inc()
         return found
 
-    def synthesize(self, req: SynthRequest) -> StoredResult:
-        """The stored result for ``req``; synthesizes through the pool when absent.
+    def synthesize(self, req: SynthRequest) -> tuple[StoredResult, bool]:
+        """The stored result for ``req`` and whether it was cached; synthesizes
+        through the pool when absent.
 
         Raises :class:`~ttsha.server.pool.Overloaded` when the queue is full.
         """
         found = self.lookup(req)
         if found is not None:
-            return found
+            return found, True
         future = self.pool.submit(lambda: self._render(req), key=req.id)
         self._update_gauges()
-        return future.result()
+        return future.result(), False
 
     def stream(self, req: SynthRequest, fmt: str) -> Iterator[bytes]:
         """Audio bytes sentence by sentence as they are synthesized (WAV or raw PCM).
