@@ -123,6 +123,10 @@ class NodeConfig:
     ssh_host: str = _field("", "SSH host for replication and drills; empty: local")
     ssh_port: int = _field(22, "SSH port", min=1, max=65535)
     ssh_user: str = _field("ttsha", "SSH user")
+    start_command: list = _field(
+        ["systemctl", "start", "ttsha-serve.service"], "how a drill starts the node's 'serve' again (on the node)"
+    )
+    sudo: bool = _field(False, "run a drill's privileged commands (start_command, nft) through 'sudo -n'")
     priority: int = _field(100, "higher wins when choosing a primary", min=0, max=1000)
     weight: int = _field(1, "Nginx weight in active-active mode", min=1, max=100)
 
@@ -138,6 +142,9 @@ class MonitorConfig:
     rise: int = _field(3, "consecutive successes before a node is UP", min=1, max=100)
     failback: str = _field("manual", "'manual' or 'after:<duration>'")
     state_file: Path = _field(_InStateDir("monitor.json"), "where events and node states are written")
+    control_socket: Path = _field(
+        _InStateDir("monitor.sock"), "socket 'failover' uses to ask the running monitor for a switchover"
+    )
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ class ReplicateConfig:
     remote_store: Path = _field(Path("/var/lib/ttsha/audio"), "audio store on the peer")
     remote_models: Path = _field(Path("/var/lib/ttsha/models"), "model cache on the peer")
     local_models: Path = _field(_InStateDir("models"), "model cache on this node")
+    models: bool = _field(True, "run the periodic models sync from this node (false: it only receives models)")
     interval: Duration = _field(Duration(300.0), "period of the models sync")
     checksum: bool = _field(False, "compare contents, not size + mtime")
     delete: bool = _field(True, "remove files on the peer that are gone here (models only)")
@@ -318,6 +326,8 @@ def _check(config: Config, where: str) -> None:
             raise ConfigError(f"{where}: nodes.{name}: node names may use letters, digits, '.', '_' and '-'")
         if not re.match(r"^https?://[^/\s]+/?$", node.url):
             raise ConfigError(f"{where}: nodes.{name}.url: expected http://host:port, got {node.url!r}")
+        if not node.start_command:
+            raise ConfigError(f"{where}: nodes.{name}.start_command: must name a command")
     if config.replicate.peer and config.replicate.peer not in config.nodes:
         raise ConfigError(f"{where}: replicate.peer: {config.replicate.peer!r} is not one of the [nodes] tables")
 

@@ -1,12 +1,14 @@
 """Failover drills: real traffic through the gateway, a real fault, a measured report.
 
-:func:`run_drill` seeds some audio, starts bounded synthetic traffic (cache
-hits and new texts) through the gateway, injects the fault on the primary,
-keeps the traffic going, restores the node, and then checks what clients
-saw: failures by status, latency before/during/after, the recovery time
-(RTO) and the audio acknowledged before the fault that can no longer be
-fetched (RPO, in files). Fault injection and restoration are callables, so
-the same drill runs against the lab, a local node or (later) over SSH.
+:func:`prepare` finds the primary and a healthy standby (or refuses) and the
+fault to inject (:mod:`ttsha.faults`: locally or over SSH); :func:`execute`
+runs it. :func:`run_drill` seeds some audio, starts bounded synthetic
+traffic (cache hits and new texts) through the gateway, injects the fault on
+the primary, keeps the traffic going, restores the node, and then checks
+what clients saw: failures by status, latency before/during/after, the
+recovery time (RTO) and the audio acknowledged before the fault that can no
+longer be fetched (RPO, in files). The timeline comes from the monitor's
+events. Run it on the gateway host, where the monitor runs.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .config import Config, DrillConfig
+from .errors import Refused, TTSHAError
+from .faults import FAULTS, Fault
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("kill", "stop", "freeze", "isolate")
+__all__ = ["FAULTS", "DrillPlan", "DrillReport", "execute", "prepare", "run_drill"]
 #: Audio acknowledged before the fault and never requested again: only
 #: replication can keep it fetchable after the primary dies (RPO). Each drill
 #: adds its own number, so an earlier drill's copies cannot hide a loss.
@@ -112,7 +117,9 @@ def run_drill(
     """Run one drill; see the module docstring."""
     drill = drill or config.drill
     address = node_address or (lambda name: urlsplit(config.nodes[name].url).netloc)
-    gw = Gateway(gateway_url)
+    # Clients wait longer than Nginx does: a request stuck on a frozen node is
+    # retried by Nginx after proxy_read_timeout, and the report shows it as slow.
+    gw = Gateway(gateway_url, timeout=config.nginx.proxy_read_timeout + 15)
     report = DrillReport(
         fault,
         target,
@@ -171,12 +178,19 @@ def run_drill(
     time.sleep(max(0.0, fault_at[0] - time.monotonic()))
     fault_at[0] = time.monotonic()
     wall_fault = time.time()
-    inject()
-    log.info("fault %s injected on %s", fault, target)
-    traffic.join(drill.duration + gw.timeout + 30)
-    stop.set()
-    restore_at = time.time()
-    restore()
+    try:
+        inject()
+        log.info("fault %s injected on %s", fault, target)
+        traffic.join(drill.duration + gw.timeout + 30)
+    finally:
+        # Whatever happens (an error, Ctrl-C), the node is given back.
+        stop.set()
+        restore_at = time.time()
+        try:
+            restore()
+        except TTSHAError as exc:
+            log.error("could not restore %s: %s", target, exc)
+            report.missed.append(f"restoring {target} failed: {exc}")
     rejoin_deadline = time.monotonic() + (60 if monitor_state() is not None else 0)
     while time.monotonic() < rejoin_deadline:
         state = monitor_state() or {}
@@ -192,7 +206,9 @@ def run_drill(
         rel = event["at"] - wall_fault
         if rel < -0.5:
             continue
-        if event["kind"] == "node_down" and event["node"] == target:
+        if event["kind"] == "probe_failed" and event["node"] == target:
+            timeline.setdefault("first_failed_probe", rel)
+        elif event["kind"] == "node_down" and event["node"] == target:
             timeline.setdefault("marked_down", rel)
         elif event["kind"] == "switchover" and event["node"] == standby:
             timeline.setdefault("switchover", rel)
@@ -215,7 +231,8 @@ def run_drill(
         "after": [s for s in samples if s.at >= 5],
     }
     report.latency_ms = {
-        name: {"p50": 1000 * _pct([s.latency_s for s in group], 0.5), "p99": 1000 * _pct([s.latency_s for s in group], 0.99), "n": len(group)}
+        name: {"p50": 1000 * _pct([s.latency_s for s in group], 0.5), "p99": 1000 * _pct([s.latency_s for s in group], 0.99),
+               "max": 1000 * max((s.latency_s for s in group), default=float("nan")), "n": len(group)}
         for name, group in windows.items()
     }
     # RTO: from the fault to the last failed request (0 when none failed),
@@ -237,4 +254,77 @@ def run_drill(
         report.missed.append(f"RPO {report.rpo_files} files > {drill.max_rpo_files}")
     if report.rejoined_as is None:
         report.missed.append(f"{target} did not rejoin as standby within 60 s")
+    return report
+
+
+def read_state(path: Path) -> dict | None:
+    """The monitor's state file, or None."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class DrillPlan:
+    target: str
+    standby: str
+    gateway: str
+    fault: Fault
+    settings: DrillConfig
+
+    def describe(self) -> list[str]:
+        s = self.settings
+        return [
+            f"drill: {self.fault.kind} of the primary {self.target}; {self.standby} should take over",
+            f"traffic: {s.rate:g} requests/s for {s.duration:g} s through {self.gateway} "
+            f"(70 % cache hits, 30 % new texts), the fault after {max(2.0, s.duration * 0.25):g} s",
+            *self.fault.describe(),
+            f"then wait for {self.target} to rejoin as standby, and fetch the audio acknowledged before the fault",
+            f"objectives: failed requests <= {s.max_failed_requests}, RTO <= {s.max_rto:g} s, "
+            f"RPO <= {s.max_rpo_files} files",
+        ]
+
+
+def prepare(config: Config, fault: str, settings: DrillConfig | None = None) -> DrillPlan:
+    """Check the pair can be drilled and work out what to do; raises :class:`Refused`."""
+    from . import failover
+    from .monitor import control
+    from .nginx import gateway_url
+
+    if not control.monitor_running(config.monitor.control_socket):
+        raise Refused("no monitor runs on this host (nothing would fail over); run the drill on the gateway "
+                      "with 'ttsha monitor' running")
+    target = failover.current_primary(config)
+    if target is None:
+        raise Refused("no primary: the monitor has not chosen one yet (see 'ttsha status')")
+    health = failover.node_health(config, target)
+    if not health or health.get("status") != "ready":
+        raise Refused(f"refusing to drill: the primary {target} is not healthy "
+                      f"({(health or {}).get('status') or 'no answer'})")
+    standbys = sorted(
+        (n for n in config.nodes if n != target),
+        key=lambda n: -config.nodes[n].priority,
+    )
+    ready = [n for n in standbys if (failover.node_health(config, n) or {}).get("status") == "ready"]
+    if not ready:
+        raise Refused(f"refusing to drill: no standby is healthy ({', '.join(standbys) or 'none configured'})")
+    pid = health.get("pid") if isinstance(health.get("pid"), int) else None
+    return DrillPlan(target, ready[0], gateway_url(config.nginx), Fault(config, target, fault, pid),
+                     settings or config.drill)
+
+
+def execute(config: Config, plan: DrillPlan) -> DrillReport:
+    """Run a prepared drill and record it in the failover history."""
+    from . import failover
+
+    try:
+        plan.fault.preflight()
+        report = run_drill(config, plan.gateway, plan.target, plan.standby, plan.fault.inject, plan.fault.restore,
+                           plan.fault.kind, lambda: read_state(config.monitor.state_file), plan.settings)
+    finally:
+        plan.fault.close()
+    failover.record(config, {"kind": "drill", "fault": report.fault, "target": report.target,
+                             "requests": report.requests, "failed": report.failed, "rto_s": report.rto_s,
+                             "rpo_files": report.rpo_files, "missed": report.missed})
     return report

@@ -7,7 +7,9 @@
      ├── UsageError             exit 2  bad command line or bad input (empty text, unknown voice…)
      │    └── InputError        exit 2  text/voice/emotion/speed a request cannot be served with
      ├── ConfigError            exit 3  configuration file unreadable or invalid
-     └── PeerUnreachable        exit 4  a node, gateway or SSH peer did not answer
+     ├── PeerUnreachable        exit 4  a node, gateway or SSH peer did not answer
+     ├── ObjectiveMissed        exit 5  a drill ran but missed an objective of [drill]
+     └── Refused                exit 6  a safety check failed; nothing was changed
 
 The CLI catches ``TTSHAError`` at one place, prints ``message`` on one line
 and exits with ``exit_code``. Library code raises; it never exits.
@@ -20,6 +22,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_PEER = 4
+EXIT_OBJECTIVE = 5
+EXIT_REFUSED = 6
 EXIT_INTERRUPTED = 130
 
 #: Documented in README.md and ttsha(1); a test keeps the three in step.
@@ -29,6 +33,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_USAGE: "usage error: bad option or bad input text",
     EXIT_CONFIG: "configuration error: the file and key are named",
     EXIT_PEER: "peer unreachable: a node, the gateway or the SSH peer did not answer",
+    EXIT_OBJECTIVE: "drill objective missed (failed requests, RTO or RPO over [drill] limits)",
+    EXIT_REFUSED: "refused: a safety check failed (unhealthy standby, replication behind…); nothing changed",
     EXIT_INTERRUPTED: "interrupted (SIGINT)",
 }
 
@@ -77,3 +83,15 @@ class PeerUnreachable(TTSHAError):
     """A remote party (node, gateway, SSH peer) could not be reached."""
 
     exit_code = EXIT_PEER
+
+
+class ObjectiveMissed(TTSHAError):
+    """A drill completed but missed an objective of ``[drill]``."""
+
+    exit_code = EXIT_OBJECTIVE
+
+
+class Refused(TTSHAError):
+    """A switchover or drill was refused by a safety check; nothing was changed."""
+
+    exit_code = EXIT_REFUSED

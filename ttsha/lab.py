@@ -127,9 +127,15 @@ def write_config(layout: LabLayout, nginx_binary: str) -> None:
 
     gw = layout.gateway
     user = getpass.getuser()
+    def start(name: str) -> str:
+        # Drills restart a node over SSH with this, as systemctl would on a real node.
+        argv = [sys.executable, "-m", "ttsha", "lab", "start-node", name, "--dir", str(layout.root)]
+        return "[" + ", ".join(json.dumps(a) for a in argv) + "]"
+
     nodes = "\n".join(
         f'[nodes.{name}]\nurl = "{layout.url(name)}"\npriority = {200 if name == "primary" else 100}\n'
         f'ssh_host = "{NODE_HOSTS[name]}"\nssh_port = {layout.ssh_port}\nssh_user = "{user}"\n'
+        f"start_command = {start(name)}\n"
         for name in NODE_HOSTS
     )
     text = f"""# Written by `ttsha lab up`.
@@ -150,9 +156,13 @@ read_timeout = "500ms"
 fall = 2
 rise = 3
 state_file = "{layout.root}/monitor.json"
+control_socket = "{layout.root}/monitor.sock"
 
 [nginx]
 listen = "{GATEWAY_HOST}:{layout.gateway_port}"
+# The lab's texts are short: a request stuck on a frozen node is retried
+# on the standby after 10 s instead of 60.
+proxy_read_timeout = "10s"
 upstream_file = "{gw}/ttsha-upstream.conf"
 site_file = "{gw}/ttsha-site.conf"
 test_command = ["{nginx_binary}", "-t", "-q", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
@@ -175,7 +185,9 @@ rate = 10.0
     layout.config.write_text(text, encoding="utf-8")
     # The standby replicates back to the primary: results are immutable and
     # content-addressed, so whichever node serves, its audio reaches the other.
-    back = text.replace('peer = "standby"', 'peer = "primary"')
+    # Audio flows both ways; models only from the primary (delete = true would
+    # otherwise let the standby remove models that just arrived on the primary).
+    back = text.replace('peer = "standby"', 'peer = "primary"\nmodels = false')
     back = back.replace(f'remote_store = "{layout.root}/standby/audio"', f'remote_store = "{layout.root}/primary/audio"')
     back = back.replace(f'remote_models = "{layout.root}/standby/models"', f'remote_models = "{layout.root}/primary/models"')
     back = back.replace(f'local_models = "{layout.root}/primary/models"', f'local_models = "{layout.root}/standby/models"')
@@ -228,12 +240,25 @@ class Lab:
         return self.root / ("ttsha.toml" if name == "primary" else "ttsha-standby.toml")
 
     def start_node(self, name: str) -> int:
+        """Start a node's serve unless it already runs (like ``systemctl start``)."""
+        running = self.pid(name)
+        if running is not None and _alive(running):
+            return running
         layout = self.layout()
         store = layout.node_dir(name) / "audio"
         store.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)), "serve",
                    "--host", NODE_HOSTS[name], "--port", str(layout.node_ports[name]), "--store", str(store)]
         return self._spawn(name, command)
+
+    def start_sshd(self, name: str) -> int:
+        """Start a node's SSH endpoint (the replicator's and the drills' way in)."""
+        layout = self.layout()
+        sshd = find_binary("sshd", "openssh-server")
+        pid = self._spawn(f"sshd-{name}", [sshd, "-D", "-f", str(layout.ssh / f"sshd_config-{name}"),
+                                           "-E", str(self.root / f"sshd-{name}.log")])
+        wait_port(NODE_HOSTS[name], layout.ssh_port)
+        return pid
 
     def up(self, node_ports: dict[str, int] | None = None, gateway_port: int | None = None, monitor: bool = True,
            timeout: float = 120.0) -> LabLayout:
@@ -253,7 +278,7 @@ class Lab:
             timeout: float) -> LabLayout:
         nginx = find_binary("nginx", "nginx")
         self.root.mkdir(parents=True, exist_ok=True)
-        sshd = find_binary("sshd", "openssh-server")
+        find_binary("sshd", "openssh-server")
         keygen = find_binary("ssh-keygen", "openssh-client")
         ports = node_ports or {name: _pick_port(host, 8900) for name, host in NODE_HOSTS.items()}
         ssh_port = next((p for p in range(2222, 2300) if all(_port_free(h, p) for h in NODE_HOSTS.values())), 0)
@@ -274,8 +299,7 @@ class Lab:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(exist_ok=True)
         for name in NODE_HOSTS:
-            self._spawn(f"sshd-{name}", [sshd, "-D", "-f", str(layout.ssh / f"sshd_config-{name}"),
-                                         "-E", str(self.root / f"sshd-{name}.log")])
+            self.start_sshd(name)
         for name in NODE_HOSTS:
             self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)),
                                               "replicate", "--store", str(layout.node_dir(name) / "audio")])

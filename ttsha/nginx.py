@@ -51,6 +51,14 @@ def node_address(node: NodeConfig) -> str:
     return f"{parts.hostname}:{port}"
 
 
+def gateway_url(nginx: NginxConfig) -> str:
+    """The gateway's base URL as seen from the gateway host (wildcard listen -> loopback)."""
+    host, _, port = nginx.listen.rpartition(":")
+    if host in ("", "0.0.0.0", "*", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
 def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generation: str = "0") -> str:
     """The upstream include for ``roles`` (node name -> primary/backup/active/down).
 
@@ -231,10 +239,7 @@ class UpstreamController:
         return None
 
     def _generation_url(self) -> str:
-        host, _, port = self.nginx.listen.rpartition(":")
-        if host in ("", "0.0.0.0", "*", "[::]"):
-            host = "127.0.0.1"
-        return f"http://{host}:{port}/ttsha_generation"
+        return gateway_url(self.nginx) + "/ttsha_generation"
 
     def served_generation(self, timeout: float = 0.5) -> str | None:
         import urllib.request

@@ -115,7 +115,8 @@ def pair(tmp_path):
             name: NodeConfig(url=node.url, priority=200 if name == "a" else 100)
             for name, node in nodes_live.items()
         },
-        monitor=MonitorConfig(interval=0.1, fast_interval=0.05, fall=2, rise=2, state_file=tmp_path / "monitor.json"),
+        monitor=MonitorConfig(interval=0.1, fast_interval=0.05, fall=2, rise=2, state_file=tmp_path / "monitor.json",
+                              control_socket=tmp_path / "monitor.sock"),
         nginx=NginxConfig(
             listen=f"127.0.0.1:{gw_port}",
             upstream_file=prefix / "ttsha-upstream.conf",

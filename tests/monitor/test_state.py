@@ -75,7 +75,8 @@ def test_existing_primary_is_adopted(clock):
 def test_fall_and_failover(clock):
     d = started(clock)
     assert d.primary == "a" and d.roles() == {"a": "primary", "b": "backup"}
-    assert feed(d, clock, "a", False) == []  # one failure is not enough
+    # One failure is not enough to act on; it is recorded as the outage's start.
+    assert kinds(feed(d, clock, "a", False)) == [("probe_failed", "a")]
     assert d.primary == "a"
     events = feed(d, clock, "a", False)
     assert kinds(events) == [("node_down", "a"), ("switchover", "b")]
@@ -168,3 +169,25 @@ def test_manual_switchover(clock):
     feed(d, clock, "b", False, 2)
     with pytest.raises(ValueError):
         d.set_primary("b", clock.tick())
+
+
+def test_a_planned_switchover_is_not_undone_by_automatic_failback(clock):
+    d = started(clock, failback="after:10s")
+    d.set_primary("b", clock.tick())
+    assert feed(d, clock, "a", True, 20) == [] and d.primary == "b"
+    # Once the pinned node fails, the usual rules apply again.
+    feed(d, clock, "b", False, 2)
+    assert d.primary == "a"
+    feed(d, clock, "b", True, 3)
+    feed(d, clock, "b", True, 20)
+    assert d.primary == "a"  # b has the lower priority: no failback to it
+
+
+def test_switchover_refuses_unknown_down_or_active_active(clock):
+    d = started(clock)
+    with pytest.raises(ValueError, match="not a configured node"):
+        d.set_primary("c", clock.tick())
+    aa = Decider(NODES, mode="active-active")
+    feed(aa, clock, "a", True)
+    with pytest.raises(ValueError, match="active-standby"):
+        aa.set_primary("a", clock.tick())

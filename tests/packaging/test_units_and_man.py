@@ -47,7 +47,8 @@ def _commands(cmd: click.Command, path: tuple[str, ...] = ("ttsha",)):
         if len(path) > 1 and any(isinstance(p, click.Option) for p in cmd.params):
             yield path, cmd  # a group that runs by itself (ttsha replicate)
         for name, sub in cmd.commands.items():
-            yield from _commands(sub, (*path, name))
+            if not sub.hidden:  # internal hooks (ttsha lab start-node)
+                yield from _commands(sub, (*path, name))
     else:
         yield path, cmd
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from urllib.parse import quote
@@ -219,8 +220,9 @@ def test_health_before_and_after_warm_up(make_node, fake_engine):
     resp, data = node.client.request("GET", "/health")
     health = body_json(data)
     assert resp.status == 200 and health["status"] == "ready"
-    for key in ("engine", "model_version", "voices", "queue_depth", "workers_busy", "last_synth_ok_at", "canary"):
+    for key in ("engine", "model_version", "voices", "pid", "queue_depth", "workers_busy", "last_synth_ok_at", "canary"):
         assert key in health
+    assert health["pid"] == os.getpid()  # the in-process server
     assert health["canary"]["ok"] is True
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import signal
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -73,89 +70,51 @@ def down(root: Path) -> None:
 
 @lab.command()
 @_dir
-@click.option("--fault", type=click.Choice(["kill", "stop", "freeze"]), default="kill", show_default=True,
-              help="kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the primary's serve process.")
-@click.option("--duration", type=float, help="Seconds of traffic (default: [drill] duration).")
+@click.option("--fault", type=click.Choice(["kill", "stop", "freeze", "isolate"]), default="kill", show_default=True,
+              help="kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the primary's serve process; "
+              "isolate = drop packets to its port (nftables, root).")
+@click.option("--duration", help="Traffic duration, e.g. 20s (default: [drill] duration).")
 @click.option("--rate", type=float, help="Requests per second (default: [drill] rate).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report here.")
-def drill(root: Path, fault: str, duration: float | None, rate: float | None, as_json: bool, report_file: Path | None) -> None:
-    """Inject a fault on the lab's primary under traffic and report what clients saw.
+@click.option("--dry-run", is_flag=True, help="Explain what would be done; change nothing.")
+@click.pass_context
+def drill(click_ctx: click.Context, root: Path, fault: str, duration: str | None, rate: float | None, as_json: bool,
+          report_file: Path | None, dry_run: bool) -> None:
+    """Run 'ttsha failover --drill' against the lab.
 
-    Exits 1 when an objective of [drill] is missed.
+    Faults are injected over SSH, as on a real pair. Exits 5 when an
+    objective of [drill] is missed.
 
     \b
     Example:
-      ttsha lab drill --fault kill --duration 20 --rate 10
+      ttsha lab drill --fault kill --duration 20s --rate 10
     """
-    import os
+    from ..lab import Lab
+    from . import Context
+    from .failover_cmd import failover
 
-    from ..config import load
-    from ..drill import run_drill
-    from ..lab import NODE_HOSTS, Lab, health
-
-    lab_ = Lab(root)
-    layout = lab_.layout()
-    config = load(layout.config)
-    state = lab_.monitor_state() or {}
-    target = state.get("primary")
-    if target not in NODE_HOSTS:
-        raise TTSHAError("the monitor has no primary yet; is the lab up? (ttsha lab status)")
-    standby = next(n for n in NODE_HOSTS if n != target)
-    if health(layout.url(standby)) != "ready":
-        raise TTSHAError(f"refusing to drill: the standby {standby} is not healthy")
-    pid = lab_.pid(target)
-    signals = {"kill": signal.SIGKILL, "stop": signal.SIGTERM, "freeze": signal.SIGSTOP}
-
-    def inject() -> None:
-        os.kill(pid, signals[fault])
-
-    def restore() -> None:
-        if fault == "freeze":
-            os.kill(pid, signal.SIGCONT)
-        else:
-            lab_.start_node(target)
-
-    settings = replace(config.drill, **{k: v for k, v in (("duration", duration), ("rate", rate)) if v is not None})
-    report = run_drill(config, layout.gateway_url, target, standby, inject, restore, fault, lab_.monitor_state, settings,
-                       node_address=lambda name: f"{NODE_HOSTS[name]}:{layout.node_ports[name]}")
-    data = report.to_dict()
-    if report_file:
-        report_file.write_text(json.dumps(data, ensure_ascii=False, indent=2))
-    if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
-    else:
-        print_report(report)
-    if report.missed:
-        raise click.exceptions.Exit(1)
+    layout = Lab(root).layout()
+    args = ["--drill", "--fault", fault]
+    for flag, value in (("--duration", duration), ("--rate", rate), ("--report", report_file)):
+        if value is not None:
+            args += [flag, str(value)]
+    args += ["--json"] * as_json + ["--dry-run"] * dry_run
+    obj = Context(config_path=layout.config, verbose=click_ctx.find_root().obj.verbose)
+    with failover.make_context("ttsha failover", args, parent=click_ctx, obj=obj) as sub:
+        failover.invoke(sub)
 
 
-def print_report(report) -> None:
-    from rich.console import Console
-    from rich.table import Table
+@lab.command("start-node", hidden=True)
+@_dir
+@click.argument("name")
+def start_node(root: Path, name: str) -> None:
+    """Start one lab node's serve (the lab nodes' start_command, used by drills)."""
+    from ..lab import NODE_HOSTS, Lab
 
-    console = Console()
-    timeline = Table(title=f"drill: {report.fault} of {report.target} (standby {report.standby})")
-    timeline.add_column("event")
-    timeline.add_column("t (s after fault)", justify="right")
-    for name, value in sorted(report.timeline.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
-        timeline.add_row(name.replace("_", " "), "-" if value is None else f"{value:+.3f}")
-    console.print(timeline)
-    clients = Table(title="what clients saw")
-    for column in ("window", "requests", "p50 ms", "p99 ms"):
-        clients.add_column(column)
-    for name, lat in report.latency_ms.items():
-        clients.add_row(name, str(lat["n"]), f"{lat['p50']:.1f}", f"{lat['p99']:.1f}")
-    console.print(clients)
-    failures = ", ".join(f"{k}: {v}" for k, v in report.failures.items()) or "none"
-    rto = "-" if report.rto_s is None else f"{report.rto_s:.3f} s"
-    console.print(f"requests {report.requests}, failed {report.failed} ({failures}), retried by the gateway "
-                  f"{report.retried_by_gateway}; RTO {rto}; RPO {report.rpo_files} files; "
-                  f"{report.target} rejoined as {report.rejoined_as or '-'}")
-    if report.missed:
-        console.print("[bold red]objectives missed:[/] " + "; ".join(report.missed))
-    else:
-        console.print("[green]all objectives met[/]")
+    if name not in NODE_HOSTS:
+        raise TTSHAError(f"no lab node {name!r}; one of {', '.join(NODE_HOSTS)}")
+    click.echo(Lab(root).start_node(name))
 
 
 def _print_status(lab_) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import queue
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,11 +26,20 @@ from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
+from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 200
+
+
+@dataclass
+class Command:
+    """A control-socket request, handled by the main loop like a probe result."""
+
+    request: dict[str, Any]
+    reply: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1))
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,8 @@ class Monitor:
         self.nginx = UpstreamController(config.nginx, config.nodes)
         self.decider = Decider(config.nodes, mc.mode, mc.fall, mc.rise, mc.failback, primary=self.nginx.current_primary())
         self.alerter = alerter or Alerter(config.alert)
-        self.results: queue.Queue[Probe] = queue.Queue()
+        # Probe results and control commands: only the main loop touches the Decider.
+        self.inbox: queue.Queue[Probe | Command] = queue.Queue()
         self.events: list[dict[str, Any]] = []
         self.nginx_status: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -90,7 +101,7 @@ class Monitor:
             started = time.monotonic()
             ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout)
             latency = (time.monotonic() - started) * 1000
-            self.results.put(Probe(name, ok, time.time(), latency, info, error))
+            self.inbox.put(Probe(name, ok, time.time(), latency, info, error))
             state = self.decider.states[name]
             interval = mc.fast_interval if state.changing or not ok else mc.interval
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
@@ -115,11 +126,44 @@ class Monitor:
         self.events.append(entry)
         del self.events[:-MAX_EVENTS]
         severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical", "model_mismatch": "warning"}
-        log.log(logging.INFO if event.kind == "node_up" else logging.WARNING, "event=%s node=%s %s", event.kind, event.node, event.detail)
+        log.log(logging.INFO if event.kind in ("node_up", "probe_failed") else logging.WARNING, "event=%s node=%s %s", event.kind, event.node, event.detail)
         if event.kind in severity:
             self.alerter.send(Alert(event.kind, f"{event.kind} {event.node}: {event.detail}", severity[event.kind], event.at))
 
-    def _apply(self, roles: dict[str, str], at: float) -> None:
+    # -- control socket ----------------------------------------------------
+    def control(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Called from a control connection's thread: queue, wait for the main loop's answer."""
+        command = Command(request)
+        self.inbox.put(command)
+        try:
+            return command.reply.get(timeout=timeout)
+        except queue.Empty:
+            return {"ok": False, "error": f"the monitor did not answer within {timeout:.0f} s"}
+
+    def _command(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "ping":
+            return {"ok": True, "primary": self.decider.primary, "pid": os.getpid()}
+        if op != "switchover":
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        target = str(request.get("to", ""))
+        old = self.decider.primary
+        if target == old:
+            return {"ok": True, "changed": False, "from": old, "to": target}
+        now = time.time()
+        try:
+            event = self.decider.set_primary(target, now)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        self._record(event)
+        if not self._apply(self.decider.roles(), now):
+            self.decider.undo_switchover(old)
+            self.write_state()
+            return {"ok": False, "error": f"nginx refused the change: {self.nginx_status.get('error')}"}
+        self.write_state()
+        return {"ok": True, "changed": True, "from": old, "to": target, "nginx": self.nginx_status}
+
+    def _apply(self, roles: dict[str, str], at: float) -> bool:
         started = time.time()
         try:
             result = self.nginx.apply(roles)
@@ -127,7 +171,7 @@ class Monitor:
             self.nginx_status = {"ok": False, "at": started, "error": str(exc), "roles": roles}
             self._record(Event("nginx_failed", "*", started, str(exc)))
             self.alerter.send(Alert("nginx_failed", f"nginx rejected the upstream change: {exc}", "critical", started))
-            return
+            return False
         self._applied_roles = roles
         self.nginx_status = {
             "ok": True,
@@ -149,6 +193,7 @@ class Monitor:
                      "after_probe_s": started - at},
                 )
             )
+        return True
 
     def write_state(self) -> None:
         self._last_state_write = time.monotonic()
@@ -187,6 +232,11 @@ class Monitor:
         if install_signals:
             signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
             signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        mc = self.config.monitor
+        # One controller of the upstream at a time (see monitor.control).
+        lock = GatewayLock(lock_path(mc.control_socket)).acquire(timeout=30, purpose="ttsha monitor")
+        control = ControlServer(mc.control_socket, self.control)
+        control.start()
         threads = [
             threading.Thread(target=self._probe_loop, args=(name,), name=f"probe-{name}", daemon=True)
             for name in self.config.nodes
@@ -199,17 +249,21 @@ class Monitor:
         next_ping = time.monotonic()
         while not self._stop.is_set():
             try:
-                result = self.results.get(timeout=0.2)
+                item = self.inbox.get(timeout=0.2)
             except queue.Empty:
-                result = None
-            if result is not None:
-                self.handle(result)
+                item = None
+            if isinstance(item, Command):
+                item.reply.put(self._command(item.request))
+            elif item is not None:
+                self.handle(item)
             if interval and time.monotonic() >= next_ping:
                 # Pinged from the loop that does the work: a stuck loop stops the pings.
                 systemd.watchdog_ping()
                 next_ping = time.monotonic() + interval
         systemd.stopping()
+        control.close()
         self.write_state()
+        lock.release()
         self.alerter.close(timeout=2)
         return 0
 

@@ -56,7 +56,7 @@ class NodeState:
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # node_down, node_up, switchover, all_down, model_mismatch
+    kind: str  # probe_failed, node_down, node_up, switchover, all_down, model_mismatch
     node: str
     at: float
     detail: str = ""
@@ -80,6 +80,8 @@ class Decider:
         )
         self._mismatch_reported: tuple[str, str] | None = None
         self._all_down = False
+        #: Set by a planned switchover: automatic failback leaves this primary alone.
+        self._pinned: str | None = None
 
     # -- input -----------------------------------------------------------
     def observe(self, name: str, ok: bool, now: float, info: dict[str, Any] | None = None,
@@ -105,6 +107,9 @@ class Decider:
             state.failures += 1
             state.successes = 0
             state.last_error = error
+            if state.status == UP and state.failures == 1:
+                # The start of a possible outage: drill timelines measure from here.
+                events.append(Event("probe_failed", name, now, error or "probe failed"))
             if state.status != DOWN_STATE and state.failures >= self.fall:
                 state.status, state.since = DOWN_STATE, now
                 events.append(Event("node_down", name, now, error or "probe failed"))
@@ -135,6 +140,7 @@ class Decider:
             if (
                 self._failback_after is not None
                 and best is not chosen
+                and chosen.name != self._pinned
                 and best.priority > chosen.priority
                 and now - best.since >= self._failback_after
             ):
@@ -142,6 +148,7 @@ class Decider:
             if chosen.name != self.primary:
                 old = self.primary
                 self.primary = chosen.name
+                self._pinned = None
                 events.append(
                     Event("switchover", chosen.name, now, f"{old or 'none'} -> {chosen.name}", {"from": old, "to": chosen.name})
                 )
@@ -194,8 +201,20 @@ class Decider:
         return roles
 
     def set_primary(self, name: str, now: float) -> Event:
-        """A planned switchover (``ttsha failover --to``)."""
+        """A planned switchover (``ttsha failover --to``).
+
+        The chosen node stays primary while it is UP, even with automatic
+        failback: an admin moved traffic on purpose.
+        """
+        if name not in self.states:
+            raise ValueError(f"{name} is not a configured node")
         if self.states[name].status != UP:
-            raise ValueError(f"{name} is not up")
-        old, self.primary = self.primary, name
+            raise ValueError(f"{name} is not up (the monitor sees it as {self.states[name].status})")
+        if self.mode != "active-standby":
+            raise ValueError("a switchover needs mode = \"active-standby\"")
+        old, self.primary, self._pinned = self.primary, name, name
         return Event("switchover", name, now, f"{old or 'none'} -> {name} (manual)", {"from": old, "to": name})
+
+    def undo_switchover(self, previous: str | None) -> None:
+        """Put ``previous`` back after Nginx refused a planned switchover."""
+        self.primary, self._pinned = previous, None

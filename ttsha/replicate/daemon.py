@@ -259,13 +259,13 @@ class Replicator:
         manager.add_watch(str(self.store), mask, rec=True, auto_add=True)
         return notifier
 
-    def run(self, install_signals: bool = True, models: bool = True) -> int:
+    def run(self, install_signals: bool = True, models: bool | None = None) -> int:
         if install_signals:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         notifier = self.start_watch()
         threads = [threading.Thread(target=self._audio_loop, name="audio", daemon=True)]
-        if models:
+        if self.config.replicate.models if models is None else models:
             threads.append(threading.Thread(target=self._models_loop, name="models", daemon=True))
         for thread in threads:
             thread.start()

@@ -1,8 +1,7 @@
 """One verified SSH connection and the SFTP operations replication needs.
 
-Host keys are checked against a known_hosts file: an unknown or changed key
-is refused (:class:`HostKeyRefused`), never added on the fly. Only key
-authentication is used, and the key file must not be readable by others.
+The connection itself is :func:`ttsha.ssh.connect` (verified host key, key
+authentication only).
 Every remote path is built from a relative path that has been checked, under
 the configured remote root: nothing is ever written outside it.
 """
@@ -19,7 +18,9 @@ from pathlib import Path, PurePosixPath
 
 import paramiko
 
+from .. import ssh
 from ..errors import PeerUnreachable, TTSHAError
+from ..ssh import HostKeyRefused, check_key_file  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,6 @@ TEMP_MARK = ".ttsha-"
 #: SFTP window and packet sizes: large windows keep a fast link busy.
 WINDOW = 64 * 1024 * 1024
 CHUNK = 256 * 1024
-
-
-class HostKeyRefused(PeerUnreachable):
-    """The peer's host key is unknown or differs from known_hosts."""
 
 
 class UnsafePath(TTSHAError):
@@ -56,15 +53,6 @@ class RemoteEntry:
     mode: int
 
 
-def check_key_file(key_file: Path) -> None:
-    try:
-        st = key_file.stat()
-    except FileNotFoundError:
-        raise TTSHAError(f"SSH key {key_file} not found (ssh-keygen -t ed25519 -f {key_file})") from None
-    if st.st_mode & 0o077:
-        raise TTSHAError(f"SSH key {key_file} is accessible by others; run: chmod 600 {key_file}")
-
-
 class Peer:
     """An SFTP session to ``user@host:port`` rooted at ``root``."""
 
@@ -81,44 +69,8 @@ class Peer:
 
     # -- connection ------------------------------------------------------
     def connect(self) -> "Peer":
-        check_key_file(self.key_file)
-        client = paramiko.SSHClient()
-        try:
-            client.load_host_keys(str(self.known_hosts))
-        except FileNotFoundError:
-            raise HostKeyRefused(
-                f"known_hosts {self.known_hosts} does not exist; record the peer's key with "
-                f"'ttsha replicate trust-host {self.host} --port {self.port}'"
-            ) from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(
-                self.host,
-                port=self.port,
-                username=self.user,
-                key_filename=str(self.key_file),
-                allow_agent=False,
-                look_for_keys=False,
-                timeout=self.timeout,
-                banner_timeout=self.timeout,
-                auth_timeout=self.timeout,
-            )
-        except paramiko.BadHostKeyException as exc:
-            raise HostKeyRefused(
-                f"host key of {self.host}:{self.port} CHANGED ({exc.key.get_name()} "
-                f"{exc.key.fingerprint}); refusing to connect"
-            ) from None
-        except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyRefused(
-                    f"{self.host}:{self.port} is not in {self.known_hosts}; "
-                    f"record its key with 'ttsha replicate trust-host {self.host} --port {self.port}'"
-                ) from None
-            raise PeerUnreachable(f"SSH to {self.user}@{self.host}:{self.port} failed: {exc}") from None
-        except OSError as exc:
-            raise PeerUnreachable(f"SSH to {self.host}:{self.port} failed: {exc.strerror or exc}") from None
+        client = ssh.connect(self.host, self.port, self.user, self.key_file, self.known_hosts, self.timeout)
         transport = client.get_transport()
-        transport.set_keepalive(15)
         transport.default_window_size = WINDOW
         self._client = client
         self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=32768)

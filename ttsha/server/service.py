@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -272,6 +273,8 @@ class Service:
             info = self.engine._info
             body.update(engine=info.engine, model_version=info.model_version, voices=list(info.voices))
         body.update(
+            # Drills signal this process (ttsha failover --drill): the pid of whoever answers.
+            pid=os.getpid(),
             queue_depth=self.pool.queue_depth,
             workers_busy=self.pool.busy,
             last_synth_ok_at=r.last_synth_ok_at,

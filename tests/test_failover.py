@@ -1,0 +1,137 @@
+"""Planned switchover against a real Nginx and real node processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from ttsha import failover
+from ttsha.cli import main
+from ttsha.errors import EXIT_REFUSED, EXIT_USAGE, Refused
+from ttsha.monitor.control import GatewayLock, lock_path
+
+from .monitor.conftest import pair  # noqa: F401  (fixture)
+from .monitor.test_gateway import Traffic, start_monitor, wait_for
+
+
+def primary_in_upstream(config) -> str:
+    text = config.nginx.upstream_file.read_text()
+    return next(line.rsplit("#", 1)[1].split(":")[0].strip() for line in text.splitlines() if line.endswith(": primary"))
+
+
+def test_switchover_through_the_monitor_fails_no_request(pair, tmp_path):  # noqa: F811
+    config, nodes, gateway = pair
+    monitor, thread = start_monitor(config)
+    try:
+        wait_for(lambda: monitor.decider.primary == "a" and monitor._applied_roles, what="initial routing")
+        with Traffic(gateway.port) as traffic:
+            wait_for(lambda: len(traffic.results) >= 20, what="traffic")
+            plan = failover.plan(config, "b", force=True, wait=0)
+            assert plan.via == "monitor" and plan.source == "a"
+            # The fake nodes run no replicator: that check fails and --force passes it.
+            assert [c.name for c in plan.failed] == ["replication"]
+            outcome = failover.execute(config, plan)
+            n = len(traffic.results)
+            wait_for(lambda: len(traffic.results) >= n + 20, what="traffic after the switch")
+        assert outcome.changed and outcome.via == "monitor" and outcome.verified_s is not None
+        assert outcome.forced_past and "replication" in outcome.forced_past[0]
+        statuses = [status for _, status, _ in traffic.results]
+        assert statuses.count(200) == len(statuses), [r for r in traffic.results if r[1] != 200]
+        assert traffic.results[-1][2] == f"{nodes['b'].host}:{nodes['b'].port}"
+        assert monitor.decider.primary == "b" and primary_in_upstream(config) == "b"
+        state = json.loads(config.monitor.state_file.read_text())
+        assert any(e["kind"] == "switchover" and "manual" in e["detail"] for e in state["events"])
+        history = [json.loads(line) for line in failover.history_file(config).read_text().splitlines()]
+        assert history[-1]["kind"] == "switchover" and history[-1]["target"] == "b"
+        # Again to the same node: nothing to do.
+        assert not failover.execute(config, failover.plan(config, "b", force=True, wait=0)).changed
+    finally:
+        monitor.stop()
+        thread.join(5)
+
+
+def test_switchover_without_a_monitor_uses_its_lock(pair, tmp_path):  # noqa: F811
+    config, nodes, gateway = pair
+    plan = failover.plan(config, "b", force=True, wait=0)
+    assert plan.via == "direct" and plan.roles == {"a": "backup", "b": "primary"}
+    # While another controller holds the lock, the switch waits and then gives up.
+    holder = GatewayLock(lock_path(config.monitor.control_socket)).acquire(purpose="test")
+    released = threading.Timer(0.5, holder.release)
+    released.start()
+    outcome = failover.execute(config, plan)
+    assert outcome.changed and outcome.via == "direct" and primary_in_upstream(config) == "b"
+    released.join()
+
+
+def test_refuses_an_unhealthy_target(pair, tmp_path):  # noqa: F811
+    config, nodes, gateway = pair
+    nodes["b"].kill()
+    plan = failover.plan(config, "b", wait=0)
+    assert "target healthy" in [c.name for c in plan.failed]
+    before = config.nginx.upstream_file.read_text()
+    with pytest.raises(Refused, match="target healthy: b /health: no answer"):
+        failover.execute(config, plan)
+    assert config.nginx.upstream_file.read_text() == before
+    assert not failover.history_file(config).exists()
+
+
+def test_replication_must_be_caught_up(pair, tmp_path, monkeypatch):  # noqa: F811
+    config, nodes, gateway = pair
+    states = iter([
+        {"queue_depth": 3, "connected": True, "age_s": 0.5, "lag_s": {"p99": 0.1}},
+        {"queue_depth": 0, "connected": True, "age_s": 0.5, "lag_s": {"p99": 0.1}},
+    ])
+    real = failover.node_health
+
+    def health(cfg, name, timeout=2.0):
+        body = real(cfg, name, timeout)
+        if body is not None and name == "a":
+            body["replication"] = next(states, {"queue_depth": 0, "connected": True, "age_s": 0.5})
+        return body
+
+    monkeypatch.setattr(failover, "node_health", health)
+    check = failover._replication_caught_up(config, "a", wait=5)
+    assert check.ok and "queue is empty" in check.detail  # waited for the queue to drain
+    states = iter([{"queue_depth": 0, "connected": False, "age_s": 0.5, "last_error": "Connection refused"}] * 99)
+    check = failover._replication_caught_up(config, "a", wait=0)
+    assert not check.ok and "not connected" in check.detail and "Connection refused" in check.detail
+
+
+def write_config(config, tmp_path):
+    nodes = "".join(f'[nodes.{n}]\nurl = "{c.url}"\npriority = {c.priority}\n' for n, c in config.nodes.items())
+    ng = config.nginx
+    text = (f"{nodes}[monitor]\nstate_file = \"{tmp_path}/monitor.json\"\ncontrol_socket = \"{tmp_path}/m.sock\"\n"
+            f"[nginx]\nlisten = \"{ng.listen}\"\nupstream_file = \"{ng.upstream_file}\"\n"
+            f"test_command = {json.dumps(list(ng.test_command))}\nreload_command = {json.dumps(list(ng.reload_command))}\n")
+    path = tmp_path / "ttsha.toml"
+    path.write_text(text)
+    return path
+
+
+def test_cli(pair, tmp_path, capsys):  # noqa: F811
+    config, nodes, gateway = pair
+    path = write_config(config, tmp_path)
+    assert main(["--config", str(path), "failover"]) == EXIT_USAGE
+    assert main(["--config", str(path), "failover", "--to", "b", "--drill"]) == EXIT_USAGE
+    assert main(["--config", str(path), "failover", "--to", "b", "--fault", "kill"]) == EXIT_USAGE
+    assert main(["--config", str(path), "failover", "--to", "nope"]) == EXIT_USAGE
+    capsys.readouterr()
+    # Dry run: the checks and the routing it would write; nothing changes.
+    before = config.nginx.upstream_file.read_text()
+    assert main(["--config", str(path), "failover", "--to", "b", "--dry-run", "--wait", "0s"]) == 0
+    out = capsys.readouterr().out
+    assert "switch the primary from a to b" in out and "[FAILED] replication" in out and "would refuse" in out
+    assert f"server {nodes['b'].host}:{nodes['b'].port} max_fails=1" in out
+    assert config.nginx.upstream_file.read_text() == before
+    # Refused without --force (no replicator), exit 6; done with it.
+    assert main(["--config", str(path), "failover", "--to", "b", "--wait", "0s"]) == EXIT_REFUSED
+    assert "--force" in capsys.readouterr().err
+    assert main(["--config", str(path), "failover", "--to", "b", "--force", "--json",
+                 "--report", str(tmp_path / "r.json")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["target"] == "b" and data["changed"] and json.loads((tmp_path / "r.json").read_text()) == data
+    # A drill needs a running monitor on this host.
+    assert main(["--config", str(path), "failover", "--drill", "--dry-run"]) == EXIT_REFUSED
+    assert "no monitor runs" in capsys.readouterr().err

@@ -1,0 +1,241 @@
+"""Planned switchover (``ttsha failover --to NODE``).
+
+:func:`plan` checks that the move is safe: the target answers ``ready``,
+serves the same engine and model version as the current primary, and the
+primary's replicator has nothing left to send (audio a client already holds
+must be on the target). :func:`execute` then switches through the one path
+that edits Nginx: the running monitor applies it (asked on its control
+socket, so the two never fight), or, with no monitor, this process does
+under the monitor's lock. Finally it checks through the gateway that fresh
+requests reach the target, and records the event in the history file.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .config import Config
+from .errors import PeerUnreachable, Refused, TTSHAError, UsageError
+from .fsutil import atomic_write
+from .monitor import control
+from .nginx import BACKUP, DOWN, PRIMARY, NginxError, UpstreamController, gateway_url, node_address, render_upstream
+
+log = logging.getLogger(__name__)
+
+#: A replicator state older than this is not evidence of anything.
+REPLICATION_STATE_MAX_AGE_S = 15.0
+
+
+def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """GET ``url``: (status, JSON body or {}, lower-case headers); status 0 when unreachable."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", parts.path or "/", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        raw = resp.read(1 << 20)
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+    except (OSError, http.client.HTTPException):
+        return 0, {}, {}
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {}
+    return resp.status, body if isinstance(body, dict) else {}, headers
+
+
+def node_health(config: Config, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The node's ``/health`` body (whatever its status), or None when it does not answer."""
+    status, body, _ = get_json(config.nodes[name].url.rstrip("/") + "/health", timeout)
+    return body if status else None
+
+
+def history_file(config: Config) -> Path:
+    """Switchovers and drills, one JSON line each, next to the monitor's state file."""
+    return Path(config.monitor.state_file).with_name("failover-history.jsonl")
+
+
+def record(config: Config, entry: dict[str, Any]) -> None:
+    path = history_file(config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"at": time.time(), **entry}, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        log.warning("cannot record the event in %s: %s", path, exc)
+
+
+def current_primary(config: Config) -> str | None:
+    """The primary as the running monitor sees it, else as the upstream file routes."""
+    try:
+        reply = control.call(config.monitor.control_socket, {"op": "ping"}, timeout=5)
+        if reply.get("ok") and reply.get("primary"):
+            return reply["primary"]
+    except PeerUnreachable:
+        pass
+    return UpstreamController(config.nginx, config.nodes).current_primary()
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Plan:
+    source: str | None
+    target: str
+    via: str  # "monitor" or "direct"
+    checks: list[Check] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)
+    force: bool = False
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def describe(self, config: Config) -> list[str]:
+        lines = [f"switch the primary from {self.source or 'none'} to {self.target} "
+                 f"({'asking the running monitor' if self.via == 'monitor' else 'no monitor runs: directly, under its lock'})"]
+        lines += [f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in self.checks]
+        lines.append(f"  upstream {config.nginx.upstream_file} would route:")
+        lines += ["    " + line.strip() for line in render_upstream(config.nodes, self.roles).splitlines()
+                  if line.strip().startswith("server")]
+        lines.append(f"  then check through {gateway_url(config.nginx)} that new requests reach "
+                     f"{node_address(config.nodes[self.target])}")
+        return lines
+
+
+def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
+    """The source's replicator has an empty queue and a live link (waits up to ``wait`` s)."""
+    deadline = time.monotonic() + wait
+    while True:
+        health = node_health(config, source)
+        rep = (health or {}).get("replication")
+        if health is None:
+            # A dead primary has nothing more to send; what it acknowledged is on the standby or lost either way.
+            return Check("replication", True, f"{source} does not answer: nothing more can be sent")
+        if rep is None:
+            detail = f"{source} reports no replicator state (is ttsha-replicate running there?)"
+        elif (rep.get("age_s") or 0) > REPLICATION_STATE_MAX_AGE_S:
+            detail = f"{source}'s replicator state is {rep.get('age_s')} s old (is it running?)"
+        elif not rep.get("connected"):
+            detail = f"{source}'s replicator is not connected to its peer: {rep.get('last_error') or 'no link'}"
+        elif rep.get("queue_depth"):
+            detail = f"{source} still has {rep.get('queue_depth')} files to send"
+        else:
+            lag = (rep.get("lag_s") or {}).get("p99")
+            return Check("replication", True, f"{source}'s queue is empty"
+                         + ("" if lag is None else f" (lag p99 {1000 * lag:.0f} ms)"))
+        if time.monotonic() >= deadline:
+            return Check("replication", False, detail)
+        time.sleep(0.5)
+
+
+def plan(config: Config, target: str, force: bool = False, wait: float = 10.0) -> Plan:
+    """Check a switchover to ``target``; raises :class:`Refused` when unsafe (unless ``force``)."""
+    if target not in config.nodes:
+        raise UsageError(f"unknown node {target!r}; configured: {', '.join(config.nodes)}")
+    if config.monitor.mode != "active-standby":
+        raise UsageError('a switchover needs [monitor] mode = "active-standby"')
+    via = "monitor" if control.monitor_running(config.monitor.control_socket) else "direct"
+    source = current_primary(config)
+    result = Plan(source, target, via, force=force)
+    health = node_health(config, target)
+    ready = bool(health) and health.get("status") == "ready"
+    result.checks.append(Check("target healthy", ready, f"{target} /health: "
+                               + ((health or {}).get("status") or "no answer")))
+    if source and source != target:
+        src = node_health(config, source)
+        if src and health:
+            same = (src.get("engine"), src.get("model_version")) == (health.get("engine"), health.get("model_version"))
+            result.checks.append(Check("same model", same, f"{source}: {src.get('engine')} {src.get('model_version')}, "
+                                       f"{target}: {health.get('engine')} {health.get('model_version')}"))
+        else:
+            result.checks.append(Check("same model", True, f"{source} does not answer; nothing to compare with"))
+        result.checks.append(_replication_caught_up(config, source, wait))
+    # The target leads; the others stay as standbys when healthy.
+    for name in config.nodes:
+        if name == target:
+            result.roles[name] = PRIMARY
+        else:
+            other = node_health(config, name)
+            result.roles[name] = BACKUP if other and other.get("status") == "ready" else DOWN
+    return result
+
+
+@dataclass
+class Outcome:
+    source: str | None
+    target: str
+    via: str
+    changed: bool
+    seconds: float
+    verified_s: float | None
+    forced_past: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify_through_gateway(config: Config, target: str, timeout: float = 10.0, streak: int = 5) -> float | None:
+    """Seconds until ``streak`` fresh requests in a row reached ``target`` through the gateway."""
+    url = gateway_url(config.nginx) + "/health"
+    want = node_address(config.nodes[target])
+    started = time.monotonic()
+    run = 0
+    while time.monotonic() - started < timeout:
+        status, _, headers = get_json(url)
+        if status == 200 and headers.get("x-upstream", "").split(",")[-1].strip() == want:
+            run += 1
+            if run >= streak:
+                return time.monotonic() - started
+        else:
+            run = 0
+        time.sleep(0.02)
+    return None
+
+
+def execute(config: Config, chosen: Plan) -> Outcome:
+    """Carry out a checked :class:`Plan` (see the module docstring)."""
+    if chosen.failed and not chosen.force:
+        raise Refused("switchover refused: " + "; ".join(f"{c.name}: {c.detail}" for c in chosen.failed)
+                      + " (--force to switch anyway)")
+    started = time.monotonic()
+    if chosen.source == chosen.target:
+        return Outcome(chosen.source, chosen.target, chosen.via, False, 0.0, None)
+    if chosen.via == "monitor":
+        reply = control.call(config.monitor.control_socket, {"op": "switchover", "to": chosen.target}, timeout=60)
+        if not reply.get("ok"):
+            raise TTSHAError(f"the monitor did not switch: {reply.get('error')}")
+        changed = bool(reply.get("changed"))
+    else:
+        lock = control.GatewayLock(control.lock_path(config.monitor.control_socket))
+        with lock.acquire(timeout=5, purpose="ttsha failover"):
+            try:
+                changed = UpstreamController(config.nginx, config.nodes).apply(chosen.roles).changed
+            except NginxError as exc:
+                raise TTSHAError(f"switchover failed, previous routing kept: {exc}") from None
+    verified = verify_through_gateway(config, chosen.target)
+    outcome = Outcome(chosen.source, chosen.target, chosen.via, changed, time.monotonic() - started, verified,
+                      [f"{c.name}: {c.detail}" for c in chosen.failed])
+    record(config, {"kind": "switchover", **outcome.to_dict()})
+    if verified is None:
+        raise TTSHAError(f"switched to {chosen.target}, but requests through {gateway_url(config.nginx)} "
+                         f"do not reach it yet; check 'ttsha status' and the Nginx error log")
+    return outcome
+
+
+def save_report(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(Path(path), json.dumps(data, ensure_ascii=False, indent=2))
