@@ -260,6 +260,20 @@ class Lab:
         wait_port(NODE_HOSTS[name], layout.ssh_port)
         return pid
 
+    def stop_sshd(self, name: str) -> None:
+        """Take a node's SSH endpoint away, open sessions included (a standby outage)."""
+        pid = self.pid(f"sshd-{name}")
+        if pid is None:
+            return
+        for victim in [*descendants(pid), pid]:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def up(self, node_ports: dict[str, int] | None = None, gateway_port: int | None = None, monitor: bool = True,
            timeout: float = 120.0) -> LabLayout:
         """Write configs, start everything, wait until healthy.
@@ -399,6 +413,25 @@ class Lab:
             stopped.append(name)
         self.pids.unlink(missing_ok=True)
         return stopped
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def _alive(pid: int) -> bool:

@@ -145,8 +145,7 @@ def test_replication_survives_a_standby_outage(lab):
     state = lab.monitor_state()
     primary = state["primary"]
     standby = next(n for n in ("primary", "standby") if n != primary)
-    sshd = f"sshd-{standby}"
-    os.kill(lab.pid(sshd), signal.SIGTERM)
+    lab.stop_sshd(standby)
     ids = []
     try:
         for i in range(5):

@@ -7,27 +7,9 @@ from pathlib import Path
 import pytest
 
 from ttsha.config import Config, NodeConfig, ReplicateConfig, StoreConfig
-from ttsha.lab import HOST_AND_CLIENT_KEYS, render_sshd_config, wait_port
+from ttsha.lab import HOST_AND_CLIENT_KEYS, descendants, render_sshd_config, wait_port
 
 from ..monitor.conftest import free_port, need
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 class Sshd:
@@ -56,7 +38,7 @@ class Sshd:
     def stop(self) -> None:
         """Stop the server and every session it spawned: the standby is gone."""
         if self.proc and self.proc.poll() is None:
-            victims = _descendants(self.proc.pid)
+            victims = descendants(self.proc.pid)
             self.proc.kill()
             self.proc.wait(10)
             for pid in victims:
