@@ -41,6 +41,7 @@ e2e: install
 	$(BIN)/python -m pytest -q -m e2e $(PYTEST_ARGS)
 
 bench: install
+	$(PIP) install -q -e ".[test,bench]"
 	$(BIN)/python bench/run.py --out docs/benchmarks.md
 
 # Dev-only: TensorFlow 2.15 runs the original .tflite files (newer TF lacks

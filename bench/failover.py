@@ -8,17 +8,18 @@ on loopback) and the same drill traffic; only the gateway differs:
 * the article: passive checks (``max_fails=2 fail_timeout=10s``), Nginx's
   default retry policy (a failed POST is not retried), no monitor.
 
-    python bench/failover.py [--duration 20] [--rate 10]
+    python bench/failover.py [--duration 20] [--rate 10] [--plot docs/failover.png]
+
+The plot (matplotlib) shows every request's latency against time from the
+kill, failures marked, for both setups.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -61,13 +62,55 @@ def one(setup: str, duration: float, rate: float) -> dict:
             drill=replace(config.drill, duration=duration, rate=rate),
             node_address=lambda name: f"{NODE_HOSTS[name]}:{layout.node_ports[name]}",
         )
-        return report.to_dict()
+        return {**report.to_dict(), "samples": [(s.at, s.status, s.latency_s) for s in report.samples]}
     finally:
         lab.down()
 
 
-def measure(duration: float = 20.0, rate: float = 10.0) -> dict:
-    return {"ttsha": one("ttsha", duration, rate), "article": one("article", duration, rate), "duration": duration, "rate": rate}
+PLOT = Path(__file__).resolve().parent.parent / "docs" / "failover.png"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Latency of every request against time from the kill; failures in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, sharey=True)
+    for ax, (name, title) in zip(axes, (("ttsha", "ttsha: gateway config + monitor"),
+                                        ("article", "article's setup: passive checks, no POST retry"))):
+        rep = result[name]
+        ok = [(at, lat * 1000) for at, status, lat in rep["samples"] if status == 200]
+        bad = [(at, lat * 1000) for at, status, lat in rep["samples"] if status != 200]
+        if ok:
+            ax.scatter(*zip(*ok), s=9, color="tab:blue", label="200")
+        if bad:
+            ax.scatter(*zip(*bad), s=40, marker="x", color="tab:red", label=f"failed ({len(bad)})")
+        ax.axvline(0, color="black", linewidth=1)
+        ax.text(0.05, 0.92, "kill -9", transform=ax.get_xaxis_transform())
+        for key, style in (("marked_down", ":"), ("reload_done", "--")):
+            t = rep["timeline"].get(key)
+            if t is not None:
+                ax.axvline(t, color="tab:green", linestyle=style, linewidth=1, label=key.replace("_", " "))
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("seconds from the kill of the primary")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def measure(duration: float = 20.0, rate: float = 10.0, plot_to: Path | None = PLOT) -> dict:
+    result = {"ttsha": one("ttsha", duration, rate), "article": one("article", duration, rate),
+              "duration": duration, "rate": rate}
+    if plot_to is not None:
+        plot(result, plot_to)
+        result["plot"] = plot_to.name
+    return result
 
 
 def table(r: dict) -> list[str]:
@@ -98,6 +141,7 @@ def table(r: dict) -> list[str]:
         f"| last failed request after the kill | {last_fail(ours)} | {last_fail(base)} | |",
         f"| p99 latency in the 5 s after the kill | {p99(ours)} | {p99(base)} | |",
         f"| requests retried by the gateway | {ours['retried_by_gateway']} | {base['retried_by_gateway']} | |",
+        *(["", f"![latency and failures through the failover]({r['plot']})"] if r.get("plot") else []),
     ]
 
 
@@ -105,7 +149,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--plot", type=Path, default=PLOT)
     args = parser.parse_args()
-    result = measure(args.duration, args.rate)
+    result = measure(args.duration, args.rate, args.plot)
     print("\n".join(table(result)))
-    json.dump(result, sys.stdout, indent=1, ensure_ascii=False)

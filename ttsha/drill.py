@@ -67,6 +67,8 @@ class DrillReport:
     lost_ids: list[str] = field(default_factory=list)
     rejoined_as: str | None = None
     missed: list[str] = field(default_factory=list)
+    #: Every request as the client saw it (for plots; not in :meth:`to_dict`).
+    samples: list[Sample] = field(default_factory=list, repr=False)
 
     @property
     def failed(self) -> int:
@@ -75,7 +77,9 @@ class DrillReport:
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {**asdict(self), "failed": self.failed, "passed": not self.missed}
+        data = asdict(self)
+        del data["samples"]
+        return {**data, "failed": self.failed, "passed": not self.missed}
 
 
 class Gateway:
@@ -222,6 +226,7 @@ def run_drill(
     timeline["first_success_on_standby"] = min((s.at + s.latency_s for s in ok_after), default=None)
     timeline["node_restored"] = restore_at - wall_fault
     report.timeline = timeline
+    report.samples = sorted(samples, key=lambda s: s.at)
     report.requests = len(samples)
     report.failures = dict(Counter(str(s.status or "connection") for s in samples if s.status != 200))
     report.retried_by_gateway = sum(1 for s in samples if "," in s.upstream)

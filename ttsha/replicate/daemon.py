@@ -62,8 +62,7 @@ class _Handler(pyinotify.ProcessEvent):
             self.replicator.scan_directory(Path(event.pathname))
 
     def process_IN_Q_OVERFLOW(self, event) -> None:
-        log.warning("inotify queue overflow: scanning the store for missed files")
-        self.replicator.request_scan()
+        self.replicator.overflowed()
 
 
 class Replicator:
@@ -79,7 +78,7 @@ class Replicator:
         self._scan.set()  # catch-up at start
         self.lags: list[float] = []
         self.stats: dict[str, Any] = {"files_sent": 0, "bytes_sent": 0, "last_error": "", "connected": False,
-                                      "models": {}}
+                                      "overflows": 0, "models": {}}
 
     # -- producer --------------------------------------------------------
     def file_done(self, path: str) -> None:
@@ -96,6 +95,12 @@ class Replicator:
         for dirpath, _, filenames in os.walk(directory):
             for name in sorted(filenames, key=lambda n: (n.rpartition(".")[0], not n.endswith(".json"))):
                 self.file_done(os.path.join(dirpath, name))
+
+    def overflowed(self) -> None:
+        """The kernel dropped inotify events: only a scan can tell what was missed."""
+        log.warning("inotify queue overflow: scanning the store for missed files")
+        self.stats["overflows"] += 1
+        self.request_scan()
 
     def request_scan(self) -> None:
         self._scan.set()
