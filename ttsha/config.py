@@ -175,7 +175,7 @@ class ReplicateConfig:
     include: list = _field([], "glob patterns to include (empty: everything)")
     exclude: list = _field([".*"], "glob patterns to skip")
     queue_file: Path = _field(_InStateDir("replicate.sqlite"), "durable queue of pending files")
-    concurrency: int = _field(4, "files in flight at once", min=1, max=64)
+    concurrency: int = _field(8, "files in flight at once (SFTP channels; sshd allows 10 by default)", min=1, max=64)
 
 
 @dataclass(frozen=True)

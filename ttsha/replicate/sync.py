@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paramiko
+
 from .transport import Peer, RemoteEntry, safe_relative
 
 log = logging.getLogger(__name__)
@@ -208,9 +210,9 @@ def _copy_dir_times(root: Path, peer: Peer, dirs: set[str]) -> None:
         while rel_dir:
             every.add(rel_dir)
             rel_dir = os.path.dirname(rel_dir)
-    for rel_dir in sorted(every, key=lambda d: -d.count("/")):
-        peer.set_dir_mtime(rel_dir, (root / rel_dir).stat().st_mtime)
-    peer.set_dir_mtime("", root.stat().st_mtime)
+    ordered = sorted(every, key=lambda d: -d.count("/"))
+    peer.set_dir_mtimes([(rel_dir, (root / rel_dir).stat().st_mtime) for rel_dir in ordered]
+                        + [("", root.stat().st_mtime)])
 
 
 def run_groups(peer: Peer, groups: list, apply: Callable, concurrency: int) -> None:
@@ -221,7 +223,15 @@ def run_groups(peer: Peer, groups: list, apply: Callable, concurrency: int) -> N
     for group in groups:
         work.put(group)
     errors: list[BaseException] = []
-    channels = [peer] + [peer.channel() for _ in range(min(concurrency, len(groups)) - 1)]
+    channels = [peer]
+    for _ in range(min(concurrency, len(groups)) - 1):
+        try:
+            channels.append(peer.channel())
+        except paramiko.ChannelException as exc:
+            # sshd's MaxSessions (10 by default) caps channels per connection.
+            log.warning("the peer refused SFTP channel %d (%s); continuing with %d", len(channels) + 1, exc,
+                        len(channels))
+            break
 
     def worker(channel: Peer) -> None:
         while not errors:
