@@ -94,6 +94,13 @@ class Engine(abc.ABC):
     def _load(self) -> EngineInfo:
         """Load weights; raise EngineError naming what is missing."""
 
+    def _synthesize_piece_in_parts(self, text: str, voice: str, emotion: str, speed: float) -> Iterator[np.ndarray]:
+        """One piece as consecutive parts, the first as early as possible.
+
+        Engines that can start early override this; by default: one part.
+        """
+        yield self._synthesize_piece(text, voice, emotion, speed)
+
     @abc.abstractmethod
     def _synthesize_piece(self, text: str, voice: str, emotion: str, speed: float) -> np.ndarray:
         """Samples for one piece of normalized text, at ``info.sample_rate``."""
@@ -139,16 +146,25 @@ class Engine(abc.ABC):
         voice: str | None = None,
         emotion: str | None = None,
         speed: float | None = None,
+        early_start: bool = False,
     ) -> Iterator[np.ndarray]:
-        """Yield checked samples piece by piece, pauses included."""
+        """Yield checked samples piece by piece, pauses included.
+
+        With ``early_start`` the first piece may come in parts, so that a
+        streaming client hears audio sooner (the later pieces are ready
+        before the first one has played).
+        """
         voice, emotion, speed = self.resolve(voice, emotion, speed)
         rate = self.info.sample_rate
-        for piece in self.pieces(text):
-            samples = check_audio(self._synthesize_piece(piece.text, voice, emotion, speed), self.name)
+        for index, piece in enumerate(self.pieces(text)):
+            if early_start and index == 0:
+                parts = self._synthesize_piece_in_parts(piece.text, voice, emotion, speed)
+            else:
+                parts = iter([self._synthesize_piece(piece.text, voice, emotion, speed)])
+            for part in parts:
+                yield check_audio(part, self.name)
             if piece.pause_s:
-                pause = np.zeros(int(piece.pause_s * rate / speed), np.float32)
-                samples = np.concatenate([samples, pause])
-            yield samples
+                yield np.zeros(int(piece.pause_s * rate / speed), np.float32)
 
     def synthesize(
         self,

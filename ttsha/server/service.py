@@ -207,7 +207,7 @@ class Service:
         """Runs on a worker: synthesize, store, account."""
         started = time.perf_counter()
         parts = []
-        for samples in self.engine.stream(req.text, req.voice, req.emotion, req.speed):
+        for samples in self.engine.stream(req.text, req.voice, req.emotion, req.speed, early_start=on_piece is not None):
             parts.append(samples)
             if on_piece is not None:
                 on_piece(to_pcm16(samples))
