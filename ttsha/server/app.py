@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import FileWrapper
 
 from ..errors import EngineError, InputError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -35,6 +36,9 @@ from .service import Service, SynthRequest
 log = logging.getLogger(__name__)
 
 WAV_HEADER_BYTES = 44
+#: Stored audio goes out in blocks this large: werkzeug's 8 KiB default costs
+#: a 200 KB cache hit about 25 socket writes and a millisecond.
+FILE_BLOCK_BYTES = 256 * 1024
 #: OpenAI voice names map to the engine's default voice so clients work unchanged.
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
@@ -83,6 +87,7 @@ class App:
     # -- WSGI ------------------------------------------------------------
     def __call__(self, environ, start_response):
         self._enter()  # counted from arrival: a drain waits for requests mid-synthesis too
+        environ["wsgi.file_wrapper"] = _wide_file_wrapper
         try:
             body = self._respond(environ)(environ, start_response)
         except BaseException:
@@ -309,6 +314,10 @@ class _Tracked:
                 self._body.close()
         finally:
             self._done()
+
+
+def _wide_file_wrapper(file, buffer_size: int = FILE_BLOCK_BYTES) -> FileWrapper:
+    return FileWrapper(file, max(buffer_size, FILE_BLOCK_BYTES))
 
 
 def _number(value: str, name: str) -> float:
