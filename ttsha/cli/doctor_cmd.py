@@ -22,7 +22,7 @@ def doctor(ctx: Context) -> None:
     Example:
       ttsha --config /etc/ttsha/ttsha.toml doctor
     """
-    from rich.console import Console
+    from .output import table_console
     from rich.table import Table
 
     results = checks.run(ctx.config)
@@ -33,9 +33,6 @@ def doctor(ctx: Context) -> None:
         style = _STYLE.get(check.status, "")
         table.add_row(check.name, f"[{style}]{check.status}[/]", check.detail, check.hint)
     # Piped output (logs, CI) is not wrapped at 80 columns: hints stay on one line.
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
+    table_console().print(table)
     if any(check.status == checks.FAIL for check in results):
         raise click.exceptions.Exit(1)

@@ -116,10 +116,10 @@ def _drill(ctx: Context, fault: str | None, duration: float | None, rate: float 
 
 def print_report(report) -> None:
     """The drill report as rich tables."""
-    from rich.console import Console
+    from .output import table_console
     from rich.table import Table
 
-    console = Console()
+    console = table_console()
     timeline = Table(title=f"drill: {report.fault} of {report.target} (standby {report.standby})")
     timeline.add_column("event")
     timeline.add_column("t (s after fault)", justify="right")

@@ -116,14 +116,12 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
-    from rich.console import Console
+    from .output import table_console
     from rich.table import Table
 
     now = time.time()
     age = now - data.get("updated_at", 0)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
+    console = table_console()
     table = Table(title=f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)")
     for column in ("node", "role", "health", "since", "probe", "model", "replication", "last error"):
         table.add_column(column)

@@ -118,7 +118,7 @@ def start_node(root: Path, name: str) -> None:
 
 
 def _print_status(lab_) -> None:
-    from rich.console import Console
+    from .output import table_console
     from rich.table import Table
 
     table = Table(title=f"ttsha lab in {lab_.root}")
@@ -127,4 +127,4 @@ def _print_status(lab_) -> None:
     for name, entry in lab_.status().items():
         table.add_row(name, str(entry["pid"]), "yes" if entry["running"] else "[red]no[/]", entry.get("endpoint", ""),
                       entry.get("health", ""), entry["log"])
-    Console().print(table)
+    table_console().print(table)

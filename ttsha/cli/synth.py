@@ -137,7 +137,7 @@ def voices(ctx: Context, engine_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(info), ensure_ascii=False, indent=2))
         return
-    from rich.console import Console
+    from .output import table_console
     from rich.table import Table
 
     table = Table(title=f"engine {info.engine} ({info.model_id}, version {info.model_version}, {info.sample_rate} Hz)")
@@ -146,4 +146,4 @@ def voices(ctx: Context, engine_name: str | None, as_json: bool) -> None:
     for name in info.voices:
         label = f"{name} (default)" if name == info.default_voice else name
         table.add_row(label, ", ".join(info.emotions))
-    Console().print(table)
+    table_console().print(table)

@@ -1,0 +1,17 @@
+"""Terminal output shared by the commands."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+#: Width of tables when output goes to a pipe, a log or CI rather than a terminal.
+PIPED_WIDTH = 200
+
+
+def table_console() -> Console:
+    """A console for tables: the terminal's width, or :data:`PIPED_WIDTH`
+    when piped (rich would assume 80 columns and cut paths and hints)."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=PIPED_WIDTH)
+    return console
