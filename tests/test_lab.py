@@ -40,3 +40,30 @@ def test_a_failed_start_stops_what_it_started(tmp_path, monkeypatch):
         lab.up()
     assert started[0].wait(10) is not None  # stopped, not left running
     assert not (lab.root / "pids.json").exists() or json.loads((lab.root / "pids.json").read_text()) == {}
+
+
+def test_a_node_that_exits_is_reported_at_once(tmp_path, monkeypatch):
+    """wait_healthy names the node and its last log line, not a 120 s timeout."""
+    import subprocess
+    import sys
+    import time
+
+    from ttsha.errors import PeerUnreachable
+    from ttsha.lab import LabLayout
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir(parents=True)
+    (lab.root / "standby.log").write_text("error: ttsha-standby.toml: replicate.models: expected a string\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lab._save_pids({"primary": alive.pid, "standby": dead.pid})
+        monkeypatch.setattr(lab_module, "health", lambda url: None)
+        started = time.monotonic()
+        with pytest.raises(PeerUnreachable, match="standby exited: error: .*replicate.models"):
+            lab.wait_healthy(LabLayout(lab.root, {"primary": 1, "standby": 2}, 3, 4), timeout=60)
+        assert time.monotonic() - started < 5
+    finally:
+        alive.kill()
+        alive.wait()

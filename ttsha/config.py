@@ -167,7 +167,11 @@ class ReplicateConfig:
     remote_store: Path = _field(Path("/var/lib/ttsha/audio"), "audio store on the peer")
     remote_models: Path = _field(Path("/var/lib/ttsha/models"), "model cache on the peer")
     local_models: Path = _field(_InStateDir("models"), "model cache on this node")
-    models: bool = _field(True, "run the periodic models sync from this node (false: it only receives models)")
+    models: str = _field(
+        "primary",
+        "when this node sends its model cache: while the monitor makes it the primary, always, or never",
+        choices=("primary", "always", "never"),
+    )
     interval: Duration = _field(Duration(300.0), "period of the models sync")
     checksum: bool = _field(False, "compare contents, not size + mtime")
     delete: bool = _field(True, "remove files on the peer that are gone here (models only)")

@@ -140,6 +140,9 @@ def write_config(layout: LabLayout, nginx_binary: str) -> None:
     )
     text = f"""# Written by `ttsha lab up`.
 [serve]
+# This node's address: its replicator asks it for its role (see [replicate] models).
+host = "{NODE_HOSTS['primary']}"
+port = {layout.node_ports['primary']}
 workers = 2
 canary_interval = "30s"
 drain_timeout = "10s"
@@ -185,9 +188,11 @@ rate = 10.0
     layout.config.write_text(text, encoding="utf-8")
     # The standby replicates back to the primary: results are immutable and
     # content-addressed, so whichever node serves, its audio reaches the other.
-    # Audio flows both ways; models only from the primary (delete = true would
-    # otherwise let the standby remove models that just arrived on the primary).
-    back = text.replace('peer = "standby"', 'peer = "primary"\nmodels = false')
+    # Audio flows both ways; models from whichever node the monitor made the
+    # primary (models = "primary", the default).
+    back = text.replace('peer = "standby"', 'peer = "primary"')
+    back = back.replace(f'host = "{NODE_HOSTS["primary"]}"\nport = {layout.node_ports["primary"]}\n',
+                        f'host = "{NODE_HOSTS["standby"]}"\nport = {layout.node_ports["standby"]}\n')
     back = back.replace(f'remote_store = "{layout.root}/standby/audio"', f'remote_store = "{layout.root}/primary/audio"')
     back = back.replace(f'remote_models = "{layout.root}/standby/models"', f'remote_models = "{layout.root}/primary/models"')
     back = back.replace(f'local_models = "{layout.root}/primary/models"', f'local_models = "{layout.root}/standby/models"')
@@ -354,6 +359,12 @@ class Lab:
             for name in list(pending):
                 if health(layout.url(name)) == "ready":
                     pending.discard(name)
+                elif (pid := self.pid(name)) is not None and not _alive(pid):
+                    # No point waiting out the timeout for a node that exited (a bad config, say).
+                    log_file = self.root / f"{name}.log"
+                    lines = log_file.read_text(errors="replace").strip().splitlines() if log_file.exists() else []
+                    raise PeerUnreachable(f"lab node {name} exited: {lines[-1] if lines else 'no output'} "
+                                          f"(see {log_file})")
             time.sleep(0.2)
         if pending:
             raise PeerUnreachable(f"lab nodes not ready after {timeout:.0f} s: {', '.join(sorted(pending))} "

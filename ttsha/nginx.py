@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 UPSTREAM_NAME = "ttsha_backend"
 PRIMARY, BACKUP, DOWN, ACTIVE = "primary", "backup", "down", "active"
+ROLES = frozenset({PRIMARY, BACKUP, DOWN, ACTIVE})
+#: The monitor's probes tell each node the role it has in the upstream; the
+#: gateway strips this header from client requests so nobody else can.
+ROLE_HEADER = "X-TTSHA-Role"
 
 
 class NginxError(TTSHAError):
@@ -107,6 +111,8 @@ server {{
         proxy_set_header Connection "";
         proxy_set_header Host $host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        # Only the monitor tells a node its role (an empty value drops the header).
+        proxy_set_header {ROLE_HEADER} "";
         # A dead node must not stall requests: fail fast, then retry elsewhere.
         proxy_connect_timeout {_seconds(ng.proxy_connect_timeout)};
         proxy_send_timeout 10s;

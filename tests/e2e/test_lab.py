@@ -174,12 +174,14 @@ def test_model_sync_carries_a_changed_model_file(lab):
     import os as os_
 
     layout = lab.layout()
-    src, dst = layout.node_dir("primary") / "models", layout.node_dir("standby") / "models"
+    primary = lab.monitor_state()["primary"]  # earlier drills may have moved it
+    standby = next(n for n in ("primary", "standby") if n != primary)
+    src, dst = layout.node_dir(primary) / "models", layout.node_dir(standby) / "models"
     model = src / "speech_sambert" / "voices" / "zhitian_emo" / "model.bin"
     model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"weights v1" * 1000)
     (src / "speech_sambert" / "configuration.json").write_text('{"version": 1}')
-    once = [*("--config", str(lab.node_config("primary"))), "replicate", "--once", "models"]
+    once = [*("--config", str(lab.node_config(primary))), "replicate", "--once", "models"]
     assert ttsha(*once).returncode == 0
     assert (dst / "speech_sambert" / "voices" / "zhitian_emo" / "model.bin").read_bytes() == model.read_bytes()
     # Same size, new content and mtime: the quick check must notice.
@@ -192,6 +194,32 @@ def test_model_sync_carries_a_changed_model_file(lab):
     rsync = subprocess.run(["rsync", "-a", "-n", "-i", "--checksum", "--delete", f"{src}/", f"{dst}/"],
                            capture_output=True, text=True)
     assert rsync.returncode == 0 and rsync.stdout.strip() == ""
+
+
+def test_models_flow_from_whichever_node_is_primary(lab):
+    """Both nodes run the same replicator configuration; the model cache
+    follows the role the monitor gives them, also after a switchover."""
+    from ..monitor.test_gateway import wait_for
+
+    layout = lab.layout()
+    config = ["--config", str(layout.config)]
+    old = lab.monitor_state()["primary"]
+    new = next(n for n in ("primary", "standby") if n != old)
+    # The standby never sends its (maybe stale) cache over the primary's.
+    refused = ttsha("--config", str(lab.node_config(new)), "replicate", "--once", "models")
+    assert refused.returncode == 6 and "this node is backup" in refused.stderr, refused.stderr
+    added = layout.node_dir(new) / "models" / "speech_sambert" / "voices" / "zhiyan_emo" / "model.bin"
+    added.parent.mkdir(parents=True, exist_ok=True)
+    added.write_bytes(b"a voice installed on the standby" * 100)
+    arrived = layout.node_dir(old) / "models" / added.relative_to(layout.node_dir(new) / "models")
+    assert not arrived.exists()
+    try:
+        assert ttsha(*config, "failover", "--to", new).returncode == 0
+        # The new primary's replicator notices its role within seconds and sends at once.
+        wait_for(arrived.exists, timeout=30, what="models from the new primary")
+        assert arrived.read_bytes() == added.read_bytes()
+    finally:
+        assert ttsha(*config, "failover", "--to", old).returncode == 0
 
 
 def test_down_stops_only_what_up_started(tmp_path):

@@ -57,6 +57,15 @@ class Traffic:
         self._thread.join(15)
 
 
+def node_role(node, headers=None, port=None):
+    """The role a node says the monitor gave it (its /health)."""
+    conn = http.client.HTTPConnection(node.host if port is None else "127.0.0.1", port or node.port, timeout=5)
+    conn.request("GET", "/health", headers=headers or {})
+    role = json.loads(conn.getresponse().read()).get("role")
+    conn.close()
+    return role
+
+
 def start_monitor(config):
     monitor = Monitor(config, alerter=Alerter(config.alert))
     thread = threading.Thread(target=monitor.run, kwargs={"install_signals": False}, daemon=True)
@@ -69,6 +78,8 @@ def test_kill_primary_switches_nginx_with_no_failed_request(pair):
     monitor, thread = start_monitor(config)
     try:
         wait_for(lambda: monitor.decider.primary == "a" and monitor._applied_roles, what="initial routing")
+        # The probes tell each node its role (its replicator sends models only from the primary).
+        wait_for(lambda: (node_role(nodes["a"]), node_role(nodes["b"])) == ("primary", "backup"), what="roles told")
         with Traffic(gateway.port) as traffic:
             wait_for(lambda: len(traffic.results) >= 20, what="traffic")
             killed_at = time.monotonic()
@@ -93,6 +104,7 @@ def test_kill_primary_switches_nginx_with_no_failed_request(pair):
         wait_for(lambda: monitor.decider.states["a"].status == "up", what="a back up")
         wait_for(lambda: "# a: backup" in config.nginx.upstream_file.read_text(), what="a as backup")
         assert monitor.decider.primary == "b"
+        wait_for(lambda: (node_role(nodes["a"]), node_role(nodes["b"])) == ("backup", "primary"), what="roles after")
 
         def state():
             return json.loads(config.monitor.state_file.read_text())
@@ -104,6 +116,15 @@ def test_kill_primary_switches_nginx_with_no_failed_request(pair):
             assert kind in kinds
         assert state["nodes"]["b"]["role"] == "primary" and state["primary"] == "b"
         assert state["nginx"]["ok"] is True and state["nginx"]["live_s"] is not None
+
+        # Only the monitor tells a node its role: the gateway drops the header
+        # from client requests (checked with the monitor stopped, so no probe
+        # could put the role back).
+        monitor.stop()
+        thread.join(5)
+        node_role(nodes["b"], headers={"X-TTSHA-Role": "down"}, port=gateway.port)
+        assert node_role(nodes["b"]) == "primary"
+        assert node_role(nodes["b"], headers={"X-TTSHA-Role": "down"}) == "down"  # direct: it would work
     finally:
         monitor.stop()
         thread.join(5)

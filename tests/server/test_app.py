@@ -224,6 +224,15 @@ def test_health_before_and_after_warm_up(make_node, fake_engine):
         assert key in health
     assert health["pid"] == os.getpid()  # the in-process server
     assert health["canary"]["ok"] is True
+    assert health["role"] is None and health["role_at"] is None  # no monitor has probed yet
+
+
+def test_health_remembers_the_role_the_monitor_gives(fake_node):
+    resp, data = fake_node.client.request("GET", "/health", headers={"X-TTSHA-Role": "primary"})
+    assert resp.status == 200 and body_json(data)["role"] == "primary"
+    fake_node.client.request("GET", "/health", headers={"X-TTSHA-Role": "in charge"})  # not a role: ignored
+    health = body_json(fake_node.client.request("GET", "/health")[1])
+    assert health["role"] == "primary" and health["role_at"] > 0
 
 
 @pytest.mark.parametrize("output, reason", [("silence", "silent"), ("nan", "NaN")])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from ..errors import Refused, UsageError
 from . import Context, pass_ctx
 
 
@@ -47,6 +47,13 @@ def replicate(click_ctx: click.Context, once: str | None, dry_run: bool, store_d
 def _once_models(replicator, dry_run: bool) -> None:
     from rich.progress import Progress
 
+    turn, why = replicator.models_turn()
+    if not turn and not dry_run:
+        if why.startswith("role unknown"):
+            click.echo(f"warning: {why}; sending anyway (first sync?)", err=True)
+        else:
+            raise Refused(f"not sending models from this node: {why}. Run it on the primary, "
+                          'or set [replicate] models = "always" to send from here regardless.')
     if dry_run:
         result = replicator.sync_models(dry_run=True)
         for change in result.changes:

@@ -25,7 +25,7 @@ from .. import systemd
 from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
-from ..nginx import NginxError, UpstreamController, node_address
+from ..nginx import ROLE_HEADER, NginxError, UpstreamController, node_address
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
@@ -52,15 +52,20 @@ class Probe:
     error: str = ""
 
 
-def probe(url: str, connect_timeout: float, read_timeout: float) -> tuple[bool, dict[str, Any] | None, str]:
-    """One ``GET /health``: (eligible, body, reason)."""
+def probe(url: str, connect_timeout: float, read_timeout: float,
+          role: str | None = None) -> tuple[bool, dict[str, Any] | None, str]:
+    """One ``GET /health``: (eligible, body, reason). ``role`` tells the node
+    what it is in the live upstream (its replicator acts on it)."""
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
     try:
         conn.connect()
         conn.sock.settimeout(read_timeout)
-        conn.request("GET", "/health", headers={"Connection": "close"})
+        headers = {"Connection": "close"}
+        if role:
+            headers[ROLE_HEADER] = role
+        conn.request("GET", "/health", headers=headers)
         resp = conn.getresponse()
         raw = resp.read(65536)
     except (OSError, http.client.HTTPException) as exc:
@@ -99,7 +104,9 @@ class Monitor:
         url = self.config.nodes[name].url
         while not self._stop.is_set():
             started = time.monotonic()
-            ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout)
+            applied = self._applied_roles  # replaced, never mutated: safe to read here
+            role = applied.get(name) if applied else None
+            ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, role)
             latency = (time.monotonic() - started) * 1000
             self.inbox.put(Probe(name, ok, time.time(), latency, info, error))
             state = self.decider.states[name]

@@ -9,6 +9,7 @@ at start and after an inotify queue overflow finds anything missed.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from .. import systemd
 from ..config import Config
 from ..errors import TTSHAError
 from ..fsutil import atomic_write
+from ..nginx import PRIMARY
 from .queue import DurableQueue
 from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 LAG_SAMPLES = 2000
+#: How often the models job asks the local node for its role.
+ROLE_CHECK_S = 5.0
 
 
 def peer_for(config: Config, root: str) -> Peer:
@@ -43,6 +47,32 @@ def peer_for(config: Config, root: str) -> Peer:
     host = node.ssh_host or node.url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
     return Peer(host, node.ssh_port, node.ssh_user, config.replicate.key_file, config.replicate.known_hosts, root,
                 bwlimit_kib=config.replicate.bwlimit)
+
+
+def local_health_url(config: Config) -> tuple[str, int]:
+    """(host, port) of this node's own ``ttsha serve``."""
+    host = config.serve.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, config.serve.port
+
+
+def local_role(config: Config, timeout: float = 2.0) -> str | None:
+    """This node's role as the gateway's monitor last told its ``ttsha serve``
+    (in the probes), or None when unknown (serve down, no probe yet)."""
+    host, port = local_health_url(config)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        body = json.loads(conn.getresponse().read(65536))
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+    role = body.get("role") if isinstance(body, dict) else None
+    return role if isinstance(role, str) else None
 
 
 class _Handler(pyinotify.ProcessEvent):
@@ -225,17 +255,50 @@ class Replicator:
                                 "deleted": result.deleted, "seconds": round(result.seconds, 3)}
         return result
 
+    def models_turn(self) -> tuple[bool, str]:
+        """Whether this node sends its model cache now, and why.
+
+        With ``models = "primary"`` (the default) both nodes run the same
+        configuration and the model cache flows from whichever node the
+        monitor routes traffic to: never from a stale standby over the
+        primary's newer files (``delete`` would remove them).
+        """
+        mode = self.config.replicate.models
+        if mode == "always":
+            return True, 'models = "always"'
+        if mode == "never":
+            return False, 'models = "never"'
+        role = local_role(self.config)
+        if role == PRIMARY:
+            return True, "this node is the primary"
+        if role is None:
+            host, port = local_health_url(self.config)
+            return False, f"role unknown: no role from the local ttsha serve at {host}:{port} (not up, or no probe from the monitor yet)"
+        return False, f"this node is {role} in the gateway; models flow from the primary"
+
     def _models_loop(self) -> None:
+        interval = self.config.replicate.interval
+        last_attempt: float | None = None
+        was_turn: bool | None = None
         while not self._stop.is_set():
-            try:
-                if Path(self.config.replicate.local_models).is_dir():
-                    result = self.sync_models()
-                    log.info("models sync: %d files, %d bytes, %d deleted", result.files_sent, result.bytes_sent,
-                             result.deleted)
-            except Exception as exc:
-                self.stats["last_error"] = f"models: {type(exc).__name__}: {exc}"
-                log.warning("models sync failed: %s", exc)
-            self._stop.wait(self.config.replicate.interval)
+            turn, why = self.models_turn()
+            if turn != was_turn:
+                log.info("models sync %s: %s", "on" if turn else "paused", why)
+            self.stats["models_turn"] = why
+            due = last_attempt is None or time.monotonic() - last_attempt >= interval
+            # A node that just became the primary sends at once.
+            if turn and (due or not was_turn):
+                last_attempt = time.monotonic()
+                try:
+                    if Path(self.config.replicate.local_models).is_dir():
+                        result = self.sync_models()
+                        log.info("models sync: %d files, %d bytes, %d deleted", result.files_sent,
+                                 result.bytes_sent, result.deleted)
+                except Exception as exc:
+                    self.stats["last_error"] = f"models: {type(exc).__name__}: {exc}"
+                    log.warning("models sync failed: %s", exc)
+            was_turn = turn
+            self._stop.wait(min(ROLE_CHECK_S, interval))
 
     # -- observability ---------------------------------------------------
     def lag_percentiles(self) -> dict[str, float | None]:
@@ -270,7 +333,7 @@ class Replicator:
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         notifier = self.start_watch()
         threads = [threading.Thread(target=self._audio_loop, name="audio", daemon=True)]
-        if self.config.replicate.models if models is None else models:
+        if self.config.replicate.models != "never" if models is None else models:
             threads.append(threading.Thread(target=self._models_loop, name="models", daemon=True))
         for thread in threads:
             thread.start()

@@ -28,6 +28,7 @@ from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import FileWrapper
 
 from ..errors import EngineError, InputError
+from ..nginx import ROLE_HEADER, ROLES
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .page import PAGE
 from .pool import Overloaded
@@ -141,6 +142,9 @@ class App:
         return Response(PAGE, mimetype="text/html")
 
     def on_health(self, request: Request) -> Response:
+        role = request.headers.get(ROLE_HEADER)
+        if role in ROLES:
+            self.service.note_role(role)
         status, body = self.service.health()
         return _json(body, status)
 

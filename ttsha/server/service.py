@@ -96,6 +96,9 @@ class Service:
         self.readiness = Readiness()
         self._stop = threading.Event()
         self._canary_thread: threading.Thread | None = None
+        #: This node's role as the gateway's monitor last said in a probe, and when.
+        self.role: str | None = None
+        self.role_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -263,6 +266,13 @@ class Service:
             self._replication = (now, cached)
         return cached
 
+    def note_role(self, role: str) -> None:
+        """Remember the role the monitor gave this node (its probes say it):
+        the replicator on this node sends models only from the primary."""
+        if role != self.role:
+            log.info("role=%s (from the monitor)", role)
+        self.role, self.role_at = role, time.time()
+
     def health(self) -> tuple[int, dict[str, Any]]:
         """``/health``: answered from memory."""
         r = self.readiness
@@ -279,6 +289,8 @@ class Service:
             workers_busy=self.pool.busy,
             last_synth_ok_at=r.last_synth_ok_at,
             canary=r.canary,
+            role=self.role,
+            role_at=self.role_at,
         )
         replication = self.replication()
         if replication is not None:

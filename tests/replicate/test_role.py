@@ -1,0 +1,126 @@
+"""The models job follows the role the monitor gives this node (no sshd needed)."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from ttsha.cli import main
+from ttsha.cli.config_cmd import _to_toml
+from ttsha.config import Config, NodeConfig, ReplicateConfig, ServeConfig
+from ttsha.replicate import daemon
+from ttsha.replicate.daemon import Replicator
+
+from ..server.conftest import SERVE, FakeEngine, Node
+
+
+@pytest.fixture
+def node(tmp_path):
+    node = Node(FakeEngine(), tmp_path / "store", SERVE)
+    yield node
+    node.close()
+
+
+def tell(node: Node, role: str) -> None:
+    """What the monitor's probe does."""
+    conn = http.client.HTTPConnection(node.host, node.port, timeout=5)
+    conn.request("GET", "/health", headers={"X-TTSHA-Role": role})
+    conn.getresponse().read()
+    conn.close()
+
+
+def config_for(tmp_path, port: int, models: str = "primary") -> Config:
+    (tmp_path / "models").mkdir(exist_ok=True)
+    return Config(
+        serve=ServeConfig(host="127.0.0.1", port=port),
+        nodes={"a": NodeConfig(url=f"http://127.0.0.1:{port}"), "b": NodeConfig(url="http://127.0.0.3:8900")},
+        replicate=ReplicateConfig(peer="b", models=models, local_models=tmp_path / "models",
+                                  queue_file=tmp_path / "queue.sqlite", interval=3600.0),
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_models_follow_the_role_told_by_the_monitor(tmp_path, node):
+    replicator = Replicator(config_for(tmp_path, node.port))
+    turn, why = replicator.models_turn()
+    assert not turn and why.startswith("role unknown")  # no probe yet
+    tell(node, "backup")
+    assert replicator.models_turn() == (False, "this node is backup in the gateway; models flow from the primary")
+    tell(node, "primary")
+    assert replicator.models_turn() == (True, "this node is the primary")
+    tell(node, "nonsense")  # ignored: not a role
+    assert replicator.models_turn()[0] is True
+
+
+def test_fixed_modes_and_an_unreachable_node(tmp_path):
+    port = closed_port()
+    assert Replicator(config_for(tmp_path, port, "always")).models_turn()[0] is True
+    assert Replicator(config_for(tmp_path, port, "never")).models_turn()[0] is False
+    turn, why = Replicator(config_for(tmp_path, port)).models_turn()
+    assert not turn and f"127.0.0.1:{port}" in why
+
+
+def test_models_loop_sends_at_once_when_the_node_becomes_primary(tmp_path, node, monkeypatch):
+    monkeypatch.setattr(daemon, "ROLE_CHECK_S", 0.05)
+    replicator = Replicator(config_for(tmp_path, node.port))
+    calls = []
+    monkeypatch.setattr(replicator, "sync_models", lambda: calls.append(time.monotonic()) or _Result())
+    tell(node, "backup")
+    thread = threading.Thread(target=replicator._models_loop, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert calls == []  # a backup never sends
+        tell(node, "primary")
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(calls) == 1  # at once, not after the hour-long interval
+        time.sleep(0.5)
+        assert len(calls) == 1  # then every interval
+        tell(node, "backup")
+        time.sleep(0.2)
+        tell(node, "primary")  # primary again (a failback): sends again at once
+        deadline = time.monotonic() + 5
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(calls) == 2
+    finally:
+        replicator.stop()
+        thread.join(5)
+    assert "primary" in replicator.stats["models_turn"]
+
+
+class _Result:
+    files_sent = bytes_sent = deleted = 0
+
+
+def test_once_models_is_refused_on_a_backup(tmp_path, node, capsys):
+    cfg = tmp_path / "ttsha.toml"
+    cfg.write_text(_to_toml(config_for(tmp_path, node.port).to_dict()))
+    tell(node, "backup")
+    code = main(["--config", str(cfg), "replicate", "--once", "models"])
+    err = capsys.readouterr().err
+    assert code == 6 and "this node is backup" in err and 'models = "always"' in err
+
+
+def test_models_setting_is_validated(tmp_path):
+    from ttsha.config import load
+    from ttsha.errors import ConfigError
+
+    cfg = tmp_path / "ttsha.toml"
+    cfg.write_text('[replicate]\nmodels = true\n')
+    with pytest.raises(ConfigError, match="replicate.models"):
+        load(cfg)
+    cfg.write_text('[replicate]\nmodels = "never"\n')
+    assert load(cfg).replicate == replace(ReplicateConfig(), models="never")
