@@ -32,7 +32,8 @@ def machine() -> str:
     import torch
 
     return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; {platform.system()} {platform.release()}; "
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; {platform.system()} {platform.release()} "
+        f"({platform.version()}); "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
 
@@ -56,7 +57,10 @@ def main() -> None:
         ], engine),
         ("Serve", [
             "A real `ttsha serve` process with the embedded engine; clients run in separate processes",
-            "(no model loaded) over loopback HTTP/1.1 keep-alive.",
+            "(no model loaded) over loopback HTTP/1.1 keep-alive. Synthesis workers run at SCHED_IDLE",
+            "(`worker_priority`, the default) so that /health and cache hits go first. Each baseline is",
+            "the same measurement of a trivial werkzeug app: what is left there is the platform's cost",
+            "(on a 2-core VM, a server woken next to busy cores waits for the scheduler whatever it runs).",
         ], serve),
         ("Failover", [
             "The lab (`ttsha lab`: two real `ttsha serve` nodes, a real Nginx, loopback) under drill traffic,",

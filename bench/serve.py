@@ -99,15 +99,21 @@ class ServeProcess:
 def overhead_pairs(node: "ServeProcess", threads: int, pairs: int = PAIRS) -> dict:
     """The same kind of texts through HTTP and directly, alternating one by
     one (order flipped every pair) so that a noisy machine affects both alike.
+    The direct loop runs in its own process too (as the server does), so both
+    sides pay alike for sharing the CPU caches with another model.
 
     The overhead is the median of the per-pair ratios; the server's own
     synthesis time (from its /metrics) splits it into HTTP cost and the rest.
     """
-    from ttsha.engine.embedded import EmbeddedEngine
+    engine = subprocess.Popen([sys.executable, __file__, "--child", "direct", "0", str(threads)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8")
+    assert engine.stdout.readline().strip() == "ready"
 
-    engine = EmbeddedEngine(threads=threads)
-    engine.load()
-    engine.synthesize("预热。")
+    def direct_synthesis(text: str) -> None:
+        engine.stdin.write(text + "\n")
+        engine.stdin.flush()
+        assert engine.stdout.readline().strip() == "done"
+
     conn = node.conn()
     ratios, direct, http = [], 0.0, 0.0
     for i in range(pairs):
@@ -115,7 +121,7 @@ def overhead_pairs(node: "ServeProcess", threads: int, pairs: int = PAIRS) -> di
         if i % 2:
             mine, theirs = theirs, mine
         t0 = time.perf_counter()
-        engine.synthesize(mine)
+        direct_synthesis(mine)
         t1 = time.perf_counter()
         time.sleep(OMP_SETTLE_S)
         t1s = time.perf_counter()
@@ -125,6 +131,8 @@ def overhead_pairs(node: "ServeProcess", threads: int, pairs: int = PAIRS) -> di
         ratios.append((t2 - t1) / (t1 - t0))
         direct += t1 - t0
         http += t2 - t1
+    engine.stdin.close()
+    engine.wait(30)
     conn.request("GET", "/metrics")
     metrics = conn.getresponse().read().decode()
     server_s = float(re.search(r"^ttsha_synthesis_seconds_sum (\S+)", metrics, re.M).group(1))
@@ -145,6 +153,13 @@ def measure(hits: int = 500, health_probes: int = 300) -> dict:
     node = ServeProcess(workers=1, threads=threads)
     try:
         results.update(overhead_pairs(node, threads))
+    finally:
+        node.close()
+    # The same with workers at normal CPU priority: what SCHED_IDLE (which
+    # keeps /health prompt under load) costs in throughput.
+    node = ServeProcess(workers=1, threads=threads, priority="normal")
+    try:
+        results["normal_priority"] = overhead_pairs(node, threads)
     finally:
         node.close()
 
@@ -254,6 +269,19 @@ def floor_health(probes: int, busy: int) -> dict:
     return {"floor_health_p50_ms": result["health_p50_ms"], "floor_health_p99_ms": result["health_p99_ms"]}
 
 
+def direct_loop(threads: int) -> None:
+    """The engine called directly: one text per stdin line, "done" after each."""
+    from ttsha.engine.embedded import EmbeddedEngine
+
+    engine = EmbeddedEngine(threads=threads)
+    engine.load()
+    engine.synthesize("预热。")
+    print("ready", flush=True)
+    for line in sys.stdin:
+        engine.synthesize(line.strip())
+        print("done", flush=True)
+
+
 def hog(seconds: float) -> None:
     """One core of synthesis-like work (torch, one thread) at SCHED_IDLE, bounded in time."""
     import torch
@@ -273,6 +301,9 @@ def child(mode: str, port: int, count: int) -> None:
         return
     if mode == "hog":
         hog(count)
+        return
+    if mode == "direct":
+        direct_loop(threads=count)
         return
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     deadline = time.monotonic() + 90
@@ -318,6 +349,7 @@ def child(mode: str, port: int, count: int) -> None:
 
 
 def table(r: dict) -> list[str]:
+    n = r["normal_priority"]
     return [
         "| metric | measured | target |",
         "|---|---|---|",
@@ -335,6 +367,8 @@ def table(r: dict) -> list[str]:
         f"{r['http_s']:.2f} s vs {r['direct_s']:.2f} s (median overhead {100 * r['overhead']:+.1f} %) | < 5 % |",
         f"| of which outside synthesis (HTTP, queue, store), per request | {r['http_layer_ms']:.1f} ms "
         f"(server synthesis {r['server_synth_s']:.2f} s) | |",
+        f"| the same with `worker_priority = \"normal\"` | {n['http_s']:.2f} s vs {n['direct_s']:.2f} s "
+        f"(median overhead {100 * n['overhead']:+.1f} %; outside synthesis {n['http_layer_ms']:.1f} ms) | |",
     ]
 
 
