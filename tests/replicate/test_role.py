@@ -60,6 +60,19 @@ def test_models_follow_the_role_told_by_the_monitor(tmp_path, node):
     assert replicator.models_turn() == (True, "this node is the primary")
     tell(node, "nonsense")  # ignored: not a role
     assert replicator.models_turn()[0] is True
+    tell(node, "active")
+    assert replicator.models_turn() == (False, 'active-active has no primary: set models = "always" on the node '
+                                               "whose cache is the source")
+
+
+def test_a_role_the_monitor_stopped_repeating_is_unknown(tmp_path, node, monkeypatch):
+    """A node cut off from the gateway stops sending models as a primary."""
+    replicator = Replicator(config_for(tmp_path, node.port))
+    tell(node, "primary")
+    assert replicator.models_turn()[0] is True
+    node.service.role_at -= daemon.ROLE_FRESH_S + 1
+    turn, why = replicator.models_turn()
+    assert not turn and why.startswith("role unknown")
 
 
 def test_fixed_modes_and_an_unreachable_node(tmp_path):

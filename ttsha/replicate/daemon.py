@@ -25,7 +25,7 @@ from .. import systemd
 from ..config import Config
 from ..errors import TTSHAError
 from ..fsutil import atomic_write
-from ..nginx import PRIMARY
+from ..nginx import ACTIVE, PRIMARY
 from .queue import DurableQueue
 from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
@@ -36,6 +36,10 @@ MAX_BACKOFF_S = 30.0
 LAG_SAMPLES = 2000
 #: How often the models job asks the local node for its role.
 ROLE_CHECK_S = 5.0
+#: A role the monitor has not repeated for this long is unknown: a node cut
+#: off from the gateway must not go on sending models as a primary while the
+#: monitor has made the other node primary (the monitor probes every second).
+ROLE_FRESH_S = 30.0
 
 
 def peer_for(config: Config, root: str) -> Peer:
@@ -61,7 +65,8 @@ def local_health_url(config: Config) -> tuple[str, int]:
 
 def local_role(config: Config, timeout: float = 2.0) -> str | None:
     """This node's role as the gateway's monitor last told its ``ttsha serve``
-    (in the probes), or None when unknown (serve down, no probe yet)."""
+    (in the probes), or None when unknown (serve down, no probe for
+    :data:`ROLE_FRESH_S`)."""
     host, port = local_health_url(config)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -71,8 +76,12 @@ def local_role(config: Config, timeout: float = 2.0) -> str | None:
         return None
     finally:
         conn.close()
-    role = body.get("role") if isinstance(body, dict) else None
-    return role if isinstance(role, str) else None
+    if not isinstance(body, dict) or not isinstance(body.get("role"), str):
+        return None
+    told_at = body.get("role_at")
+    if not isinstance(told_at, (int, float)) or time.time() - told_at > ROLE_FRESH_S:
+        return None
+    return body["role"]
 
 
 class _Handler(pyinotify.ProcessEvent):
@@ -273,7 +282,10 @@ class Replicator:
             return True, "this node is the primary"
         if role is None:
             host, port = local_health_url(self.config)
-            return False, f"role unknown: no role from the local ttsha serve at {host}:{port} (not up, or no probe from the monitor yet)"
+            return False, (f"role unknown: no recent role from the local ttsha serve at {host}:{port} "
+                           f"(not up, or no probe from the monitor for {ROLE_FRESH_S:.0f} s)")
+        if role == ACTIVE:
+            return False, 'active-active has no primary: set models = "always" on the node whose cache is the source'
         return False, f"this node is {role} in the gateway; models flow from the primary"
 
     def _models_loop(self) -> None:
