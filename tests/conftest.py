@@ -15,3 +15,16 @@ def embedded_engine():
     engine = EmbeddedEngine(threads=2)
     engine.load()
     return engine
+
+
+@pytest.fixture
+def sshd_running(tmp_path):
+    """A real OpenSSH sshd on a loopback port (replication and remote faults)."""
+    from .replicate.conftest import Sshd
+
+    root = tmp_path / "sshd"
+    root.mkdir()
+    server = Sshd(root)
+    server.start()
+    yield server
+    server.stop()

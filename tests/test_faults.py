@@ -16,7 +16,14 @@ from ttsha.errors import Refused, TTSHAError
 from ttsha.faults import NFT_TABLE, Fault, nft_ruleset
 
 from .monitor.conftest import free_port, need
-from .replicate.conftest import Sshd
+
+
+def wait_state(pid: int, states: str, timeout: float = 5.0) -> bool:
+    """Whether the process reaches one of ``states`` (letters as in /proc/PID/stat) in time."""
+    deadline = time.monotonic() + timeout
+    while state_of(pid) not in states and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return state_of(pid) in states
 
 
 def state_of(pid: int) -> str:
@@ -55,15 +62,9 @@ def test_kill_then_restore_runs_the_start_command(tmp_path, victim):
 def test_freeze_and_thaw(tmp_path, victim):
     fault = Fault(local_config(tmp_path), "a", "freeze", victim.pid)
     fault.inject()
-    deadline = time.monotonic() + 5
-    while state_of(victim.pid) != "T" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert state_of(victim.pid) == "T"
+    assert wait_state(victim.pid, "T")
     fault.restore()
-    deadline = time.monotonic() + 5
-    while state_of(victim.pid) == "T" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert state_of(victim.pid) in ("S", "R")
+    assert wait_state(victim.pid, "SR")  # thawed
     assert not (tmp_path / "started").exists()  # a thawed process needs no restart
 
 
@@ -142,17 +143,8 @@ def test_isolate_makes_the_port_unreachable_and_restore_undoes_it():
         assert _connects(host, port)
 
 
-@pytest.fixture
-def sshd(tmp_path):
-    root = tmp_path / "sshd"
-    root.mkdir()
-    server = Sshd(root)
-    server.start()
-    yield server
-    server.stop()
-
-
-def test_faults_over_ssh(tmp_path, sshd, victim):
+def test_faults_over_ssh(tmp_path, sshd_running, victim):
+    sshd = sshd_running
     known = tmp_path / "known_hosts"
     known.write_text(sshd.known_hosts_line())
     user = "root" if os.geteuid() == 0 else os.environ.get("USER", "root")
@@ -165,10 +157,7 @@ def test_faults_over_ssh(tmp_path, sshd, victim):
     fault = Fault(config, "a", "freeze", victim.pid)
     fault.preflight()  # reads /proc/PID/cmdline over SSH
     fault.inject()
-    deadline = time.monotonic() + 5
-    while state_of(victim.pid) != "T" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert state_of(victim.pid) == "T"
+    assert wait_state(victim.pid, "T")
     fault.restore()
     fault = Fault(config, "a", "kill", victim.pid)
     fault.inject()
@@ -178,7 +167,8 @@ def test_faults_over_ssh(tmp_path, sshd, victim):
     fault.close()
 
 
-def test_ssh_fault_refuses_a_changed_host_key(tmp_path, sshd, victim):
+def test_ssh_fault_refuses_a_changed_host_key(tmp_path, sshd_running, victim):
+    sshd = sshd_running
     other = tmp_path / "other"
     other.mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other / "k")], check=True)

@@ -34,6 +34,16 @@ def lab(tmp_path_factory):
     ttsha("lab", "down", "--dir", str(root))
 
 
+def synthesize_id(layout, text: str) -> str:
+    """Synthesize through the gateway; the result's id."""
+    import urllib.request
+
+    req = urllib.request.Request(layout.gateway_url + "/v1/synthesize?return=json",
+                                 data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())["id"]
+
+
 def drill(lab, fault):
     report = lab.root / f"{fault}.json"
     report.unlink(missing_ok=True)
@@ -120,14 +130,9 @@ def test_a_drill_refuses_when_the_standby_is_down(lab):
 
 def test_audio_replicated_to_the_standby(lab):
     import time
-    import urllib.request
 
     layout = lab.layout()
-    req = urllib.request.Request(layout.gateway_url + "/v1/synthesize?return=json",
-                                 data=json.dumps({"text": "复制到备机的音频。"}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        rid = json.loads(resp.read())["id"]
+    rid = synthesize_id(layout, "复制到备机的音频。")
     stores = [layout.node_dir(name) / "audio" / rid[:2] / f"{rid}.wav" for name in ("primary", "standby")]
     deadline = time.monotonic() + 10
     while not all(p.exists() for p in stores) and time.monotonic() < deadline:
@@ -139,7 +144,6 @@ def test_audio_replicated_to_the_standby(lab):
 def test_replication_survives_a_standby_outage(lab):
     """The standby's SSH endpoint goes away; audio produced meanwhile arrives once it is back."""
     import time
-    import urllib.request
 
     layout = lab.layout()
     state = lab.monitor_state()
@@ -149,11 +153,7 @@ def test_replication_survives_a_standby_outage(lab):
     ids = []
     try:
         for i in range(5):
-            req = urllib.request.Request(layout.gateway_url + "/v1/synthesize?return=json",
-                                         data=json.dumps({"text": f"备机停机期间的第{i}段音频。"}).encode(),
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                ids.append(json.loads(resp.read())["id"])
+            ids.append(synthesize_id(layout, f"备机停机期间的第{i}段音频。"))
         time.sleep(1.0)
         missing = [i for i in ids if not (layout.node_dir(standby) / "audio" / i[:2] / f"{i}.wav").exists()]
         assert missing == ids  # nothing can have arrived: the peer is down
@@ -230,17 +230,12 @@ def test_full_speed_cache_hits_through_a_kill_9(lab):
     Range): a handful per kill at hundreds of requests per second, bounded here."""
     import re
     import time
-    import urllib.request
 
     from ..monitor.test_gateway import wait_for
 
     wrk = need("wrk", "wrk")
     layout = lab.layout()
-    req = urllib.request.Request(layout.gateway_url + "/v1/synthesize?return=json",
-                                 data=json.dumps({"text": "全速读取的缓存音频。"}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        rid = json.loads(resp.read())["id"]
+    rid = synthesize_id(layout, "全速读取的缓存音频。")
     primary = lab.monitor_state()["primary"]
     standby = next(n for n in ("primary", "standby") if n != primary)
     on_standby = layout.node_dir(standby) / "audio" / rid[:2] / f"{rid}.wav"

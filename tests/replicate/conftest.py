@@ -53,16 +53,6 @@ class Sshd:
 
 
 @pytest.fixture
-def sshd_running(tmp_path):
-    root = tmp_path / "sshd"
-    root.mkdir()
-    server = Sshd(root)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def rep_config(tmp_path, sshd_running):
     known = tmp_path / "known_hosts"
     known.write_text(sshd_running.known_hosts_line())
