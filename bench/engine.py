@@ -2,7 +2,7 @@
 
 Both synthesize the same phone-id sequences (from ttsha's front end) with the
 same thread count, each in a fresh process so peak RSS and cold start are
-their own. The original needs the dev-only reference venv (``make
+their own, in alternating rounds. The original needs the dev-only reference venv (``make
 reference-venv``); without it only ttsha's figures are reported.
 
     python bench/engine.py [--repeat N] [--threads N]
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,35 +68,56 @@ def child(ids_json: Path, out: Path, repeat: int, threads: int) -> None:
     out.write_text(json.dumps({"seconds": elapsed, "audio_seconds": samples / 24000, "cold_seconds": cold, "peak_rss": rss}))
 
 
-def measure(repeat: int = 3, threads: int = 2) -> dict:
-    """Both engines' figures, side by side."""
+def _combine(runs: list[dict]) -> dict:
+    """One engine's rounds: totals for speed, the median cold start, the largest RSS."""
+    combined = {
+        "seconds": sum(r["seconds"] for r in runs),
+        "audio_seconds": sum(r["audio_seconds"] for r in runs),
+        "cold_seconds": statistics.median(r["cold_seconds"] for r in runs),
+        "peak_rss": max(r["peak_rss"] for r in runs),
+    }
+    combined["rtf"] = combined["seconds"] / combined["audio_seconds"]
+    return combined
+
+
+def measure(repeat: int = 2, threads: int = 2, rounds: int = 3) -> dict:
+    """Both engines' figures, side by side: ``rounds`` alternating pairs of
+    fresh processes (order flipped each round), so that a noisy stretch of
+    the machine hits both; the speed-up is the median of the rounds' ratios."""
     from ttsha.engine.embedded import find_asset_dir
 
-    results: dict = {"threads": threads, "repeat": repeat, "sentences": len(SENTENCES)}
+    results: dict = {"threads": threads, "repeat": repeat, "rounds": rounds, "sentences": len(SENTENCES)}
+    runs: dict[str, list[dict]] = {"ttsha": [], "original": []}
     with tempfile.TemporaryDirectory() as tmp:
         ids = Path(tmp) / "ids.json"
         ids.write_text(json.dumps(_ids()))
-        ours = Path(tmp) / "ours.json"
-        subprocess.run(
-            [sys.executable, __file__, "--child", str(ids), str(ours), "--repeat", str(repeat), "--threads", str(threads)],
-            check=True,
-        )
-        results["ttsha"] = json.loads(ours.read_text())
-        if REF_PYTHON.exists():
-            ref = Path(tmp) / "ref.json"
+        out = Path(tmp) / "out.json"
+
+        def ours() -> dict:
+            subprocess.run([sys.executable, __file__, "--child", str(ids), str(out), "--repeat", str(repeat),
+                            "--threads", str(threads)], check=True)
+            return json.loads(out.read_text())
+
+        def original() -> dict:
             subprocess.run(
-                [str(REF_PYTHON), str(ROOT / "tools" / "tflite_reference.py"), "bench", str(find_asset_dir()), str(ids), str(ref)],
-                check=True,
-                env={**os.environ, "BENCH_THREADS": str(threads)},
+                [str(REF_PYTHON), str(ROOT / "tools" / "tflite_reference.py"), "bench", str(find_asset_dir()), str(ids),
+                 str(out)],
+                check=True, env={**os.environ, "BENCH_THREADS": str(threads), "BENCH_REPEAT": str(repeat)},
                 stderr=subprocess.DEVNULL,
             )
-            results["original"] = json.loads(ref.read_text())
-    for name in ("ttsha", "original"):
-        if name in results:
-            r = results[name]
-            r["rtf"] = r["seconds"] / r["audio_seconds"]
-    if "original" in results:
-        results["speedup"] = results["original"]["rtf"] / results["ttsha"]["rtf"]
+            return json.loads(out.read_text())
+
+        engines = {"ttsha": ours, **({"original": original} if REF_PYTHON.exists() else {})}
+        for r in range(rounds):
+            for name in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
+                runs[name].append(engines[name]())
+    results["ttsha"] = _combine(runs["ttsha"])
+    if runs["original"]:
+        results["original"] = _combine(runs["original"])
+        ratios = [(o["seconds"] / o["audio_seconds"]) / (t["seconds"] / t["audio_seconds"])
+                  for t, o in zip(runs["ttsha"], runs["original"])]
+        results["speedups"] = ratios
+        results["speedup"] = statistics.median(ratios)
         results["rss_ratio"] = results["ttsha"]["peak_rss"] / results["original"]["peak_rss"]
         results["cold_ratio"] = results["ttsha"]["cold_seconds"] / results["original"]["cold_seconds"]
     return results
@@ -112,8 +134,9 @@ def table(results: dict) -> list[str]:
     def cell(r, key, fmt):
         return fmt.format(r[key]) if r else "n/a (no reference venv)"
 
+    spread = f" (rounds: {', '.join(f'{x:.2f}' for x in results['speedups'])})" if ref else ""
     rows.append(f"| real-time factor (lower is faster) | {ours['rtf']:.4f} | {cell(ref, 'rtf', '{:.4f}')} | "
-                + (f"{results['speedup']:.2f}x faster |" if ref else "|"))
+                + (f"{results['speedup']:.2f}x faster{spread} |" if ref else "|"))
     rows.append(f"| peak RSS | {ours['peak_rss'] / 2**20:.0f} MiB | "
                 + (f"{ref['peak_rss'] / 2**20:.0f} MiB | {results['rss_ratio']:.2f} |" if ref else "n/a | |"))
     rows.append(f"| cold start (load + first sentence) | {ours['cold_seconds']:.2f} s | "
@@ -125,7 +148,7 @@ def table(results: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=2, type=Path, metavar=("IDS", "OUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.child:

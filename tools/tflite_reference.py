@@ -153,6 +153,6 @@ if __name__ == "__main__":
     if mode == "fixtures":
         make_fixtures(Path(asset), Path(rest[0]), Path(rest[1]))
     elif mode == "bench":
-        bench(Path(asset), Path(rest[0]), Path(rest[1]))
+        bench(Path(asset), Path(rest[0]), Path(rest[1]), int(os.environ.get("BENCH_REPEAT", "3")))
     else:
         raise SystemExit(__doc__)

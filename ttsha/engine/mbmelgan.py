@@ -34,6 +34,14 @@ def _tconv_weight(w: np.ndarray, time_axis: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(w.transpose(2, 0, 1)))
 
 
+def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``F.pad(x, (pad, pad), mode="reflect")`` on the time axis, in one
+    concatenation: about 5x faster than torch's reflection_pad1d kernel here."""
+    if pad >= x.shape[-1]:
+        return F.pad(x, (pad, pad), mode="reflect")  # raises the usual error
+    return torch.cat([x[..., 1 : pad + 1].flip(-1), x, x[..., -pad - 1 : -1].flip(-1)], dim=-1)
+
+
 @dataclass
 class _Conv:
     """A valid convolution preceded by reflection padding."""
@@ -43,9 +51,21 @@ class _Conv:
     pad: int = 0
     dilation: int = 1
 
+    def __post_init__(self) -> None:
+        # A kernel-1 convolution is a matrix product. As one, it runs about
+        # twice as fast: oneDNN's conv1d copies its input to another memory
+        # layout and back on every call (a fifth of the vocoder's time).
+        pointwise = self.weight.shape[-1] == 1 and not self.pad
+        self._matrix = self.weight[:, :, 0].contiguous() if pointwise else None
+        self._column_bias = self.bias[:, None].contiguous()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._matrix is not None:
+            if x.shape[0] == 1:
+                return torch.addmm(self._column_bias, self._matrix, x[0])[None]
+            return torch.matmul(self._matrix, x) + self._column_bias
         if self.pad:
-            x = F.pad(x, (self.pad, self.pad), mode="reflect")
+            x = _reflect_pad(x, self.pad)
         return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
 
 
