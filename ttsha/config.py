@@ -97,7 +97,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = _field("127.0.0.1", "address 'serve' listens on")
+    host: str = _field("127.0.0.1", "address 'serve' listens on (the local replicator asks it for the node's role)")
     port: int = _field(8900, "port 'serve' listens on", min=1, max=65535)
     workers: int = _field(2, "synthesis worker threads", min=1, max=64)
     queue_size: int = _field(16, "requests waiting for a worker before 503", min=1, max=10000)

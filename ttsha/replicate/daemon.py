@@ -295,7 +295,9 @@ class Replicator:
         while not self._stop.is_set():
             turn, why = self.models_turn()
             if turn != was_turn:
-                log.info("models sync %s: %s", "on" if turn else "paused", why)
+                # Unknown is worth a warning: without a monitor probing this node, models never flow.
+                level = logging.WARNING if why.startswith("role unknown") else logging.INFO
+                log.log(level, "models sync %s: %s", "on" if turn else "paused", why)
             self.stats["models_turn"] = why
             due = last_attempt is None or time.monotonic() - last_attempt >= interval
             # A node that just became the primary sends at once.
