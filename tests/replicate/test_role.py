@@ -102,7 +102,10 @@ def test_models_loop_sends_at_once_when_the_node_becomes_primary(tmp_path, node,
         time.sleep(0.5)
         assert len(calls) == 1  # then every interval
         tell(node, "backup")
-        time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while "backup" not in replicator.stats["models_turn"] and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the loop has seen it
+        assert "backup" in replicator.stats["models_turn"]
         tell(node, "primary")  # primary again (a failback): sends again at once
         deadline = time.monotonic() + 5
         while len(calls) < 2 and time.monotonic() < deadline:

@@ -47,19 +47,19 @@ def replicate(click_ctx: click.Context, once: str | None, dry_run: bool, store_d
 def _once_models(replicator, dry_run: bool) -> None:
     from rich.progress import Progress
 
-    turn, why = replicator.models_turn()
-    if not turn and not dry_run:
-        if why.startswith("role unknown"):
-            click.echo(f"warning: {why}; sending anyway (first sync?)", err=True)
-        else:
-            raise Refused(f"not sending models from this node: {why}. Run it on the primary, "
-                          'or set [replicate] models = "always" to send from here regardless.')
     if dry_run:
         result = replicator.sync_models(dry_run=True)
         for change in result.changes:
             click.echo(change.itemize())
         click.echo(f"dry run: {len(result.changes)} changes", err=True)
         return
+    turn, why = replicator.models_turn()  # a dry run changes nothing: it may look from any node
+    if not turn:
+        if why.startswith("role unknown"):
+            click.echo(f"warning: {why}; sending anyway (first sync?)", err=True)
+        else:
+            raise Refused(f"not sending models from this node: {why}. Run it on the primary, "
+                          'or set [replicate] models = "always" to send from here regardless.')
     with Progress(transient=True, disable=not click.get_text_stream("stderr").isatty()) as progress:
         task = progress.add_task("models", total=None)
         result = replicator.sync_models(progress=lambda change, sent: progress.update(task, completed=sent))

@@ -55,9 +55,10 @@ class _Conv:
         # A kernel-1 convolution is a matrix product. As one, it runs about
         # twice as fast: oneDNN's conv1d copies its input to another memory
         # layout and back on every call (a fifth of the vocoder's time).
-        pointwise = self.weight.shape[-1] == 1 and not self.pad
-        self._matrix = self.weight[:, :, 0].contiguous() if pointwise else None
-        self._column_bias = self.bias[:, None].contiguous()
+        self._matrix: torch.Tensor | None = None
+        if self.weight.shape[-1] == 1 and not self.pad:
+            self._matrix = self.weight[:, :, 0].contiguous()
+            self._column_bias = self.bias[:, None].contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._matrix is not None:
