@@ -122,15 +122,15 @@ def overhead_pairs(node: "ServeProcess", threads: int, pairs: int = PAIRS) -> di
             mine, theirs = theirs, mine
         t0 = time.perf_counter()
         direct_synthesis(mine)
-        t1 = time.perf_counter()
+        direct_s = time.perf_counter() - t0
         time.sleep(OMP_SETTLE_S)
-        t1s = time.perf_counter()
+        t0 = time.perf_counter()
         assert _post(conn, theirs) == 200
-        t2 = time.perf_counter() - (t1s - t1)
+        http_s = time.perf_counter() - t0
         time.sleep(OMP_SETTLE_S)
-        ratios.append((t2 - t1) / (t1 - t0))
-        direct += t1 - t0
-        http += t2 - t1
+        ratios.append(http_s / direct_s)
+        direct += direct_s
+        http += http_s
     engine.stdin.close()
     engine.wait(30)
     conn.request("GET", "/metrics")
@@ -295,7 +295,8 @@ def hog(seconds: float) -> None:
 
 
 def child(mode: str, port: int, count: int) -> None:
-    """Client side, in its own process (no torch): prints JSON results."""
+    """One child process: the baseline server, a CPU hog, the direct engine
+    loop, or a client (no torch) that prints JSON results."""
     if mode == "floor":
         floor_server(port, count)
         return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import time
 from dataclasses import replace
@@ -16,6 +15,7 @@ from ttsha.config import Config, NodeConfig, ReplicateConfig, ServeConfig
 from ttsha.replicate import daemon
 from ttsha.replicate.daemon import Replicator
 
+from ..monitor.conftest import free_port
 from ..server.conftest import SERVE, FakeEngine, Node
 
 
@@ -44,12 +44,6 @@ def config_for(tmp_path, port: int, models: str = "primary") -> Config:
     )
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_models_follow_the_role_told_by_the_monitor(tmp_path, node):
     replicator = Replicator(config_for(tmp_path, node.port))
     turn, why = replicator.models_turn()
@@ -76,7 +70,7 @@ def test_a_role_the_monitor_stopped_repeating_is_unknown(tmp_path, node, monkeyp
 
 
 def test_fixed_modes_and_an_unreachable_node(tmp_path):
-    port = closed_port()
+    port = free_port()  # nothing listens there
     assert Replicator(config_for(tmp_path, port, "always")).models_turn()[0] is True
     assert Replicator(config_for(tmp_path, port, "never")).models_turn()[0] is False
     turn, why = Replicator(config_for(tmp_path, port)).models_turn()
