@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,20 +18,13 @@ import pytest
 from ttsha import config
 from ttsha.cli import cli
 
+from . import tool
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 UNITS = sorted((ROOT / "systemd").glob("*.service")) + sorted((ROOT / "systemd").glob("*.timer"))
 MAN1 = ROOT / "man" / "man1" / "ttsha.1"
 MAN5 = ROOT / "man" / "man5" / "ttsha.toml.5"
 EXE = Path(sys.executable).with_name("ttsha")
-
-
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} missing: apt-get install -y {package}")
-        pytest.skip(f"{name} missing: apt-get install -y {package}")
-    return path
 
 
 @pytest.mark.parametrize("page", [MAN1, MAN5], ids=lambda p: p.name)
