@@ -80,8 +80,15 @@ def check_modelscope(config: Config) -> Check:
     needed = config.engine.engine == "sambert"
     if version is None:
         if needed:
-            return Check("modelscope", FAIL, "not installed", "pip install 'ttsha[sambert]' kantts ttsfrd")
+            return Check("modelscope", FAIL, "not installed",
+                         "pip install 'ttsha[sambert]' and ModelScope's kantts/ttsfrd wheels (docs/deploy.md)")
         return Check("modelscope", SKIP, "not installed (only engine = \"sambert\" needs it)")
+    if needed:
+        from .engine.sambert import frontend_problem
+
+        problem = frontend_problem()
+        if problem:
+            return Check("modelscope", FAIL, f"{version}, but kantts/ttsfrd are not usable", problem)
     return Check("modelscope", OK, version)
 
 

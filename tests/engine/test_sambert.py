@@ -59,7 +59,13 @@ STANDIN = {
             return _Pipeline(task, model)
         """
     ),
+    # Shaped like ModelScope's own audio wheels (only the names the engine checks).
+    "kantts/__init__.py": "",
+    "kantts/models/__init__.py": "",
+    "ttsfrd/__init__.py": "class TtsFrontendEngine:\n    pass\n",
 }
+#: What PyPI's unrelated packages of the same names contain.
+PLACEHOLDER = "def hello():\n    return 'hello'\n"
 
 
 @pytest.fixture
@@ -70,13 +76,13 @@ def standin(tmp_path, monkeypatch):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body)
     monkeypatch.syspath_prepend(str(root))
-    for name in [m for m in sys.modules if m == "modelscope" or m.startswith("modelscope.")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("modelscope", "kantts", "ttsfrd")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.delenv("MODELSCOPE_OFFLINE", raising=False)
     import modelscope.pipelines as pipelines
 
     yield pipelines
-    for name in [m for m in sys.modules if m == "modelscope" or m.startswith("modelscope.")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("modelscope", "kantts", "ttsfrd")]:
         del sys.modules[name]
 
 
@@ -175,3 +181,24 @@ def test_standin_wav_is_real(standin):
     out = standin.pipeline(task="t", model="m")(input="x")
     samples, rate = sf.read(io.BytesIO(out["output_wav"]))
     assert rate == 16000 and len(samples) == 8000
+
+
+@pytest.mark.parametrize("package", ["kantts", "ttsfrd"])
+def test_pypi_placeholder_wheels_are_named_as_such(standin, model_dir, tmp_path, package):
+    # PyPI's kantts/ttsfrd 0.1.0 import fine and hold only hello(): say so at load, not deep in the pipeline.
+    fake = tmp_path / "placeholder"
+    (fake / package).mkdir(parents=True)
+    (fake / package / "__init__.py").write_text(PLACEHOLDER)
+    sys.path.insert(0, str(fake))
+    try:
+        with pytest.raises(EngineError, match=f"installed {package} .*placeholder.*not the PyPI packages"):
+            SambertEngine(model_dir).load()
+    finally:
+        sys.path.remove(str(fake))
+    assert not any("task" in call for call in standin.calls)  # the pipeline was never built
+
+
+def test_missing_frontend_wheel_names_what_to_install(standin, model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ttsfrd", None)
+    with pytest.raises(EngineError, match="ttsfrd is not installed.*ModelScope's own kantts and ttsfrd"):
+        SambertEngine(model_dir).load()

@@ -32,6 +32,37 @@ VOICES = ("zhitian_emo", "zhiyan_emo", "zhizhe_emo", "zhibei_emo")
 EMOTIONS = ("neutral", "happy", "sad", "angry", "fear", "surprise", "disgust")
 
 _MODEL_FILES = ("configuration.json",)
+#: ModelScope's audio wheels, and what only the real ones have: PyPI carries
+#: unrelated placeholder packages under both names (a ``hello()`` function),
+#: which import fine and then fail deep inside the pipeline.
+_FRONTEND_PACKAGES = {"ttsfrd": "TtsFrontendEngine", "kantts": "models"}
+_WHEELS_HINT = ("install ModelScope's own kantts and ttsfrd wheels (see docs/deploy.md, "
+                "'The Sambert model'), not the PyPI packages of the same names")
+
+
+def _has_submodule(package: str, name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(f"{package}.{name}") is not None
+    except ModuleNotFoundError:  # a plain module, not a package
+        return False
+
+
+def frontend_problem() -> str | None:
+    """Why the kantts/ttsfrd wheels Sambert needs are missing or placeholders; None when they look real."""
+    import importlib
+
+    for name, member in _FRONTEND_PACKAGES.items():
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            return f"{name} is not installed; {_WHEELS_HINT}"
+        except Exception as exc:  # a broken wheel fails on import in many ways
+            return f"{name} does not import ({exc}); {_WHEELS_HINT}"
+        if not hasattr(module, member) and not _has_submodule(name, member):
+            return f"the installed {name} has no {member!r}: it is a placeholder package, not ModelScope's; {_WHEELS_HINT}"
+    return None
 
 
 def ssml(text: str, emotion: str, intensity: float = 1.0) -> str:
@@ -87,9 +118,12 @@ class SambertEngine(Engine):
         except ImportError as exc:
             raise EngineError(
                 f"engine 'sambert' needs modelscope and its TTS extras ({exc}); "
-                "install them with: pip install 'ttsha[sambert]' kantts ttsfrd "
-                "(ModelScope's audio wheels), or use engine = \"embedded\""
+                "install them with: pip install 'ttsha[sambert]' and ModelScope's kantts/ttsfrd wheels "
+                "(docs/deploy.md), or use engine = \"embedded\""
             ) from exc
+        problem = frontend_problem()
+        if problem:
+            raise EngineError(f"engine 'sambert': {problem}")
         try:
             self._pipeline = pipeline(task=Tasks.text_to_speech, model=str(self.model_dir))
         except Exception as exc:  # modelscope raises many kinds
