@@ -9,6 +9,7 @@ test keeps it and these dataclasses in step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import types
 import typing
@@ -237,18 +238,65 @@ class Config:
         return out
 
 
+def to_toml(config: Config, comments: bool = False) -> str:
+    """The configuration as TOML that :func:`load` reads back; ``comments`` puts each key's help above it."""
+    lines: list[str] = []
+
+    def table(header: str, section: Any) -> None:
+        lines.append(f"[{header}]")
+        for f in dataclasses.fields(section):
+            if comments:
+                lines.append(f"# {f.metadata['help']}")
+            value = getattr(section, f.name)
+            text = _duration_text(value) if isinstance(value, Duration) else _plain_value(value)
+            lines.append(f"{f.name} = {_toml_value(text)}")
+        lines.append("")
+
+    for f in dataclasses.fields(config):
+        if f.name in ("source", "present"):
+            continue
+        if f.name == "nodes":
+            for name, node in config.nodes.items():
+                table(f"nodes.{name}", node)
+        else:
+            table(f.name, getattr(config, f.name))
+    return "\n".join(lines)
+
+
+def _duration_text(seconds: float) -> str:
+    """Seconds as the largest exact unit ``parse_duration`` reads: 604800 -> "7d", 0.25 -> "250ms"."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    millis = seconds * 1000
+    return f"{int(millis)}ms" if float(millis).is_integer() else f"{seconds}s"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    # A JSON string is a valid TOML basic string (same escapes).
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, Duration):
+        return float(value)
+    return value
+
+
 def _plain(section: Any) -> dict[str, Any]:
-    result = {}
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, list):
-            value = list(value)
-        elif isinstance(value, Duration):
-            value = float(value)
-        result[f.name] = value
-    return result
+    return {f.name: _plain_value(getattr(section, f.name)) for f in dataclasses.fields(section)}
 
 
 def _convert(value: Any, hint: Any, meta: dict[str, Any], where: str) -> Any:

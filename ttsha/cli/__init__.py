@@ -64,12 +64,14 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from . import config_cmd, doctor_cmd, failover_cmd, gateway_cmd, lab_cmd, replicate_cmd, serve_cmd, synth
+    from . import (config_cmd, doctor_cmd, failover_cmd, gateway_cmd, init_cmd, lab_cmd, replicate_cmd,
+                   serve_cmd, synth)
 
     cli.add_command(synth.synth)
     cli.add_command(synth.voices)
     cli.add_command(config_cmd.config)
     cli.add_command(doctor_cmd.doctor)
+    cli.add_command(init_cmd.init)
     cli.add_command(serve_cmd.serve)
     cli.add_command(serve_cmd.gc)
     cli.add_command(gateway_cmd.nginx)

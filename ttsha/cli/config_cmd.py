@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..config import load
+from ..config import load, to_toml
 from . import Context, pass_ctx
 
 
@@ -47,35 +47,8 @@ def show(ctx: Context, as_json: bool) -> None:
     Example:
       ttsha config show --json
     """
-    data = ctx.config.to_dict()
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(ctx.config.to_dict(), indent=2, ensure_ascii=False))
         return
-    click.echo(_to_toml(data), nl=False)
+    click.echo(to_toml(ctx.config), nl=False)
 
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if value is None:
-        return '""'
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def _to_toml(data: dict) -> str:
-    lines: list[str] = []
-    for section, values in data.items():
-        if section == "nodes":
-            for name, node in values.items():
-                lines.append(f"[nodes.{name}]")
-                lines += [f"{k} = {_toml_value(v)}" for k, v in node.items()]
-                lines.append("")
-            continue
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
