@@ -43,15 +43,12 @@ def main() -> None:
         if f.name == "nodes":
             lines.append("One table per node; the monitor chooses the primary by health, then priority.")
         defaults = cls()
-        types = typing.get_type_hints(cls)
         for g in dataclasses.fields(cls):
             value = getattr(defaults, g.name)
-            if types[g.name] is config.Duration:
-                value = f"{value:g}s"
-            elif isinstance(value, Path):
-                value = str(value).replace(str(config.state_dir()), "/var/lib/ttsha")
-            elif value is None:
-                value = '""'
+            if isinstance(value, Path):  # as documented, not as resolved for whoever runs make man
+                value = Path(str(value).replace(str(config.state_dir()), "/var/lib/ttsha"))
+            # Exactly what to write in the file: true, "", "2s", ["nginx", "-t"].
+            value = config.toml_literal(value)
             help_text = g.metadata.get("help", "")
             choices = g.metadata.get("choices")
             extra = f" One of: {', '.join(map(str, choices))}." if choices else ""

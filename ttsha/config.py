@@ -247,9 +247,7 @@ def to_toml(config: Config, comments: bool = False) -> str:
         for f in dataclasses.fields(section):
             if comments:
                 lines.append(f"# {f.metadata['help']}")
-            value = getattr(section, f.name)
-            text = _duration_text(value) if isinstance(value, Duration) else _plain_value(value)
-            lines.append(f"{f.name} = {_toml_value(text)}")
+            lines.append(f"{f.name} = {toml_literal(getattr(section, f.name))}")
         lines.append("")
 
     for f in dataclasses.fields(config):
@@ -270,6 +268,13 @@ def _duration_text(seconds: float) -> str:
             return f"{int(seconds / size)}{unit}"
     millis = seconds * 1000
     return f"{int(millis)}ms" if float(millis).is_integer() else f"{seconds}s"
+
+
+def toml_literal(value: Any) -> str:
+    """One configuration value as TOML: durations in their largest exact unit, paths as strings."""
+    if isinstance(value, Duration):
+        return _toml_value(_duration_text(value))
+    return _toml_value(_plain_value(value))
 
 
 def _toml_value(value: Any) -> str:

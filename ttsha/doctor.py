@@ -103,9 +103,16 @@ def check_model_dir(config: Config) -> Check:
 
 def check_store(config: Config) -> Check:
     path = config.store.path
+    if not path.exists():
+        if _writable(path):
+            return Check("audio store", WARN, f"{path} does not exist yet",
+                         "ttsha serve creates it on start (its parent is writable)")
+        return Check("audio store", FAIL, f"{path} does not exist and cannot be created", "create it or set [store] path")
+    if not path.is_dir():
+        return Check("audio store", FAIL, f"{path} is not a directory", "set [store] path to a directory")
     if _writable(path):
         return Check("audio store", OK, f"{path} (writable)")
-    return Check("audio store", FAIL, f"{path} is not writable", "create it or set [store] path")
+    return Check("audio store", FAIL, f"{path} is not writable", "fix its owner or set [store] path")
 
 
 def check_nginx(config: Config) -> Check:

@@ -191,3 +191,18 @@ def test_gc_dry_run_then_delete(capsys, tmp_path):
     assert store.get(rid) is None
     code, _, err = run(capsys, "gc", "--older-than", "soon")
     assert code == 2 and "--older-than" in err
+
+
+def test_doctor_tells_a_missing_store_from_a_writable_one(tmp_path):
+    from ttsha.config import parse
+    from ttsha.doctor import FAIL, OK, WARN, check_store
+
+    def status(path):
+        return check_store(parse({"store": {"path": str(path)}}))
+
+    assert status(tmp_path / "audio").status == WARN and "does not exist yet" in status(tmp_path / "audio").detail
+    (tmp_path / "audio").mkdir()
+    assert status(tmp_path / "audio").status == OK
+    (tmp_path / "file").write_text("x")
+    assert status(tmp_path / "file").status == FAIL
+    assert status(tmp_path / "file" / "audio").status == FAIL

@@ -187,3 +187,31 @@ def test_make_install_systemd_and_uninstall(tmp_path):
         assert (dest / rel).is_file(), rel
     subprocess.run([make, "-s", "uninstall", f"DESTDIR={dest}", "PREFIX=/opt/ttsha"], cwd=ROOT, check=True)
     assert not [p for p in dest.rglob("*") if p.is_file()]
+
+
+def _documented(value):
+    """A default as ttsha.toml(5) documents it: state-dir paths under /var/lib/ttsha whoever builds the page."""
+    return Path(str(value).replace(str(config.state_dir()), "/var/lib/ttsha")) if isinstance(value, Path) else value
+
+
+def test_man5_defaults_are_toml_an_admin_can_copy():
+    """Each "Default:" in ttsha.toml(5) parses as TOML, and the config reads it as the built-in default."""
+    import tomli
+
+    section, checked = None, 0
+    lines = MAN5.read_text(encoding="utf-8").splitlines()
+    for line, after in zip(lines, lines[1:]):
+        if line.startswith('.SH "['):
+            section = line[len('.SH "['):-2]
+        elif line.startswith(".B ") and section and "Default: \\fB" in after:
+            key = line[3:]
+            text = after.rsplit("Default: \\fB", 1)[1].removesuffix("\\fR.")
+            text = text.replace("\\-", "-").replace("\\&", "").replace("\\\\", "\\")
+            value = tomli.loads(f"v = {text}")["v"]
+            if section == "nodes.NAME":
+                got, want = config.parse({"nodes": {"n": {key: value}}}).nodes["n"], config.NodeConfig()
+            else:
+                got, want = getattr(config.parse({section: {key: value}}), section), getattr(config.Config(), section)
+            assert getattr(got, key) == _documented(getattr(want, key)), (section, key, text)
+            checked += 1
+    assert checked == len(config.documented_keys())
