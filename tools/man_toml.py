@@ -38,10 +38,13 @@ def main() -> None:
     for f in dataclasses.fields(config.Config):
         if f.name in ("source", "present"):
             continue
-        cls = config.NodeConfig if f.name == "nodes" else hints[f.name]
-        lines.append(f'.SH "[{"nodes.NAME" if f.name == "nodes" else f.name}]"')
+        tables = {"nodes": config.NodeConfig, "gateways": config.GatewayConfig}
+        cls = tables.get(f.name) or hints[f.name]
+        lines.append(f'.SH "[{f.name + ".NAME" if f.name in tables else f.name}]"')
         if f.name == "nodes":
             lines.append("One table per node; the monitor chooses the primary by health, then priority.")
+        if f.name == "gateways":
+            lines.append("One table per gateway host of a pair sharing [vrrp] vip (see \\fBttsha keepalived\\fR).")
         defaults = cls()
         for g in dataclasses.fields(cls):
             value = getattr(defaults, g.name)

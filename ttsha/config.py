@@ -201,6 +201,24 @@ class AlertConfig:
     retries: int = _field(3, "delivery attempts", min=0, max=20)
 
 
+@dataclass(frozen=True)
+class VrrpConfig:
+    vip: str = _field("", "virtual IP the gateways share, with prefix (e.g. 192.0.2.100/24); empty: one gateway")
+    interface: str = _field("eth0", "interface that carries the virtual IP and the VRRP adverts")
+    router_id: int = _field(51, "VRRP virtual router id, unique on the network", min=1, max=255)
+    version: int = _field(3, "VRRP version: 3 allows sub-second adverts, 2 allows PASS authentication", choices=(2, 3))
+    advert_interval: Duration = _field(Duration(0.2), "VRRP advert interval (version 2: whole seconds)")
+    check_interval: Duration = _field(Duration(1.0), "how often keepalived runs 'ttsha keepalived check'")
+    auth_file: Path = _field(Path("/etc/ttsha/vrrp.pass"), "VRRP version 2 PASS secret (mode 0600; first 8 characters)")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    address: str = _field("127.0.0.1", "this gateway's own address: VRRP unicast source and peer")
+    priority: int = _field(100, "VRRP priority; the higher takes the virtual IP first (never back: nopreempt)",
+                           min=1, max=254)
+
+
 def _default_nodes() -> dict[str, NodeConfig]:
     return {
         "primary": NodeConfig(url="http://127.0.0.2:8900", priority=200),
@@ -219,6 +237,8 @@ class Config:
     replicate: ReplicateConfig = field(default_factory=ReplicateConfig)
     drill: DrillConfig = field(default_factory=DrillConfig)
     alert: AlertConfig = field(default_factory=AlertConfig)
+    vrrp: VrrpConfig = field(default_factory=VrrpConfig)
+    gateways: dict[str, GatewayConfig] = field(default_factory=dict)
     #: Where this configuration was read from (None: built-in defaults).
     source: Path | None = field(default=None, compare=False)
     #: Sections the file actually sets (doctor checks only what is configured).
@@ -231,11 +251,15 @@ class Config:
             if f.name in ("source", "present"):
                 continue
             value = getattr(self, f.name)
-            if f.name == "nodes":
+            if f.name in _TABLES:
                 out[f.name] = {k: _plain(v) for k, v in value.items()}
             else:
                 out[f.name] = _plain(value)
         return out
+
+
+#: Sections made of named tables ([nodes.NAME], [gateways.NAME]) and the type of each table.
+_TABLES: dict[str, type] = {"nodes": NodeConfig, "gateways": GatewayConfig}
 
 
 def to_toml(config: Config, comments: bool = False) -> str:
@@ -253,9 +277,9 @@ def to_toml(config: Config, comments: bool = False) -> str:
     for f in dataclasses.fields(config):
         if f.name in ("source", "present"):
             continue
-        if f.name == "nodes":
-            for name, node in config.nodes.items():
-                table(f"nodes.{name}", node)
+        if f.name in _TABLES:
+            for name, entry in getattr(config, f.name).items():
+                table(f"{f.name}.{name}", entry)
         else:
             table(f.name, getattr(config, f.name))
     return "\n".join(lines)
@@ -387,6 +411,43 @@ def _check(config: Config, where: str) -> None:
             raise ConfigError(f"{where}: nodes.{name}.start_command: must name a command")
     if config.replicate.peer and config.replicate.peer not in config.nodes:
         raise ConfigError(f"{where}: replicate.peer: {config.replicate.peer!r} is not one of the [nodes] tables")
+    _check_vrrp(config, where)
+
+
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
+
+
+def _check_vrrp(config: Config, where: str) -> None:
+    """The gateway pair: every value here ends up in keepalived.conf, so each is checked by full match."""
+    import ipaddress
+
+    vrrp = config.vrrp
+    addresses = set()
+    for name, gateway in config.gateways.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"{where}: gateways.{name}: gateway names may use letters, digits, '.', '_' and '-'")
+        try:
+            ipaddress.ip_address(gateway.address)
+        except ValueError:
+            raise ConfigError(f"{where}: gateways.{name}.address: expected an IP address, got {gateway.address!r}") from None
+        if gateway.address in addresses:
+            raise ConfigError(f"{where}: gateways.{name}.address: {gateway.address} is named twice")
+        addresses.add(gateway.address)
+    if not _INTERFACE.fullmatch(vrrp.interface):
+        raise ConfigError(f"{where}: vrrp.interface: expected an interface name, got {vrrp.interface!r}")
+    if vrrp.version == 2 and (vrrp.advert_interval < 1 or not float(vrrp.advert_interval).is_integer()):
+        raise ConfigError(f"{where}: vrrp.advert_interval: VRRP version 2 adverts in whole seconds, "
+                          f"got {vrrp.advert_interval:g}s (version 3 allows sub-second)")
+    if not 0.01 <= vrrp.advert_interval <= 40.95:
+        raise ConfigError(f"{where}: vrrp.advert_interval: must be between 10ms and 40.95s")
+    if vrrp.vip:
+        try:
+            ipaddress.ip_interface(vrrp.vip)
+        except ValueError:
+            raise ConfigError(f"{where}: vrrp.vip: expected an address with prefix such as 192.0.2.100/24, "
+                              f"got {vrrp.vip!r}") from None
+        if len(config.gateways) < 2:
+            raise ConfigError(f"{where}: vrrp.vip: a virtual IP needs at least two [gateways.NAME] tables")
 
 
 def parse(data: dict[str, Any], source: Path | None = None) -> Config:
@@ -399,10 +460,10 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     hints = typing.get_type_hints(Config)
     values: dict[str, Any] = {}
     for name, value in data.items():
-        if name == "nodes":
+        if name in _TABLES:
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: nodes: expected [nodes.NAME] tables")
-            values[name] = {k: _section(NodeConfig, v, f"{where}: nodes.{k}") for k, v in value.items()}
+                raise ConfigError(f"{where}: {name}: expected [{name}.NAME] tables")
+            values[name] = {k: _section(_TABLES[name], v, f"{where}: {name}.{k}") for k, v in value.items()}
         else:
             values[name] = _section(hints[name], value, f"{where}: {name}")
     config = Config(**values, source=source, present=frozenset(data))
@@ -436,7 +497,7 @@ def documented_keys() -> list[str]:
     for f in dataclasses.fields(Config):
         if f.name in ("source", "present"):
             continue
-        cls = NodeConfig if f.name == "nodes" else typing.get_type_hints(Config)[f.name]
-        prefix = "nodes.NAME" if f.name == "nodes" else f.name
+        cls = _TABLES.get(f.name) or typing.get_type_hints(Config)[f.name]
+        prefix = f"{f.name}.NAME" if f.name in _TABLES else f.name
         keys += [f"{prefix}.{g.name}" for g in dataclasses.fields(cls)]
     return keys

@@ -208,8 +208,10 @@ def test_man5_defaults_are_toml_an_admin_can_copy():
             text = after.rsplit("Default: \\fB", 1)[1].removesuffix("\\fR.")
             text = text.replace("\\-", "-").replace("\\&", "").replace("\\\\", "\\")
             value = tomli.loads(f"v = {text}")["v"]
-            if section == "nodes.NAME":
-                got, want = config.parse({"nodes": {"n": {key: value}}}).nodes["n"], config.NodeConfig()
+            if section.endswith(".NAME"):  # [nodes.NAME], [gateways.NAME]
+                table = section.split(".")[0]
+                got = getattr(config.parse({table: {"n": {key: value}}}), table)["n"]
+                want = type(got)()
             else:
                 got, want = getattr(config.parse({section: {key: value}}), section), getattr(config.Config(), section)
             assert getattr(got, key) == _documented(getattr(want, key)), (section, key, text)

@@ -64,8 +64,8 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from . import (config_cmd, doctor_cmd, failover_cmd, gateway_cmd, init_cmd, lab_cmd, replicate_cmd,
-                   serve_cmd, synth)
+    from . import (config_cmd, doctor_cmd, failover_cmd, gateway_cmd, init_cmd, keepalived_cmd, lab_cmd,
+                   replicate_cmd, serve_cmd, synth)
 
     cli.add_command(synth.synth)
     cli.add_command(synth.voices)
@@ -77,6 +77,7 @@ def _register() -> None:
     cli.add_command(gateway_cmd.nginx)
     cli.add_command(gateway_cmd.monitor)
     cli.add_command(gateway_cmd.status)
+    cli.add_command(keepalived_cmd.keepalived)
     cli.add_command(failover_cmd.failover)
     cli.add_command(lab_cmd.lab)
     cli.add_command(replicate_cmd.replicate)
