@@ -34,6 +34,10 @@ CANARY_TEXT = "欢迎使用语音合成服务。"
 STUCK_AFTER_S = 300.0
 
 
+class StreamAborted(Exception):
+    """A streamed response whose synthesis failed after its headers were sent."""
+
+
 @dataclass(frozen=True)
 class SynthRequest:
     """A validated synthesis request."""
@@ -199,9 +203,10 @@ class Service:
                 if item is None:
                     return
                 if isinstance(item, BaseException):
-                    # Headers are gone already: end the stream early; the log says why.
-                    log.error("streamed synthesis failed: %s", item)
-                    return
+                    # Headers are gone already: raising makes the server close the
+                    # connection without the terminating chunk, so the client and
+                    # the gateway see a broken response, never a short "complete" one.
+                    raise StreamAborted(f"streamed synthesis of {req.id} failed: {item}") from item
                 yield item
 
         return body()
