@@ -20,6 +20,13 @@ def esc(text: str) -> str:
     return "\\&" + text if text[:1] in ("'", ".") else text
 
 
+def _size(value: int) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value and value % factor == 0:
+            return f"{value // factor}{unit}"
+    return str(value)
+
+
 def main() -> None:
     lines = [
         f'.TH TTSHA.TOML 5 "2026-11-23" "ttsha {__version__}" "File Formats"',
@@ -30,6 +37,7 @@ def main() -> None:
         "unknown keys, wrong types and bad values are errors naming the file and the key",
         "(check a file with \\fBttsha config check\\fR \\fIFILE\\fR).",
         'Durations are strings such as \\fB"250ms"\\fR, \\fB"2s"\\fR, \\fB"5m"\\fR, \\fB"7d"\\fR, or numbers of seconds.',
+        'Sizes are strings such as \\fB"512MiB"\\fR, \\fB"2GB"\\fR, or numbers of bytes.',
         "Paths shown under \\fI/var/lib/ttsha\\fR default to systemd's StateDirectory, to",
         "\\fI/var/lib/ttsha\\fR for root, else to \\fI~/.local/state/ttsha\\fR.",
         "The commented example \\fIconf/ttsha.toml\\fR in the source shows every key with its default.",
@@ -48,6 +56,8 @@ def main() -> None:
             value = getattr(defaults, g.name)
             if types[g.name] is config.Duration:
                 value = f"{value:g}s"
+            elif types[g.name] is config.Size:
+                value = _size(value)
             elif isinstance(value, Path):
                 value = str(value).replace(str(config.state_dir()), "/var/lib/ttsha")
             elif value is None:
