@@ -203,7 +203,7 @@ class SynthesisPool:
                     raise Overloaded(retry_after=max(1, math.ceil(finish)), why=f"{self._waiting} requests waiting")
                 wait = self.admission.retry_after(units, self._waiting, self._waiting_units, running, self.deadline)
                 if wait is not None:
-                    raise Overloaded(retry_after=wait, why=f"would not finish within {self.deadline:g} s")
+                    raise Overloaded(retry_after=wait, why=f"would not finish within the {self.deadline:g} s deadline")
                 self._waiting += 1
                 self._waiting_units += units
             future: Future = Future()
