@@ -95,6 +95,10 @@ class Admission:
         self.seconds_per_unit = rate if self.observed == 0 else (1 - self.weight) * self.seconds_per_unit + self.weight * rate
         self.observed += 1
 
+    def forget(self) -> None:
+        """Let the next measurement replace the estimate (after a cold first run)."""
+        self.observed = 0
+
     def finish_in(self, units: float, waiting: int, waiting_units: float, running: list[tuple[float, float]]) -> float:
         """Estimated seconds until a new job of ``units`` is done.
 
