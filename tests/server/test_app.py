@@ -115,7 +115,7 @@ def test_bad_input_is_a_json_4xx(fake_node, fake_engine, body, status, code):
     assert resp.getheader("Content-Type") == "application/json"
     error = body_json(data)
     assert error["error"] == code and error["message"]
-    assert fake_engine.calls == 1  # only the warm-up synthesized
+    assert fake_engine.calls == 2  # only the warm-up synthesized (cold, then measured)
     assert not list(fake_node.service.store.root.glob("*/*.wav"))
 
 
