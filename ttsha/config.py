@@ -131,6 +131,7 @@ class ServeConfig:
     deadline: Duration = _field(
         Duration(20.0),
         "a new synthesis is refused (503, Retry-After) when its estimated wait and synthesis exceed this",
+        min=0.1,
     )
     worker_priority: str = _field(
         "idle", "CPU priority of synthesis workers below the HTTP threads", choices=("idle", "low", "normal")

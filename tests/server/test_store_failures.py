@@ -84,6 +84,9 @@ def test_disk_full_answers_503_degrades_and_recovers(make_node, fake_engine, tin
 
 
 def test_io_error_at_fsync_answers_503_until_writes_work(make_node, fake_engine, monkeypatch):
+    import ttsha.server.service
+
+    monkeypatch.setattr(ttsha.server.service, "STORE_HOLD_S", 0.0)  # probe from the first check on
     node = make_node(fake_engine)
     real_fsync = os.fsync
 

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 CANARY_TEXT = "欢迎使用语音合成服务。"
 #: How often the store's free space is checked (and, after a failed write, a write probed).
 STORE_CHECK_S = 1.0
+#: After a failed write the node stays degraded at least this long (unless a real
+#: write succeeds), so the monitor sees it even when a small probe fits at once.
+STORE_HOLD_S = 5.0
 #: A job running longer than this means a wedged worker (the watchdog stops pinging).
 STUCK_AFTER_S = 300.0
 
@@ -129,6 +132,7 @@ class Service:
         self._canary_thread: threading.Thread | None = None
         #: The store as /health reports it, refreshed by the store thread.
         self.store_state: dict[str, Any] = {}
+        self._store_failed_at = 0.0
         #: This node's role as the gateway's monitor last said in a probe, and when.
         self.role: str | None = None
         self.role_at: float | None = None
@@ -275,6 +279,7 @@ class Service:
             stored = self.store.put(req.id, wav_bytes(audio, info.sample_rate), meta)
         except StoreError as exc:
             # Not ready at once: the monitor fails over, and the 503 makes the gateway retry.
+            self._store_failed_at = time.monotonic()
             self.readiness.problem("store_write", exc.message)
             self.store_state["writable"] = False
             raise
@@ -406,7 +411,7 @@ class Service:
         except OSError as exc:
             state["free_bytes"] = None
             self.readiness.problem("store_space", f"cannot stat the audio store: {exc.strerror or exc}")
-        if not state["writable"]:
+        if not state["writable"] and time.monotonic() - self._store_failed_at >= STORE_HOLD_S:
             try:
                 self.store.probe_write()
             except StoreError as exc:
