@@ -45,6 +45,7 @@ def main() -> None:
 
     import engine
     import failover
+    import hostile
     import replicate
     import serve
 
@@ -62,6 +63,10 @@ def main() -> None:
             "the same measurement of a trivial werkzeug app: what is left there is the platform's cost",
             "(on a 2-core VM, a server woken next to busy cores waits for the scheduler whatever it runs).",
         ], serve),
+        ("Hostile text", [
+            "The same `ttsha serve` process while three clients POST fresh 2000-digit strings back to back;",
+            "/health probed every 20 ms from a separate process, first idle, then under the attack.",
+        ], hostile),
         ("Failover", [
             "The lab (`ttsha lab`: two real `ttsha serve` nodes, a real Nginx, loopback) under drill traffic,",
             "once with ttsha's gateway and monitor, once with the article's passive Nginx setup.",

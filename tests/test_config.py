@@ -132,3 +132,26 @@ def test_shipped_config_shows_the_defaults():
             if isinstance(value, str) and value.startswith(state):
                 value = value.replace(state, "/var/lib/ttsha")
             assert got == value, f"{section}.{key}: conf says {got!r}, default is {value!r}"
+
+
+@pytest.mark.parametrize("value, size", [("512MiB", 512 * 2**20), ("2GB", 2 * 10**9), ("1.5 KiB", 1536), (4096, 4096), ("0", 0)])
+def test_parse_size(value, size):
+    assert config.parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('[store]\nmin_free = "lots"\n', "store.min_free: expected a size"),
+        ("[store]\nmin_free = -1\n", "store.min_free: a size cannot be negative"),
+        ("[store]\nmin_free = true\n", "store.min_free: expected a size"),
+        ('[serve]\ndeadline = "0s"\n', "serve.deadline: must be at least 0.1"),
+    ],
+)
+def test_admission_and_store_floor_keys_are_validated(tmp_path, text, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        config.load(path)
+    ok = write(tmp_path, '[store]\nmin_free = "1GiB"\n[serve]\ndeadline = "15s"\n')
+    cfg = config.load(ok)
+    assert cfg.store.min_free == 2**30 and cfg.serve.deadline == pytest.approx(15.0)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import errno
 import os
 import time
 
 import pytest
 
+from ttsha.errors import StoreError
 from ttsha.store import AudioStore, normalize_key_text, result_id
 
 BASE = dict(engine="embedded", model_version="v1", voice="baker", emotion="neutral", speed=1.0, sample_rate=24000, text="你好")
@@ -54,10 +56,38 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError):
         store.put(rid, b"x", {})
     assert store.get(rid) is None
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_failed_audio_write_removes_the_sidecar_it_wrote(tmp_path, monkeypatch):
+    import ttsha.store
+
+    store = AudioStore(tmp_path)
+    rid = result_id(**BASE)
+    real = ttsha.store.atomic_write
+
+    def audio_fails(path, data, *a, **kw):
+        if str(path).endswith(".wav"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, data, *a, **kw)
+
+    monkeypatch.setattr(ttsha.store, "atomic_write", audio_fails)
+    with pytest.raises(StoreError) as caught:
+        store.put(rid, b"RIFF", {})
+    assert caught.value.errno == errno.EIO and "Input/output error" in caught.value.message
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no orphan sidecar, no temp file
+
+
+def test_space_floor_and_write_probe(tmp_path):
+    store = AudioStore(tmp_path, min_free=0)
+    assert store.free_bytes() > 0 and store.space_problem() is None
+    store.probe_write()
+    assert not list(tmp_path.iterdir())  # the probe leaves nothing behind
+    store.min_free = 2**60
+    assert "below min_free" in store.space_problem()
 
 
 def test_gc(tmp_path):

@@ -30,6 +30,7 @@ def main() -> None:
         "unknown keys, wrong types and bad values are errors naming the file and the key",
         "(check a file with \\fBttsha config check\\fR \\fIFILE\\fR).",
         'Durations are strings such as \\fB"250ms"\\fR, \\fB"2s"\\fR, \\fB"5m"\\fR, \\fB"7d"\\fR, or numbers of seconds.',
+        'Sizes are strings such as \\fB"512MiB"\\fR, \\fB"2GB"\\fR, or numbers of bytes.',
         "Paths shown under \\fI/var/lib/ttsha\\fR default to systemd's StateDirectory, to",
         "\\fI/var/lib/ttsha\\fR for root, else to \\fI~/.local/state/ttsha\\fR.",
         "The commented example \\fIconf/ttsha.toml\\fR in the source shows every key with its default.",

@@ -50,6 +50,31 @@ class Duration(float):
     """Seconds, written in TOML as ``"2s"``, ``"250ms"``, ``"7d"`` or a number."""
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_UNIT_BYTES = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def parse_size(value: Any) -> int:
+    """``"512MiB"``, ``"2GB"`` or a bare number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as \"512MiB\" or a number of bytes")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f"expected a size such as \"512MiB\" or a number of bytes, got {value!r}")
+        size = int(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+class Size(int):
+    """Bytes, written in TOML as ``"512MiB"``, ``"2GB"`` or a number."""
+
+
 def _meta(help: str, *, choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None):
     return {"help": help, "choices": choices, "min": min, "max": max}
 
@@ -101,7 +126,14 @@ class ServeConfig:
     host: str = _field("127.0.0.1", "address 'serve' listens on (the local replicator asks it for the node's role)")
     port: int = _field(8900, "port 'serve' listens on", min=1, max=65535)
     workers: int = _field(2, "synthesis worker threads", min=1, max=64)
-    queue_size: int = _field(16, "requests waiting for a worker before 503", min=1, max=10000)
+    queue_size: int = _field(
+        256, "most requests waiting for a worker (a memory bound; admission is by 'deadline')", min=1, max=10000
+    )
+    deadline: Duration = _field(
+        Duration(20.0),
+        "a new synthesis is refused (503, Retry-After) when its estimated wait and synthesis exceed this",
+        min=0.1,
+    )
     worker_priority: str = _field(
         "idle", "CPU priority of synthesis workers below the HTTP threads", choices=("idle", "low", "normal")
     )
@@ -115,6 +147,9 @@ class ServeConfig:
 class StoreConfig:
     path: Path = _field(_InStateDir("audio"), "audio store directory")
     retention: Duration = _field(Duration(7 * 86400.0), "age after which 'gc' removes results")
+    min_free: Size = _field(
+        Size(64 * 2**20), "free space below which the node reports 'degraded' (before writes start failing)"
+    )
 
 
 @dataclass(frozen=True)
@@ -294,10 +329,20 @@ def _duration_text(seconds: float) -> str:
     return f"{int(millis)}ms" if float(millis).is_integer() else f"{seconds}s"
 
 
+def _size_text(size: int) -> str:
+    """Bytes as the largest exact binary unit ``parse_size`` reads: 67108864 -> "64MiB"."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 def toml_literal(value: Any) -> str:
-    """One configuration value as TOML: durations in their largest exact unit, paths as strings."""
+    """One configuration value as TOML: durations and sizes in their largest exact unit, paths as strings."""
     if isinstance(value, Duration):
         return _toml_value(_duration_text(value))
+    if isinstance(value, Size):
+        return _toml_value(_size_text(value))
     return _toml_value(_plain_value(value))
 
 
@@ -321,6 +366,8 @@ def _plain_value(value: Any) -> Any:
         return list(value)
     if isinstance(value, Duration):
         return float(value)
+    if isinstance(value, Size):
+        return int(value)
     return value
 
 
@@ -339,6 +386,8 @@ def _convert(value: Any, hint: Any, meta: dict[str, Any], where: str) -> Any:
     try:
         if hint is Duration:
             result: Any = Duration(parse_duration(value))
+        elif hint is Size:
+            result = Size(parse_size(value))
         elif hint is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"expected true or false, got {value!r}")

@@ -4,6 +4,7 @@
 
     TTSHAError                  exit 1  runtime failure
      ├── EngineError            exit 1  model missing, unloadable or producing bad audio
+     ├── StoreError             exit 1  the audio store cannot be written (full, read-only, I/O error)
      ├── UsageError             exit 2  bad command line or bad input (empty text, unknown voice…)
      │    └── InputError        exit 2  text/voice/emotion/speed a request cannot be served with
      ├── ConfigError            exit 3  configuration file unreadable or invalid
@@ -54,6 +55,14 @@ class TTSHAError(Exception):
 
 class EngineError(TTSHAError):
     """The synthesis engine is missing, cannot load, or produced invalid audio."""
+
+
+class StoreError(TTSHAError):
+    """A result could not be written to the audio store (ENOSPC, EIO, EROFS…)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class UsageError(TTSHAError):

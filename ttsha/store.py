@@ -9,7 +9,9 @@ shards: ``ab/abcdef….wav`` with its JSON sidecar ``ab/abcdef….json``.
 Every write is atomic (temp file in the same directory, fsync, rename, fsync
 of the directory). The sidecar is written before the audio, so whoever sees
 an audio file (a reader, the replicator) can also find the request that made
-it, and a standby can regenerate a missing result.
+it, and a standby can regenerate a missing result. A write that fails (disk
+full, read-only, I/O error) leaves neither a temp file nor the sidecar it
+wrote first, and raises :class:`~ttsha.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TTSHAError
+from .errors import StoreError, TTSHAError
 from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 #: Temp files younger than this are left alone by gc: a writer may still own them.
 TEMP_GRACE_S = 3600.0
+#: The write probe: about one result's worth, in a temp name watchers ignore.
+PROBE_NAME = ".write-probe.tmp"
+PROBE_BYTES = 64 * 1024
 
 
 def normalize_key_text(text: str) -> str:
@@ -80,8 +85,10 @@ class GcEntry:
 class AudioStore:
     """Results on disk, addressed by :func:`result_id`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, min_free: int = 0) -> None:
         self.root = Path(root)
+        #: Free bytes below which the node should stop taking writes (see :meth:`space_problem`).
+        self.min_free = min_free
 
     def ensure(self) -> None:
         try:
@@ -120,13 +127,59 @@ class AudioStore:
         return StoredResult(result, audio, meta)
 
     def put(self, result: str, wav: bytes, meta: dict[str, Any]) -> StoredResult:
-        """Store ``wav`` under ``result``: sidecar first, then audio, both atomically."""
+        """Store ``wav`` under ``result``: sidecar first, then audio, both atomically.
+
+        Raises :class:`StoreError` when either cannot be written; what this
+        call created is removed again, so no orphan sidecar is left.
+        """
         audio, sidecar = self.audio_path(result), self.meta_path(result)
-        audio.parent.mkdir(parents=True, exist_ok=True)
         meta = {**meta, "id": result, "created": meta.get("created", time.time())}
-        atomic_write(sidecar, json.dumps(meta, ensure_ascii=False, sort_keys=True))
-        atomic_write(audio, wav)
+        created: list[Path] = []
+        try:
+            audio.parent.mkdir(parents=True, exist_ok=True)
+            for path, data in ((sidecar, json.dumps(meta, ensure_ascii=False, sort_keys=True)), (audio, wav)):
+                existed = path.exists()
+                if not existed:
+                    created.append(path)
+                atomic_write(path, data)
+        except OSError as exc:
+            # The audio goes before its sidecar, as in gc.
+            for path in reversed(created):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as cleanup:
+                    log.error("cannot remove %s after a failed write: %s", path, cleanup)
+            raise StoreError(
+                f"cannot write {result} to the audio store {self.root}: {exc.strerror or exc}", errno=exc.errno
+            ) from exc
         return StoredResult(result, audio, meta)
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer can still use on the store's filesystem."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def space_problem(self) -> str | None:
+        """Why the store is too full to take results, or None."""
+        free = self.free_bytes()
+        if free < self.min_free:
+            return f"audio store has {free} bytes free, below min_free {self.min_free}"
+        return None
+
+    def probe_write(self) -> None:
+        """Write, sync and remove a result-sized temp file; :class:`StoreError` when that fails."""
+        path = self.root / PROBE_NAME
+        try:
+            try:
+                # Buffered: a short write on a nearly full disk goes on to ENOSPC.
+                with open(path, "wb") as f:
+                    f.write(b"\0" * PROBE_BYTES)
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot write to the audio store {self.root}: {exc.strerror or exc}", errno=exc.errno) from exc
 
     def results(self) -> Iterator[tuple[str, list[Path]]]:
         """Every id with its files (audio and/or sidecar)."""

@@ -139,3 +139,15 @@ def test_wrong_model_file_is_refused(tmp_path):
 
     with pytest.raises(EngineError, match="expected one"):
         FastSpeech2.from_tflite(TFLiteModel(find_asset_dir() / "mb_melgan.tflite"))
+
+
+def test_a_piece_too_long_for_one_pass_is_said_in_parts(embedded_engine):
+    """The front end's cut is an estimate; the engine halves what still overflows 2048 frames."""
+    from ttsha.engine.embedded import Prosody
+    from ttsha.engine.fastspeech2 import UtteranceTooLong
+
+    ids = embedded_engine.mapper.ids("了" * 80)
+    with pytest.raises(UtteranceTooLong):
+        embedded_engine.mel(ids, Prosody(speed=0.44))
+    mel = embedded_engine._piece_mel("了" * 80, "sad", 0.5)
+    assert mel is not None and mel.shape[0] > 2048

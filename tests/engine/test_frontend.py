@@ -82,3 +82,74 @@ def test_require_text_refuses_empty(text):
     with pytest.raises(InputError) as info:
         require_text(text)
     assert info.value.code == "empty_text"
+
+
+def test_long_numbers_never_overflow_the_reader():
+    # cn2an refuses more than 16 digits; such numbers are read digit by digit.
+    assert normalize("1" * 20 + ".5") == "一" * 20 + "点五"
+    assert normalize("0" * 20 + "%") == "百分之" + "零" * 20
+    assert normalize("12.34.56%") == "十二.百分之三十四点五六"
+    assert normalize("12-5%") == "十二百分之负五"
+
+
+#: Inputs that made a number pattern retry from every digit of a run (O(n^2)).
+ADVERSARIAL = {
+    "digits": lambda n: "1" * n,
+    "digits then space": lambda n: "1" * (n - 1) + " ",
+    "long decimal": lambda n: "1" * (n // 2) + "." + "1" * (n // 2),
+    "percent signs": lambda n: "1%" * (n // 2),
+    "units": lambda n: "1km/h " * (n // 6),
+    "unit letters after digits": lambda n: ("1" * 50 + "k") * (n // 51),
+    "dotted runs": lambda n: ("1" * 20 + ".") * (n // 21),
+    "slashes": lambda n: ("1" * 20 + "/") * (n // 21),
+    "signs": lambda n: "-1" * (n // 2),
+    "dates": lambda n: "2026年11月" * (n // 9),
+    "spaces before percent": lambda n: "1" + " " * (n - 2) + "x",
+    "mixed": lambda n: ("12.5%3km/h 2026-11-23 7:30 1/2 -3.5℃ 13812345678 " * n)[:n],
+}
+
+
+def _front_end_seconds(text: str, repeats: int = 5) -> float:
+    """The fastest of a few runs of what the request thread does with new text."""
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        split_sentences(normalize(text), max_len=40)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_front_end_is_linear_on_adversarial_text(name):
+    """A scaling check, not a speed target: 8x the text may cost 8x the time, not 64x.
+
+    Timed as the fastest of five runs at each size and allowed 3x slack over
+    linear, so a busy 2-core machine does not fail it; the quadratic
+    patterns this guards against took 16x-60x.
+    """
+    make = ADVERSARIAL[name]
+    small, large = make(1000), make(8000)
+    ratio = _front_end_seconds(large) / max(_front_end_seconds(small), 1e-5)
+    growth = len(large) / len(small)
+    assert ratio < 3 * growth, f"{name}: {growth:.0f}x the text took {ratio:.1f}x the time"
+
+
+def test_unpunctuated_text_is_cut_into_sayable_pieces():
+    pieces = split_sentences("的" * 200, max_len=40)
+    assert [len(p.text) for p in pieces] == [40] * 5
+    assert [p.pause_s for p in pieces] == [0.0] * 5
+    pieces = split_sentences("你好，" + "我" * 50 + "。再见", max_len=40)
+    assert [len(p.text) for p in pieces] == [2, 25, 25, 2]
+    assert [p.pause_s for p in pieces] == [0.15, 0.0, 0.3, 0.0]
+
+
+def test_cut_long_prefers_spaces_and_keeps_phrases_whole():
+    from ttsha.engine.frontend import cut_long
+
+    assert cut_long("一二三四 五六七八九", 8) == ["一二三四", "五六七八九"]
+    # 银行 is read yin2 hang2 only as a phrase: the cut moves before it.
+    assert cut_long("我我我我我银行我我我我", 8) == ["我我我我我", "银行我我我我"]
+    assert cut_long("我我我我我我我我我我我", 8) == ["我我我我我我", "我我我我我"]
+    assert cut_long("短句", 8) == ["短句"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from dataclasses import replace
 from urllib.parse import urlencode
 
@@ -12,6 +13,7 @@ from werkzeug.serving import make_server
 
 from ttsha.config import ServeConfig
 from ttsha.engine.base import Engine, EngineInfo
+from ttsha.errors import EngineError
 from ttsha.server.app import create_app
 from ttsha.server.service import Service
 from ttsha.store import AudioStore
@@ -30,6 +32,8 @@ class FakeEngine(Engine):
         self.started = threading.Event()
         self.output = "speech"  # speech | silence | nan
         self.permits: threading.Semaphore | None = None  # when set, one permit per piece
+        self.fail_on_call: int | None = None  # the n-th piece (1-based) raises EngineError
+        self.seconds_per_char = 0.0  # simulated compute time, which the pool measures
 
     def _load(self) -> EngineInfo:
         return EngineInfo("fake", "fake-model", "v1", 16000, ("alice", "bob"), ("neutral", "happy"), "alice")
@@ -40,6 +44,10 @@ class FakeEngine(Engine):
         assert self.gate.wait(30), "test gate never opened"
         if self.permits is not None:
             assert self.permits.acquire(timeout=30), "test never granted this piece"
+        if self.seconds_per_char:
+            time.sleep(self.seconds_per_char * len(text))
+        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
+            raise EngineError(f"injected failure on piece {self.calls}")
         n = int(0.25 * len(text) * 16000 / speed)
         if self.output == "silence":
             return np.zeros(n, np.float32)

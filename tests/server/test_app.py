@@ -115,7 +115,7 @@ def test_bad_input_is_a_json_4xx(fake_node, fake_engine, body, status, code):
     assert resp.getheader("Content-Type") == "application/json"
     error = body_json(data)
     assert error["error"] == code and error["message"]
-    assert fake_engine.calls == 1  # only the warm-up synthesized
+    assert fake_engine.calls == 2  # only the warm-up synthesized (cold, then measured)
     assert not list(fake_node.service.store.root.glob("*/*.wav"))
 
 
@@ -345,3 +345,45 @@ def test_replication_state_in_health_and_metrics(tmp_path, fake_engine):
         assert "ttsha_replication_connected 1.0" in text
     finally:
         node.close()
+
+
+def test_unpunctuated_text_is_said_in_pieces(make_node, embedded_engine):
+    """200 characters without punctuation are past the model's 2048 frames in one pass."""
+    node = make_node(embedded_engine, max_chars=400)
+    resp, data = node.client.synth(text="的" * 200)
+    assert resp.status == 200, data
+    samples, rate = sf.read(io.BytesIO(data))
+    assert 0.08 * 200 < len(samples) / rate < 1.0 * 200
+
+
+def _raw_post(port: int, path: str, body: dict, timeout: float = 20) -> tuple[bytes, bytes]:
+    """Headers and the raw (still chunk-encoded) body, read until the server closes."""
+    import socket
+
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+        )
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body_bytes = raw.partition(b"\r\n\r\n")
+    return head, body_bytes
+
+
+def test_stream_that_fails_midway_ends_without_the_last_chunk(make_node, fake_engine):
+    node = make_node(fake_engine)
+    fake_engine.fail_on_call = fake_engine.calls + 2  # the second sentence fails
+    head, body = _raw_post(node.port, "/v1/synthesize?stream=1", {"text": "第一句。第二句。第三句。"})
+    assert b" 200 " in head.split(b"\r\n")[0] and b"chunked" in head.lower()
+    assert b"RIFF" in body  # the header and the first sentence went out
+    assert not body.endswith(b"0\r\n\r\n"), "a failed stream must not look complete"
+    rid = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n") if line.lower().startswith(b"x-audio-id"))
+    assert node.service.store.get(rid) is None
+    assert not list(node.service.store.root.rglob(f"{rid}*"))
+    # The same text streamed when the engine works ends with the terminating chunk.
+    fake_engine.fail_on_call = None
+    head, body = _raw_post(node.port, "/v1/synthesize?stream=1", {"text": "第一句。第二句。第三句。"})
+    assert body.endswith(b"0\r\n\r\n") and node.service.store.get(rid) is not None

@@ -65,6 +65,8 @@ class Engine(abc.ABC):
     normalize_text: bool = True
     #: Characters that make a piece worth synthesizing.
     speakable = re.compile(r"[\u4e00-\u9fff]")
+    #: Longest piece (characters) said in one pass; longer unpunctuated text is cut.
+    max_piece_chars: int = 100
 
     def __init__(self) -> None:
         self._info: EngineInfo | None = None
@@ -135,7 +137,9 @@ class Engine(abc.ABC):
     def pieces(self, text: str) -> list[Piece]:
         """Normalized pieces of ``text``; refuses text with nothing to say."""
         text = require_text(text)
-        pieces = split_sentences(normalize(text) if self.normalize_text else text, speakable=self.speakable)
+        pieces = split_sentences(
+            normalize(text) if self.normalize_text else text, speakable=self.speakable, max_len=self.max_piece_chars
+        )
         if not pieces:
             raise InputError("text has nothing to say (no Chinese characters)", code="nothing_to_say")
         return pieces

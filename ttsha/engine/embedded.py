@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import EngineError
 from .base import Engine, EngineInfo
+from .frontend import cut_long
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class EmbeddedEngine(Engine):
 
     name = "embedded"
     sample_rate = 24000
+    #: The model says at most 2048 mel frames (25.6 s) in one pass; at speed
+    #: 0.5 with the slowest preset a character takes up to ~40 frames.
+    max_piece_chars = 40
 
     def __init__(self, data_dir: Path | None = None, threads: int = 0) -> None:
         super().__init__()
@@ -134,12 +138,23 @@ class EmbeddedEngine(Engine):
         return mel[0].numpy()
 
     def _piece_mel(self, text: str, emotion: str, speed: float) -> np.ndarray | None:
+        from .fastspeech2 import UtteranceTooLong  # torch is imported only once a model loads
+
         ids = self.mapper.ids(text)
         if not ids:
             return None
         preset = EMOTIONS[emotion]
-        # Forward passes hold no state, so serve's workers share one model.
-        return self.mel(ids, Prosody(speed=preset.speed * speed, f0=preset.f0, energy=preset.energy))
+        try:
+            # Forward passes hold no state, so serve's workers share one model.
+            return self.mel(ids, Prosody(speed=preset.speed * speed, f0=preset.f0, energy=preset.energy))
+        except UtteranceTooLong:
+            # The front end's cut is an estimate; a piece still too long is said in halves.
+            halves = cut_long(text, max(1, len(text) // 2))
+            if len(halves) < 2:
+                raise
+            log.info("piece of %d characters too long for one pass; said in %d parts", len(text), len(halves))
+            mels = [m for m in (self._piece_mel(half, emotion, speed) for half in halves) if m is not None]
+            return np.concatenate(mels) if mels else None
 
     def _synthesize_piece(self, text: str, voice: str, emotion: str, speed: float) -> np.ndarray:
         import torch

@@ -25,6 +25,10 @@ from ..errors import EngineError
 from .tflite_reader import TFLiteModel, conv1d_weight
 
 
+class UtteranceTooLong(EngineError):
+    """More phones or mel frames than the model's position table holds."""
+
+
 def _mish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.tanh(F.softplus(x))
 
@@ -242,7 +246,7 @@ class FastSpeech2(nn.Module):
         """
         n = ids.shape[1]
         if n + 1 > self.cfg.max_positions:
-            raise EngineError(f"utterance of {n} phones exceeds the model's {self.cfg.max_positions - 1}")
+            raise UtteranceTooLong(f"utterance of {n} phones exceeds the model's {self.cfg.max_positions - 1}")
         x = self.embeddings(ids) + self.positions[1 : n + 1]
         for layer in self.encoder:
             x = layer(x)
@@ -259,7 +263,7 @@ class FastSpeech2(nn.Module):
         if t == 0:
             raise EngineError("the duration predictor produced an empty utterance")
         if t + 1 > self.cfg.max_positions:
-            raise EngineError(f"utterance of {t} frames exceeds the model's {self.cfg.max_positions - 1}")
+            raise UtteranceTooLong(f"utterance of {t} frames exceeds the model's {self.cfg.max_positions - 1}")
         h = frames + self.positions[1 : t + 1]
         for layer in self.decoder:
             h = layer(h)

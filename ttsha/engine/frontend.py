@@ -68,16 +68,23 @@ def _read_digits(digits: str) -> str:
     return "".join(_DIGITS[int(d)] for d in digits)
 
 
+def _read_integer(digits: str) -> str:
+    """By value up to twelve significant digits; longer strings (ids, codes) digit by digit."""
+    # cn2an refuses more than 16 digits in all, leading zeros included.
+    if len(digits.lstrip("0") or "0") <= 12 and len(digits) <= 16:
+        return cn2an.an2cn(digits)
+    return _read_digits(digits)
+
+
 def _read_number(number: str) -> str:
     """A decimal number by value: 1205.5 -> 一千二百零五点五."""
     negative = number.startswith("-")
     number = number.lstrip("-+")
     if "." in number:
         whole, frac = number.split(".", 1)
-        text = cn2an.an2cn(whole or "0") + "点" + _read_digits(frac)
+        text = _read_integer(whole or "0") + "点" + _read_digits(frac)
     else:
-        # Long digit strings (ids, codes) are read digit by digit.
-        text = cn2an.an2cn(number) if len(number.lstrip("0") or "0") <= 12 else _read_digits(number)
+        text = _read_integer(number)
     return ("负" if negative else "") + text
 
 
@@ -119,8 +126,21 @@ def _number_with_unit(match: re.Match[str]) -> str:
     return _read_number(match.group(1)) + _UNITS[match.group(2)]
 
 
+# A number starts where a digit run starts: without the look-behind, a pattern
+# that fails after a run of n digits is retried from each of its n positions,
+# O(n^2) in one regex call that holds the GIL (2000 digits: about 0.4 s).
+# Every number pattern below starts at a run's first digit (or its sign), so
+# each digit is scanned a bounded number of times and normalize is linear.
+_NUMBER = r"-?(?<!\d)\d+(?:\.\d+)?"
+_PERCENT = re.compile(rf"({_NUMBER})\s*%")
+_WITH_UNIT = re.compile(rf"({_NUMBER})\s*({_UNIT_RE})(?![A-Za-z])")
+
+
 def normalize(text: str) -> str:
-    """Rewrite ``text`` as it would be read aloud, in Chinese characters."""
+    """Rewrite ``text`` as it would be read aloud, in Chinese characters.
+
+    Linear in the length of ``text`` (hostile input cannot make it slow).
+    """
     text = unicodedata.normalize("NFKC", text)
     # NFKC maps full-width punctuation to ASCII; keep Chinese sentence marks.
     text = text.replace("\r", "").replace("\t", " ")
@@ -134,9 +154,9 @@ def normalize(text: str) -> str:
     text = re.sub(r"(?<!\d)(?P<y>\d{2,4})年(?:(?P<m>\d{1,2})月)?(?:(?P<d>\d{1,2})(?P<sfx>[日号]))?", _date, text)
     text = re.sub(r"(?<![\d年])(?P<y>)(?P<m>\d{1,2})月(?:(?P<d>\d{1,2})(?P<sfx>[日号]))?", _date, text)
     text = re.sub(r"(?<!\d)(\d{1,2}):(\d{2})(?::(\d{2}))?(?!\d)", _time, text)
-    text = re.sub(r"(-?\d+(?:\.\d+)?)\s*%", _percent, text)
+    text = _PERCENT.sub(_percent, text)
     text = re.sub(r"(?<![\d/])(\d+)/(\d+)(?![\d/])", _fraction, text)
-    text = re.sub(rf"(-?\d+(?:\.\d+)?)\s*({_UNIT_RE})(?![A-Za-z])", _number_with_unit, text)
+    text = _WITH_UNIT.sub(_number_with_unit, text)
     text = re.sub(r"(?<![\d.])-?\d+(?:\.\d+)?", lambda m: _read_number(m.group(0)), text)
     for symbol, word in _SYMBOLS.items():
         text = text.replace(symbol, word)
@@ -156,21 +176,68 @@ def split_sentences(
     clause_pause: float = 0.15,
     sentence_pause: float = 0.3,
     speakable: re.Pattern[str] = _HAN,
+    max_len: int = 0,
 ) -> list[Piece]:
-    """Cut text at punctuation; pieces with nothing ``speakable`` are dropped."""
+    """Cut text at punctuation; pieces with nothing ``speakable`` are dropped.
+
+    With ``max_len``, a stretch longer than that without punctuation is cut
+    further (see :func:`cut_long`), without a pause between its parts.
+    """
     pieces: list[Piece] = []
-    buf = ""
-    for char in text + "。":
+    start = 0
+    text += "。"
+    for end, char in enumerate(text):
         if char in _SENTENCE_END or char in _CLAUSE_END or char == "\n":
+            buf = text[start:end]
+            start = end + 1
             if speakable.search(buf):
                 pause = clause_pause if char in _CLAUSE_END else sentence_pause
-                pieces.append(Piece(buf.strip(), pause))
-            buf = ""
-        else:
-            buf += char
+                parts = cut_long(buf.strip(), max_len) if max_len else [buf.strip()]
+                parts = [part for part in parts if speakable.search(part)]
+                pieces += [Piece(part, 0.0) for part in parts[:-1]]
+                pieces.append(Piece(parts[-1], pause))
     if pieces:
         pieces[-1].pause_s = 0.0
     return pieces
+
+
+def cut_long(text: str, max_len: int) -> list[str]:
+    """``text`` in parts of at most ``max_len`` characters, of about equal length.
+
+    A model says a bounded length in one pass (the embedded voice: 2048 mel
+    frames); unpunctuated text can be any length. Each cut prefers a space
+    in the second half of its part, else the last place there that does not
+    split a phrase of pypinyin's dictionary (the words read differently from
+    their characters). Each part is segmented on its own, so the work stays
+    linear in the length of ``text``.
+    """
+    parts: list[str] = []
+    while len(text) > max_len:
+        count = -(-len(text) // max_len)
+        target = -(-len(text) // count)  # equal parts: no one-character tail
+        cut = text.rfind(" ", target // 2, target + 1)
+        if cut <= 0:
+            cut = _word_boundary(text[: target + 1], max(1, target // 2), target)
+        part, text = text[:cut].strip(), text[cut:].strip()
+        if part:
+            parts.append(part)
+    if text or not parts:
+        parts.append(text)
+    return parts
+
+
+def _word_boundary(window: str, low: int, high: int) -> int:
+    """The last end of a word within ``window[low:high]`` (``high`` when none)."""
+    from pypinyin.seg.mmseg import seg
+
+    best, at = high, 0
+    for word in seg.cut(window):
+        at += len(word)
+        if low <= at <= high:
+            best = at
+        if at >= high:
+            break
+    return best
 
 
 @dataclass

@@ -27,7 +27,7 @@ from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import FileWrapper
 
-from ..errors import EngineError, InputError
+from ..errors import EngineError, InputError, StoreError
 from ..nginx import ROLE_HEADER, ROLES
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .page import PAGE
@@ -37,6 +37,8 @@ from .service import Service, SynthRequest
 log = logging.getLogger(__name__)
 
 WAV_HEADER_BYTES = 44
+#: Retry-After of a failed store write: the monitor takes the node out within seconds.
+STORE_RETRY_AFTER_S = 5
 #: Stored audio goes out in blocks this large: werkzeug's 8 KiB default costs
 #: a 200 KB cache hit about 25 socket writes and a millisecond.
 FILE_BLOCK_BYTES = 256 * 1024
@@ -258,6 +260,9 @@ class App:
             raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from None
         except InputError as exc:
             raise ApiError(400, exc.code, exc.message) from None
+        except StoreError as exc:
+            # 503, not 500: the gateway retries it on the other node (proxy_next_upstream http_503).
+            raise ApiError(503, "store_unavailable", exc.message, {"Retry-After": str(STORE_RETRY_AFTER_S)}) from None
         except EngineError as exc:
             raise ApiError(500, "engine_error", exc.message) from None
 

@@ -32,7 +32,7 @@ class ServeDaemon:
     def __init__(self, config: Config, host: str, port: int, store_dir: Path) -> None:
         self.config = config
         self.host, self.port = host, port
-        store = AudioStore(store_dir)
+        store = AudioStore(store_dir, min_free=config.store.min_free)
         store.ensure()
         engine = create_engine(config.engine, workers=config.serve.workers)
         # The replicator on this node (if any) writes its state beside its queue.

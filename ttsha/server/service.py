@@ -22,7 +22,7 @@ import numpy as np
 from ..audio import to_pcm16, wav_bytes, wav_header
 from ..config import ServeConfig
 from ..engine import Engine
-from ..errors import EngineError, InputError
+from ..errors import EngineError, InputError, StoreError
 from ..store import AudioStore, StoredResult, normalize_key_text, result_id
 from .metrics import Metrics
 from .pool import SynthesisPool
@@ -30,8 +30,17 @@ from .pool import SynthesisPool
 log = logging.getLogger(__name__)
 
 CANARY_TEXT = "欢迎使用语音合成服务。"
+#: How often the store's free space is checked (and, after a failed write, a write probed).
+STORE_CHECK_S = 1.0
+#: After a failed write the node stays degraded at least this long (unless a real
+#: write succeeds), so the monitor sees it even when a small probe fits at once.
+STORE_HOLD_S = 5.0
 #: A job running longer than this means a wedged worker (the watchdog stops pinging).
 STUCK_AFTER_S = 300.0
+
+
+class StreamAborted(Exception):
+    """A streamed response whose synthesis failed after its headers were sent."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,9 @@ class Readiness:
     since: float = field(default_factory=time.time)
     last_synth_ok_at: float | None = None
     canary: dict[str, Any] = field(default_factory=dict)
+    #: What keeps a loaded node from being ready, by source (canary, store_write, store_space).
+    problems: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def set(self, status: str, reason: str = "") -> None:
         if status != self.status:
@@ -61,6 +73,28 @@ class Readiness:
             log.log(level, "health status=%s reason=%s", status, reason or "-")
             self.since = time.time()
         self.status, self.reason = status, reason
+
+    def problem(self, source: str, reason: str | None) -> None:
+        """Record (or clear, with None) one reason for ``degraded``; once loaded, the
+        status follows: ``degraded`` while any reason stands, else ``ready``."""
+        with self._lock:  # workers, the canary and the store check report concurrently
+            if reason is None:
+                self.problems.pop(source, None)
+            else:
+                self.problems[source] = reason
+            if self.status in ("ready", "degraded"):
+                self._settle()
+
+    def settle(self) -> None:
+        """Ready or degraded, from the recorded problems (after warm-up)."""
+        with self._lock:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.problems:
+            self.set("degraded", "; ".join(f"{k}: {v}" for k, v in sorted(self.problems.items())))
+        else:
+            self.set("ready")
 
 
 def check_canary_audio(samples: np.ndarray, rate: int, text: str) -> str | None:
@@ -91,11 +125,14 @@ class Service:
         self._replication: tuple[float, dict[str, Any] | None] = (0.0, None)
         self.engine = engine
         self.store = store
-        self.pool = SynthesisPool(serve.workers, serve.queue_size, serve.worker_priority)
+        self.pool = SynthesisPool(serve.workers, serve.queue_size, serve.worker_priority, serve.deadline)
         self.metrics = Metrics()
         self.readiness = Readiness()
         self._stop = threading.Event()
         self._canary_thread: threading.Thread | None = None
+        #: The store as /health reports it, refreshed by the store thread.
+        self.store_state: dict[str, Any] = {}
+        self._store_failed_at = 0.0
         #: This node's role as the gateway's monitor last said in a probe, and when.
         self.role: str | None = None
         self.role_at: float | None = None
@@ -108,17 +145,25 @@ class Service:
             self.metrics.engine.info(
                 {"engine": info.engine, "model_id": info.model_id, "model_version": info.model_version}
             )
+            self.store.ensure()
             self.pool.start()
+            self._check_store()
             started = time.perf_counter()
-            outcome = self._canary_once(blocking=True)
+            self._canary_once(blocking=True)
             log.info("warm-up synthesis took %.2f s", time.perf_counter() - started)
+            # The first synthesis pays for cold caches (about twice as slow): a
+            # second one is what admission starts from, so that a standby
+            # taking over a burst right after start-up estimates it fairly.
+            self.pool.admission.forget()
+            self._canary_once(blocking=True)
+            log.info("synthesis speed %.4f s per character", self.pool.admission.seconds_per_unit)
         except Exception as exc:
             self.readiness.set("failed", str(exc))
             raise
-        if outcome is None:
-            self.readiness.set("ready")
+        self.readiness.settle()
         self._canary_thread = threading.Thread(target=self._canary_loop, name="canary", daemon=True)
         self._canary_thread.start()
+        threading.Thread(target=self._store_loop, name="store-check", daemon=True).start()
 
     def stop(self, timeout: float) -> bool:
         self._stop.set()
@@ -167,7 +212,8 @@ class Service:
         found = self.lookup(req)
         if found is not None:
             return found, True
-        future = self.pool.submit(lambda: self._render(req), key=req.id)
+        self.pool.deadline = self.serve.deadline  # SIGHUP may have changed it
+        future = self.pool.submit(lambda: self._render(req), key=req.id, chars=len(req.text))
         self._update_gauges()
         return future.result(), False
 
@@ -188,7 +234,8 @@ class Service:
             finally:
                 chunks.put(None)
 
-        self.pool.submit(produce)
+        self.pool.deadline = self.serve.deadline
+        self.pool.submit(produce, chars=len(req.text))
         self._update_gauges()
 
         def body() -> Iterator[bytes]:
@@ -199,9 +246,10 @@ class Service:
                 if item is None:
                     return
                 if isinstance(item, BaseException):
-                    # Headers are gone already: end the stream early; the log says why.
-                    log.error("streamed synthesis failed: %s", item)
-                    return
+                    # Headers are gone already: raising makes the server close the
+                    # connection without the terminating chunk, so the client and
+                    # the gateway see a broken response, never a short "complete" one.
+                    raise StreamAborted(f"streamed synthesis of {req.id} failed: {item}") from item
                 yield item
 
         return body()
@@ -227,7 +275,17 @@ class Service:
             "sample_rate": info.sample_rate,
             "duration_s": round(duration, 3),
         }
-        stored = self.store.put(req.id, wav_bytes(audio, info.sample_rate), meta)
+        try:
+            stored = self.store.put(req.id, wav_bytes(audio, info.sample_rate), meta)
+        except StoreError as exc:
+            # Not ready at once: the monitor fails over, and the 503 makes the gateway retry.
+            self._store_failed_at = time.monotonic()
+            self.readiness.problem("store_write", exc.message)
+            self.store_state["writable"] = False
+            raise
+        if "store_write" in self.readiness.problems:
+            self.readiness.problem("store_write", None)
+            self.store_state["writable"] = True
         self.metrics.synthesis_seconds.observe(time.perf_counter() - started)
         self.metrics.audio_seconds.inc(duration)
         self.readiness.last_synth_ok_at = time.time()
@@ -291,6 +349,12 @@ class Service:
             canary=r.canary,
             role=self.role,
             role_at=self.role_at,
+            store=self.store_state,
+            admission={
+                "deadline_s": self.pool.deadline,
+                "seconds_per_char": round(self.pool.admission.seconds_per_unit, 5),
+                "wait_s": round(self.pool.estimate(0), 3),
+            },
         )
         replication = self.replication()
         if replication is not None:
@@ -304,12 +368,14 @@ class Service:
             audio = self.engine.synthesize(CANARY_TEXT)
             return audio.samples, audio.sample_rate
 
+        chars = len(CANARY_TEXT)
+
         started = time.perf_counter()
         try:
             if blocking:
-                samples, rate = self.pool.submit(run, priority=10).result()
+                samples, rate = self.pool.submit(run, priority=10, chars=chars).result()
             else:
-                future = self.pool.submit_if_idle(run)
+                future = self.pool.submit_if_idle(run, chars=chars)
                 if future is None:
                     self.metrics.canary.labels("skipped").inc()
                     return None  # real work has priority; it proves health too
@@ -328,12 +394,37 @@ class Service:
         self.metrics.canary.labels("ok" if reason is None else "failed").inc()
         if reason is None:
             self.readiness.last_synth_ok_at = time.time()
-            if self.readiness.status == "degraded":
-                self.readiness.set("ready")
-        else:
-            self.readiness.set("degraded", f"canary: {reason}")
+        self.readiness.problem("canary", reason)
         return reason
 
     def _canary_loop(self) -> None:
         while not self._stop.wait(self.serve.canary_interval):
             self._canary_once()
+
+    # -- store -----------------------------------------------------------
+    def _check_store(self) -> None:
+        """Free space against ``min_free``; after a failed write, probe until one succeeds."""
+        state: dict[str, Any] = {"min_free": self.store.min_free, "writable": "store_write" not in self.readiness.problems}
+        try:
+            state["free_bytes"] = self.store.free_bytes()
+            self.readiness.problem("store_space", self.store.space_problem())
+        except OSError as exc:
+            state["free_bytes"] = None
+            self.readiness.problem("store_space", f"cannot stat the audio store: {exc.strerror or exc}")
+        if not state["writable"] and time.monotonic() - self._store_failed_at >= STORE_HOLD_S:
+            try:
+                self.store.probe_write()
+            except StoreError as exc:
+                self.readiness.problem("store_write", exc.message)
+            else:
+                log.info("the audio store takes writes again")
+                self.readiness.problem("store_write", None)
+                state["writable"] = True
+        self.store_state = state
+
+    def _store_loop(self) -> None:
+        while not self._stop.wait(STORE_CHECK_S):
+            try:
+                self._check_store()
+            except Exception:  # keep checking; a crash here would freeze the reported state
+                log.exception("store check failed")
