@@ -3,12 +3,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 import time
 from urllib.parse import quote
 
 import pytest
 import soundfile as sf
+
+from ..packaging.test_monitoring import referenced_metrics
 
 
 def body_json(data: bytes) -> dict:
@@ -338,11 +341,17 @@ def test_replication_state_in_health_and_metrics(tmp_path, fake_engine):
         resp, data = node.client.request("GET", "/health")
         rep = body_json(data)["replication"]
         assert rep["queue_depth"] == 3 and rep["connected"] is True and rep["lag_s"]["p99"] == 0.05
+        node.client.synth(text="指标")  # labelled series (cache results) appear once observed
         resp, data = node.client.request("GET", "/metrics")
         text = data.decode()
         assert "ttsha_replication_queue_depth 3.0" in text
         assert 'ttsha_replication_lag_seconds{quantile="p99"} 0.05' in text
         assert "ttsha_replication_connected 1.0" in text
+        assert 'ttsha_node_status{status="ready"} 1.0' in text and 'ttsha_node_status{status="degraded"} 0.0' in text
+        assert re.search(r"^ttsha_store_free_bytes [0-9.e+]+$", text, flags=re.M)
+        # Every ttsha series the shipped alert rules and Grafana dashboard read is one this node exposes.
+        exposed = set(re.findall(r"^(ttsha_[a-z0-9_]+)", text, flags=re.M))
+        assert referenced_metrics() - exposed == set()
     finally:
         node.close()
 

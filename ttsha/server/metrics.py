@@ -25,6 +25,14 @@ class Metrics:
         self.cache = Counter("ttsha_cache", "Synthesis cache lookups", ["result"], registry=self.registry)
         self.audio_seconds = Counter("ttsha_audio_seconds", "Seconds of audio synthesized", registry=self.registry)
         self.canary = Counter("ttsha_canary_runs", "Canary syntheses by outcome", ["outcome"], registry=self.registry)
+        # One series per status, 1 for the current one (a state set): alert rules
+        # and dashboards select on the label instead of decoding a number.
+        self.node_status = Gauge(
+            "ttsha_node_status", "1 for the node's current /health status", ["status"], registry=self.registry
+        )
+        self.store_free = Gauge(
+            "ttsha_store_free_bytes", "Free bytes on the audio store's filesystem", registry=self.registry
+        )
         self.engine = Info("ttsha_engine", "Loaded engine and model", registry=self.registry)
         self.replication_queue = Gauge(
             "ttsha_replication_queue_depth", "Files waiting to be copied to the peer", registry=self.registry

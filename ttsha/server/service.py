@@ -54,6 +54,10 @@ class SynthRequest:
     id: str
 
 
+#: Every value of ``/health``'s status (``ttsha_node_status`` has a series for each).
+NODE_STATUSES = ("starting", "ready", "degraded", "failed")
+
+
 @dataclass
 class Readiness:
     """Start-up and canary state, read by ``/health`` without locks or I/O."""
@@ -294,6 +298,11 @@ class Service:
     def _update_gauges(self) -> None:
         self.metrics.queue_depth.set(self.pool.queue_depth)
         self.metrics.workers_busy.set(self.pool.busy)
+        for status in NODE_STATUSES:
+            self.metrics.node_status.labels(status).set(1 if status == self.readiness.status else 0)
+        free = self.store_state.get("free_bytes")
+        if free is not None:
+            self.metrics.store_free.set(free)
         replication = self.replication()
         if replication is not None:
             self.metrics.replication_queue.set(replication.get("queue_depth") or 0)
