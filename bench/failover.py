@@ -60,7 +60,6 @@ def one(setup: str, duration: float, rate: float) -> dict:
             fault="kill",
             monitor_state=monitor_state,
             drill=replace(config.drill, duration=duration, rate=rate),
-            node_address=lambda name: f"{NODE_HOSTS[name]}:{layout.node_ports[name]}",
         )
         return {**report.to_dict(), "samples": [(s.at, s.status, s.latency_s) for s in report.samples]}
     finally:
