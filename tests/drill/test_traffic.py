@@ -7,7 +7,7 @@ import random
 import pytest
 
 from ttsha.drill.traffic import HOT_TEXTS, KINDS, Mix, capacity_text, new_seed, new_text, rate_for_load, schedule, \
-    seeded_text
+    seeded_text, tag
 from ttsha.errors import UsageError
 
 
@@ -19,7 +19,13 @@ def test_new_texts_differ_between_runs_and_from_every_other_kind_of_text():
     assert not a & set(HOT_TEXTS)
     assert not a & {capacity_text(111111, i) for i in range(400)}
     assert not a & {seeded_text(111111, i) for i in range(1, 9)}
-    assert all("111111" in text for text in a)  # the report's seed is in the text
+    assert all(tag(111111) in text for text in a)  # the report's seed is in the text
+
+
+def test_a_seed_tag_is_short_and_names_one_seed():
+    tags = {tag(seed) for seed in range(100_000, 1_000_000, 7)}
+    assert len(tags) == len(range(100_000, 1_000_000, 7))
+    assert len(tag(999_999)) == 3 and tag(0) == tag(0)[:1] and len(tag(123_456_789)) == 5
 
 
 def test_seeds_are_fresh():

@@ -44,12 +44,16 @@ def synthesize_id(layout, text: str) -> str:
         return json.loads(resp.read())["id"]
 
 
-def drill(lab, fault):
+#: Every fault of issue 14, whether or not this checkout implements it yet: a
+#: name the CLI does not know fails its row (exit 2) instead of vanishing.
+MATRIX = ("kill", "stop", "freeze", "isolate", "crash", "disk-full", "slow")
+
+
+def drill(lab, fault, *args):
     report = lab.root / f"{fault}.json"
     report.unlink(missing_ok=True)
-    proc = ttsha("lab", "drill", "--dir", str(lab.root), "--fault", fault, "--duration", "12s", "--rate", "8",
-                 "--report", str(report))
-    assert report.exists(), proc.stderr
+    proc = ttsha("lab", "drill", "--dir", str(lab.root), "--fault", fault, "--report", str(report), *args)
+    assert report.exists(), proc.stdout + proc.stderr
     return proc, json.loads(report.read_text())
 
 
@@ -64,29 +68,51 @@ def test_synthesis_through_the_gateway(lab):
         assert resp.headers["X-Upstream"]
 
 
-@pytest.mark.parametrize("fault", ["kill", "stop", "freeze", "isolate"])
-def test_drill_loses_no_request(lab, fault):
+@pytest.mark.parametrize("fault", MATRIX)
+def test_every_fault_at_80_percent_of_capacity_fails_no_request_and_stalls_none(lab, fault):
     if fault == "isolate":
         need("nft", "nftables")
         if os.geteuid() != 0:
             pytest.skip("the isolate fault needs root for nftables")
-    proc, report = drill(lab, fault)
-    # No client request fails. A frozen node holds the requests it accepted
-    # until Nginx's read timeout, then Nginx retries them on the standby.
-    assert report["failed"] == 0, report["failures"]
-    assert report["requests"] >= 50
-    assert report["rto_s"] is not None and report["rto_s"] < 2.0
+    proc, report = drill(lab, fault, "--load", "0.8", "--duration", "15s")
+    traffic = report["traffic"]
+    # The load was measured, not assumed; the default mix; fresh texts (these
+    # drills share one lab: a repeated text would be a cache hit).
+    assert traffic["load"] == 0.8 and traffic["capacity"]["rps"] > 0
+    assert traffic["rate"] >= 0.8 * traffic["capacity"]["rps"]
+    assert set(report["kinds"]) == {"new", "hot", "fetch"} and report["requests"] >= 30
+    assert report["new_cached"] <= report["retried_by_gateway"], report["new_cached"]
+    # No client request fails and none waits longer than max_stall.
+    assert report["failed"] == 0, (report["failures_by_kind"], report["slowest"])
+    slowest = report["slowest"][0]
+    assert slowest["latency_s"] <= report["objectives"]["max_stall_s"], report["slowest"]
+    assert report["rto_s"] is not None and report["rto_s"] <= report["objectives"]["max_rto_s"]
     assert report["rejoined_as"] == "backup"
     timeline = report["timeline"]
-    for key in ("first_failed_probe", "marked_down", "switchover", "reload_done", "first_success_on_standby",
-                "node_restored", "rejoined"):
+    for key in ("marked_down", "switchover", "reload_done", "first_success_on_standby", "node_restored", "rejoined"):
         assert timeline.get(key) is not None, key
-    assert timeline["first_failed_probe"] <= timeline["marked_down"] < 3
+    assert timeline["marked_down"] < 3
     # Audio acknowledged before the fault was replicated: nothing lost.
     assert report["rpo_files"] == 0 and report["lost_ids"] == []
     assert proc.returncode == 0 and report["missed"] == [], report["missed"]
     if fault == "isolate":
         assert "ttsha_drill" not in subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+
+
+def test_a_drill_with_a_stall_objective_it_cannot_meet_exits_5(lab):
+    """The judgement can fail: the same drill against an impossible max_stall."""
+    import re
+
+    strict = lab.root / "strict.toml"
+    text = lab.layout().config.read_text()
+    strict.write_text(re.sub(r"\[drill\]\n", "[drill]\nmax_stall = \"1ms\"\n", text))
+    report = lab.root / "strict.json"
+    proc = ttsha("--config", str(strict), "failover", "--drill", "--fault", "stop", "--duration", "6s", "--rate", "5",
+                 "--seed", "1234", "--report", str(report))
+    data = json.loads(report.read_text())
+    assert proc.returncode == 5, proc.stderr
+    assert any(m.startswith("slowest request") for m in data["missed"]), data["missed"]
+    assert data["traffic"]["seed"] == 1234 and "seed 1234" in proc.stdout
 
 
 def test_planned_switchover_and_failback_fail_no_request(lab):

@@ -30,28 +30,43 @@ MAX_REQUESTS = 100_000
 #: Texts every drill repeats: after the first drill they are cache hits.
 HOT_TEXTS = tuple(f"常用提示语第{i}条。" for i in range(1, 9))
 
-#: Sentence shapes for new texts; the run's seed and the request's number make them unique.
+#: A hundred common characters: a run's seed written as a short word of them
+#: (digits would be read out as a long number and make every text slower).
+_TAG = ("天地人和春夏秋冬东南西北山水风云花草木石金银红黄蓝绿白黑大小多少上下左右前后高低长短"
+        "新旧快慢明暗早晚日月星光雨雪江河湖海林田家国心手口耳目言文字书画歌舞琴棋诗酒茶米面果鱼鸟马牛羊龙虎霞松竹梅兰桥路门窗")
+
+#: Sentence shapes for new texts, short as prompts are; the run's tag and the request's number make them unique.
 _NEW_SHAPES = (
-    "演练{run}的第{i}号请求，请稍候。",
-    "第{run}次演练，新文本第{i}句：系统正在切换。",
-    "这是演练{run}里第{i}段从未合成过的语音，内容用于检查主备切换。",
-    "演练{run}，第{i}条：您好，欢迎致电，请在提示音后留言。",
+    "演练{run}第{i}号请求。",
+    "{run}演练，第{i}句新话。",
+    "请稍候，{run}第{i}条。",
+    "{run}演练第{i}段，系统切换中。",
 )
+
+
+def tag(seed: int) -> str:
+    """``seed`` as a word of :data:`_TAG` characters (one per base-100 digit): distinct seeds, distinct words."""
+    out = ""
+    while True:
+        seed, digit = divmod(seed, 100)
+        out = _TAG[digit] + out
+        if not seed:
+            return out
 
 
 def new_text(seed: int, i: int) -> str:
     """The ``i``-th new sentence of the run ``seed`` (never asked for by another run)."""
-    return _NEW_SHAPES[i % len(_NEW_SHAPES)].format(run=seed, i=i)
+    return _NEW_SHAPES[i % len(_NEW_SHAPES)].format(run=tag(seed), i=i)
 
 
 def seeded_text(seed: int, i: int) -> str:
     """Audio acknowledged before the fault and never asked for again: only replication keeps it (RPO)."""
-    return f"演练{seed}前生成的第{i}段音频。"
+    return f"演练{tag(seed)}前生成的第{i}段音频。"
 
 
 def capacity_text(seed: int, i: int) -> str:
     """New texts for measuring capacity (shaped like the drill's, never the same)."""
-    return new_text(seed, i).replace("演练", "测速", 1)
+    return new_text(seed, i) + "测速。"
 
 
 def new_seed() -> int:
