@@ -362,8 +362,9 @@ def execute(config: Config, plan: DrillPlan) -> DrillReport:
                            plan.fault.kind, lambda: read_state(config.monitor.state_file), plan.settings, traffic)
     finally:
         plan.fault.close()
+    slowest = None if math.isnan(report.max_latency_s) else round(report.max_latency_s, 3)
     failover.record(config, {"kind": "drill", "fault": report.fault, "target": report.target,
                              "seed": traffic.seed, "rate": round(traffic.rate, 3), "requests": report.requests,
-                             "failed": report.failed, "max_latency_s": round(report.max_latency_s, 3),
+                             "failed": report.failed, "max_latency_s": slowest,
                              "rto_s": report.rto_s, "rpo_files": report.rpo_files, "missed": report.missed})
     return report
