@@ -65,8 +65,8 @@ def seeded_text(seed: int, i: int) -> str:
 
 
 def capacity_text(seed: int, i: int) -> str:
-    """New texts for measuring capacity (shaped like the drill's, never the same)."""
-    return new_text(seed, i) + "测速。"
+    """New texts for measuring capacity: shaped like the drill's (numbered past any drill request)."""
+    return new_text(seed, MAX_REQUESTS + i)
 
 
 def new_seed() -> int:
