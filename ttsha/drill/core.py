@@ -28,6 +28,7 @@ from ..config import Config, DrillConfig, Duration
 from ..errors import Refused, TTSHAError, UsageError
 from ..faults import FAULTS, Fault
 from . import stats
+from .timeline import timeline as failover_timeline
 from .client import Capacity, Gateway, Traffic, measure_capacity
 from .judge import Objectives, Outcome, judge
 from .stats import Sample
@@ -173,7 +174,7 @@ def run_drill(
     report.rejoined_as = _wait_rejoined(monitor_state, target)
     state = monitor_state() or {}
     samples = sorted((_shift(s, fault_at) for s in list(load.samples)), key=lambda s: s.at)
-    timeline = stats.timeline(state.get("events", []), wall_fault, restore_at, target, standby)
+    timeline = failover_timeline(state.get("events", []), wall_fault, restore_at, target, standby)
     timeline["first_success_on_standby"] = stats.first_success_on(samples, addresses[standby])
     report.timeline = timeline
     report.samples = samples
