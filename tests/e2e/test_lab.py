@@ -107,7 +107,7 @@ def test_a_drill_with_a_stall_objective_it_cannot_meet_exits_5(lab):
     text = lab.layout().config.read_text()
     strict.write_text(re.sub(r"\[drill\]\n", "[drill]\nmax_stall = \"1ms\"\n", text))
     report = lab.root / "strict.json"
-    proc = ttsha("--config", str(strict), "failover", "--drill", "--fault", "stop", "--duration", "6s", "--rate", "5",
+    proc = ttsha("--config", str(strict), "failover", "--drill", "--fault", "stop", "--duration", "6s", "--rate", "3",
                  "--seed", "1234", "--report", str(report))
     data = json.loads(report.read_text())
     assert proc.returncode == 5, proc.stderr
