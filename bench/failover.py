@@ -17,7 +17,7 @@ is injected on whichever node is primary, restored, and the next one waits
 until both nodes are healthy again (and, for the article, until its passive
 check sends traffic to the primary again).
 
-    python bench/failover.py [--duration 20] [--load 0.8] [--faults kill,stop] [--plot docs/failover.png]
+    python bench/failover.py [--duration 20] [--load 0.8] [--faults kill,stop] [--plot docs/failover.png | --no-plot]
 
 The plot (matplotlib) shows every request's latency against time from the
 kill, failures marked, for both setups.
@@ -211,9 +211,11 @@ if __name__ == "__main__":
     parser.add_argument("--load", type=float, default=0.8)
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated (default: every fault)")
     parser.add_argument("--plot", type=Path, default=PLOT)
+    parser.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     args = parser.parse_args()
-    result = measure(args.duration, args.load, [f for f in args.faults.split(",") if f], args.plot)
+    result = measure(args.duration, args.load, [f for f in args.faults.split(",") if f],
+                     None if args.no_plot else args.plot)
     if args.json:
         import json
 
