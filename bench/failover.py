@@ -206,6 +206,11 @@ def table(r: dict) -> list[str]:
 
 
 if __name__ == "__main__":
+    import signal
+    import sys
+
+    # Stopped from outside, the labs still come down and the faults are undone (finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--load", type=float, default=0.8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import click
@@ -120,6 +121,10 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
                    f"requests reach it through the gateway after {outcome.verified_s:.2f} s{forced}", err=True)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_drill(config: Config, options, as_json: bool, report_file: Path | None, dry_run: bool) -> None:
     """The drill for ``failover --drill`` and ``lab drill``: plan, run, print, exit 5 on a missed objective."""
     from .. import drill as drill_
@@ -130,7 +135,13 @@ def run_drill(config: Config, options, as_json: bool, report_file: Path | None, 
         for line in plan.describe():
             click.echo(line)
         return
-    report = drill_.execute(config, plan)
+    # A drill stopped from outside (systemd's TimeoutStartSec, kill) still gives
+    # the node back: SIGTERM unwinds like Ctrl-C, through the drill's restore.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = drill_.execute(config, plan)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     data = report.to_dict()
     if report_file:
         fo.save_report(report_file, data)
