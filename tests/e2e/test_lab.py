@@ -115,6 +115,29 @@ def test_a_drill_with_a_stall_objective_it_cannot_meet_exits_5(lab):
     assert data["traffic"]["seed"] == 1234 and "seed 1234" in proc.stdout
 
 
+def test_a_drill_stopped_with_sigterm_gives_the_node_back(lab):
+    """systemd stopping the drill unit (or a kill) must not leave the primary frozen."""
+    from ..monitor.test_gateway import wait_for
+
+    primary = lab.monitor_state()["primary"]
+    pid = lab.pid(primary)
+
+    def state() -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    proc = subprocess.Popen([str(EXE), "lab", "drill", "--dir", str(lab.root), "--fault", "freeze", "--rate", "2",
+                             "--duration", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: state() == "T", timeout=60, what="the drill to freeze the primary")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert state() != "T"  # SIGCONT was sent before the drill exited
+    wait_for(lambda: lab.monitor_state()["nodes"][primary]["status"] == "up", timeout=30, what="node back up")
+
+
 def test_planned_switchover_and_failback_fail_no_request(lab):
     from ..monitor.test_gateway import Traffic, wait_for
 
