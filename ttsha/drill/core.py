@@ -32,7 +32,7 @@ from .timeline import timeline as failover_timeline
 from .client import Capacity, Gateway, Traffic, measure_capacity
 from .judge import Objectives, Outcome, judge
 from .stats import Sample
-from .traffic import Mix, new_seed, rate_for_load, schedule, seeded_text
+from .traffic import HOT_TEXTS, Mix, new_seed, rate_for_load, schedule, seeded_text
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def run_drill(
 
 
 def _seed_audio(gw: Gateway, seed: int) -> list[str]:
-    """Audio acknowledged before the fault: it must stay fetchable."""
+    """Audio acknowledged before the fault (it must stay fetchable); the hot texts made hot."""
     ids = []
     for i in range(1, SEEDED_FILES + 1):
         try:
@@ -210,6 +210,11 @@ def _seed_audio(gw: Gateway, seed: int) -> list[str]:
             ids.append(resp.headers["x-audio-id"])
     if not ids:
         raise TTSHAError("the gateway acknowledged no audio before the fault; is the pair healthy?")
+    for text in HOT_TEXTS:  # hot texts are cache hits, from the first drill on
+        try:
+            gw.synthesize(text)
+        except OSError:
+            pass  # the traffic will show it
     return ids
 
 
