@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from ttsha.config import Config, MonitorConfig, NginxConfig, NodeConfig
 from ttsha.drill import Mix, TrafficSettings, read_state, run_drill
+from ttsha.drill.core import with_capacity
 
 from ..monitor.conftest import Gateway, NodeProcess, free_port, need
 from ..monitor.test_gateway import start_monitor
@@ -47,7 +50,11 @@ def test_a_drill_sees_the_standby_named_by_its_address_override(tmp_path):
         from ..monitor.test_gateway import wait_for
 
         wait_for(lambda: monitor.decider.primary == "primary" and monitor._applied_roles, what="initial routing")
-        traffic = TrafficSettings(seed=4242, duration=3.0, rate=30, concurrency=4, mix=Mix(), min_before=1.0)
+        # The rate from a (short) capacity measurement, as --load does it.
+        asked = TrafficSettings(seed=4242, duration=3.0, rate=0, concurrency=4, mix=Mix(), min_before=1.0, load=0.5)
+        traffic = with_capacity(asked, f"http://{config.nginx.listen}", timeout=10, seconds=1.0)
+        assert traffic.capacity.rps > 0 and traffic.capacity.requests >= 4
+        assert traffic.rate == pytest.approx(min(1000, 0.5 * traffic.capacity.rps / 0.5))
         report = run_drill(config, f"http://{config.nginx.listen}", "primary", "standby",
                            inject=lambda: primary.kill(signal.SIGKILL), restore=primary.start, fault="kill",
                            monitor_state=lambda: read_state(config.monitor.state_file), traffic=traffic)

@@ -347,11 +347,12 @@ def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
                      traffic)
 
 
-def with_capacity(traffic: TrafficSettings, gateway_url: str, timeout: float) -> TrafficSettings:
+def with_capacity(traffic: TrafficSettings, gateway_url: str, timeout: float,
+                  seconds: float = CAPACITY_SECONDS) -> TrafficSettings:
     """``traffic`` with its rate set from a capacity measurement (unchanged without a load)."""
     if traffic.load is None:
         return traffic
-    capacity = measure_capacity(Gateway(gateway_url, timeout), traffic.seed, traffic.concurrency, CAPACITY_SECONDS)
+    capacity = measure_capacity(Gateway(gateway_url, timeout), traffic.seed, traffic.concurrency, seconds)
     rate = min(MAX_RATE, max(MIN_RATE, rate_for_load(traffic.load, capacity.rps, traffic.mix)))
     log.info("capacity %.2f new texts/s; drill rate %.2f requests/s", capacity.rps, rate)
     return replace(traffic, rate=rate, capacity=capacity)
