@@ -168,8 +168,11 @@ def measure(duration: float = 20.0, load_fraction: float = 0.8, faults: list[str
 
 def table(r: dict) -> list[str]:
     def failed(rep: dict) -> str:
-        detail = ", ".join(f"{k}: {v}" for k, v in rep["failures"].items())
-        return f"{rep['failed']} of {rep['requests']}" + (f" ({detail})" if detail else "")
+        detail = [f"{k}: {v}" for k, v in rep["failures"].items()]
+        if rep.get("unsent"):
+            # Every client was stuck: those requests would have waited (or failed) too.
+            detail.append(f"{rep['unsent']} never sent")
+        return f"{rep['failed']} of {rep['requests']}" + (f" ({', '.join(detail)})" if detail else "")
 
     def slowest(rep: dict) -> str:
         value = rep["max_latency_s"]

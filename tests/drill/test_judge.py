@@ -32,8 +32,9 @@ def test_a_stall_fails_the_drill_even_with_no_failed_request():
 
 def test_each_objective_can_be_missed():
     bad = Outcome("primary", failed=3, rto_s=None, rpo_files=1, slowest_s=math.nan, p99_during_s=math.nan,
-                  rejoined_as=None, restore_error="start_command failed")
+                  rejoined_as=None, restore_error="start_command failed", unsent=40, planned=100)
     missed = judge(bad, Objectives())
     assert missed == ["restoring primary failed: start_command failed", "failed requests 3 > 0", "RTO unknown s > 2 s",
                       "RPO 1 files > 0", "no request completed", "no request in the 5 s after the fault",
+                      "40 of 100 planned requests never sent: every client was stuck",
                       "primary did not rejoin as standby within 60 s"]

@@ -72,6 +72,7 @@ def test_a_drill_sees_the_standby_named_by_its_address_override(tmp_path):
     # The traffic was what was asked for: every kind, new texts really new, the seed in the report.
     assert set(report.kinds) == {"new", "hot", "fetch"} and report.requests >= 80
     assert report.new_cached <= report.retried_by_gateway
+    assert report.unsent == 0 and report.requests == len(report.samples)
     assert {s.cache for s in report.samples if s.kind == "hot"} == {"HIT"}  # made hot before the traffic
     assert report.traffic["seed"] == 4242 and report.traffic["concurrency"] == 4
     assert len(report.slowest) == 5

@@ -190,9 +190,9 @@ def print_report(report) -> None:
     console.print(f"requests {report.requests}, failed {report.failed} ({failures}), retried by the gateway "
                   f"{report.retried_by_gateway}; RTO {rto}; RPO {report.rpo_files} files; "
                   f"{report.target} rejoined as {report.rejoined_as or '-'}")
-    if report.new_cached or report.late_requests:
+    if report.new_cached or report.late_requests or report.unsent:
         console.print(f"new texts answered from cache {report.new_cached}; requests sent late for lack of a free "
-                      f"client {report.late_requests}")
+                      f"client {report.late_requests}, never sent {report.unsent}")
     if report.missed:
         console.print("[bold red]objectives missed:[/] " + "; ".join(report.missed))
     else:

@@ -89,6 +89,7 @@ class Traffic:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._next = 0
+        self.sent = 0  # planned requests that went out (the rest: every client was busy until the end)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.started_at = 0.0
@@ -110,6 +111,11 @@ class Traffic:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def unsent(self) -> int:
+        """Planned requests never sent: all clients were stuck on earlier ones until the traffic ended."""
+        return len(self.plan) - self.sent
 
     @property
     def end_time(self) -> float:
@@ -140,6 +146,8 @@ class Traffic:
             due = self.started_at + item.at
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 return
+            with self._lock:
+                self.sent += 1
             sample = call(self.gw, kind, arg)
             sample.lag_s = max(0.0, sample.at - due)
             with self._lock:

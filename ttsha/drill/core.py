@@ -42,6 +42,8 @@ SEEDED_FILES = 8
 CAPACITY_SECONDS = 5.0
 #: Rates a drill accepts (requests per second), as ``[drill] rate``.
 MIN_RATE, MAX_RATE = 0.1, 1000.0
+#: How long after the last request is due the traffic stops taking new ones.
+SEND_GRACE_S = 0.25
 #: How long the drill waits for the restored node to rejoin.
 REJOIN_TIMEOUT_S = 60.0
 
@@ -93,6 +95,7 @@ class DrillReport:
     retried_by_gateway: int = 0
     new_cached: int = 0
     late_requests: int = 0
+    unsent: int = 0
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     slowest: list[dict[str, Any]] = field(default_factory=list)
     rto_s: float | None = None
@@ -158,8 +161,9 @@ def run_drill(
     try:
         inject()
         log.info("fault %s injected on %s", fault, target)
-        # Sleep until the last request is due, then stop and let those in flight end.
-        threading.Event().wait(max(0.0, load.end_time - time.monotonic()))
+        # Sleep until the last request is due (and a moment for it to go out),
+        # then stop: what was not sent by then is counted as unsent.
+        threading.Event().wait(max(0.0, load.end_time + SEND_GRACE_S - time.monotonic()))
     finally:
         # Whatever happens (an error, Ctrl-C), the node is given back.
         load.stop()
@@ -185,6 +189,7 @@ def run_drill(
     report.retried_by_gateway = sum(1 for s in samples if s.retried)
     report.new_cached = stats.new_cached(samples)
     report.late_requests = sum(1 for s in samples if s.lag_s >= stats.LATE_S)
+    report.unsent = load.unsent
     report.latency_ms = stats.latency_table(samples)
     report.slowest = stats.slowest(samples, names, concurrency=load.concurrency)
     report.rto_s = stats.rto(samples, timeline["first_success_on_standby"])
@@ -192,7 +197,8 @@ def run_drill(
     report.rpo_files = len(report.lost_ids)
     report.missed = judge(
         Outcome(target, report.failed, report.rto_s, report.rpo_files, report.max_latency_s,
-                report.latency_ms["during"]["p99"] / 1000, report.rejoined_as, restore_error),
+                report.latency_ms["during"]["p99"] / 1000, report.rejoined_as, restore_error, report.unsent,
+                len(plan)),
         objectives,
     )
     return report

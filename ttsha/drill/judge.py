@@ -44,6 +44,8 @@ class Outcome:
     p99_during_s: float  # NaN: no request in the window
     rejoined_as: str | None
     restore_error: str | None = None
+    unsent: int = 0  # planned requests never sent: every client was stuck
+    planned: int = 0
 
 
 def judge(outcome: Outcome, objectives: Objectives) -> list[str]:
@@ -66,6 +68,9 @@ def judge(outcome: Outcome, objectives: Objectives) -> list[str]:
         missed.append(f"no request in the {DURING_S:g} s after the fault")
     elif o.p99_during_s > obj.max_p99_during_s:
         missed.append(f"p99 in the {DURING_S:g} s after the fault {o.p99_during_s:.3f} s > {obj.max_p99_during_s:g} s")
+    if o.unsent:
+        # Those requests would have waited too: the drill cannot vouch for them.
+        missed.append(f"{o.unsent} of {o.planned} planned requests never sent: every client was stuck")
     if o.rejoined_as is None:
         missed.append(f"{o.target} did not rejoin as standby within 60 s")
     return missed
