@@ -108,7 +108,7 @@ def run_setup(setup: str, faults: list[str], duration: float, seed: int, load_fr
             finally:
                 injected.close()
             results[fault] = {**report.to_dict(), "max_latency_s": report.max_latency_s,
-                              "samples": [(s.at, s.status, s.latency_s) for s in report.samples]}
+                              "samples": [(s.at, s.status, s.waited_s) for s in report.samples]}
     finally:
         lab.down()
     return results, traffic

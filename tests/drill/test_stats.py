@@ -24,6 +24,11 @@ def test_percentile_is_nearest_rank():
     assert math.isnan(stats.percentile([], 0.5))
 
 
+def test_latency_counts_from_when_a_request_was_due():
+    table = stats.latency_table([s(1.0, latency=0.2, lag_s=2.0)])
+    assert table["during"]["max"] == pytest.approx(2200)
+
+
 def test_windows_and_latency_table():
     samples = [s(-1, latency=0.1), s(0.0, latency=0.2), s(4.99, latency=3.0), s(5.0, latency=0.4)]
     table = stats.latency_table(samples)
@@ -52,7 +57,8 @@ def test_the_slowest_requests_say_why():
                s(1.0, latency=4.0, upstream=B, cache="MISS", lag_s=1.5),
                s(2.0, status=0, latency=0.5, upstream="", error="timed out")]
     top = stats.slowest(samples, NAMES, n=3, concurrency=8)
-    assert [t["latency_s"] for t in top] == [10.2, 4.0, 0.5]
+    assert [t["latency_s"] for t in top] == [10.2, 5.5, 0.5]  # from when each was due
+    assert top[1]["sent_late_s"] == 1.5
     assert top[0]["retried"] and top[0]["window"] == "during"
     assert top[0]["why"] == "retried by the gateway: primary (504) then standby (200); synthesized"
     assert top[1]["why"] == "answered by standby; synthesized; sent 1.5 s late (all 8 clients busy)"

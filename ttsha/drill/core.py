@@ -112,7 +112,8 @@ class DrillReport:
 
     @property
     def max_latency_s(self) -> float:
-        return max((s.latency_s for s in self.samples), default=math.nan)
+        """The slowest request, counted from when it was due."""
+        return max((s.waited_s for s in self.samples), default=math.nan)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

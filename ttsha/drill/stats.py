@@ -47,6 +47,15 @@ class Sample:
     def end(self) -> float:
         return self.at + self.latency_s
 
+    @property
+    def waited_s(self) -> float:
+        """From when the request was due to its answer: what a user would have waited.
+
+        Counting from the send alone would hide the time a request could not
+        go out because every client was stuck on slower ones (coordinated omission).
+        """
+        return self.lag_s + self.latency_s
+
 
 def percentile(values: Iterable[float], q: float) -> float:
     """Nearest-rank percentile (``q`` in 0..1); NaN for no values."""
@@ -63,10 +72,10 @@ def window_of(at: float, during_s: float = DURING_S) -> str:
 
 
 def latency_table(samples: list[Sample], during_s: float = DURING_S) -> dict[str, dict[str, float]]:
-    """Per window: request count and p50/p99/max latency in ms (NaN when empty)."""
+    """Per window: request count and p50/p99/max latency in ms, counted from when each was due (NaN when empty)."""
     groups: dict[str, list[float]] = {name: [] for name in WINDOWS}
     for s in samples:
-        groups[window_of(s.at, during_s)].append(s.latency_s)
+        groups[window_of(s.at, during_s)].append(s.waited_s)
     return {
         name: {"n": len(values), "p50": 1000 * percentile(values, 0.5), "p99": 1000 * percentile(values, 0.99),
                "max": 1000 * max(values, default=math.nan)}
@@ -151,10 +160,11 @@ def explain(sample: Sample, names: dict[str, str], concurrency: int | None = Non
 
 def slowest(samples: list[Sample], names: dict[str, str], n: int = 5, concurrency: int | None = None,
             during_s: float = DURING_S) -> list[dict[str, Any]]:
-    """The ``n`` slowest requests, each with its window and :func:`explain`."""
-    top = sorted(samples, key=lambda s: s.latency_s, reverse=True)[:n]
+    """The ``n`` slowest requests (:attr:`Sample.waited_s`), each with its window and :func:`explain`."""
+    top = sorted(samples, key=lambda s: s.waited_s, reverse=True)[:n]
     return [
-        {"at": round(s.at, 3), "latency_s": round(s.latency_s, 3), "kind": s.kind, "status": s.status,
+        {"at": round(s.at, 3), "latency_s": round(s.waited_s, 3), "sent_late_s": round(s.lag_s, 3), "kind": s.kind,
+         "status": s.status,
          "window": window_of(s.at, during_s), "upstream": s.upstream, "upstream_status": s.upstream_status,
          "retried": s.retried, "why": explain(s, names, concurrency)}
         for s in top
