@@ -38,3 +38,21 @@ def test_a_mix_of_nothing_is_a_config_error(capsys, tmp_path):
     config.write_text("[drill]\nmix_new = 0\nmix_hot = 0\nmix_fetch = 0\n")
     assert main(["--config", str(config), "config", "check"]) == 3
     assert f"{config}: drill.mix_new: at least one of" in capsys.readouterr().err
+
+
+def test_resolve_the_traffic_from_config_and_options():
+    from ttsha.config import parse
+    from ttsha.drill import DrillOptions, Mix
+    from ttsha.drill.core import resolve
+
+    drill = parse({"drill": {"rate": 7.0, "load": 0.8, "concurrency": 4, "mix_fetch": 0}}).drill
+    settings, traffic = resolve(drill, DrillOptions())
+    assert (traffic.load, traffic.rate, traffic.concurrency) == (0.8, 7.0, 4)  # load wins; rate set once measured
+    assert traffic.mix == Mix(0.5, 0.25, 0.0) and 100_000 <= traffic.seed < 1_000_000
+    _, traffic = resolve(drill, DrillOptions(rate=3.0, seed=42, mix=Mix(1, 0, 0), duration=12.0))
+    assert (traffic.load, traffic.rate, traffic.seed, traffic.mix, traffic.duration) == (None, 3.0, 42, Mix(1, 0, 0), 12.0)
+    settings, traffic = resolve(parse({}).drill, DrillOptions(load=0.5, concurrency=16))
+    assert (traffic.load, traffic.concurrency, settings.duration) == (0.5, 16, 30.0)
+    _, traffic = resolve(parse({}).drill, DrillOptions())
+    assert traffic.load is None and traffic.rate == 5.0  # [drill] load = 0: the configured rate
+    assert resolve(drill, DrillOptions())[1].seed != resolve(drill, DrillOptions())[1].seed

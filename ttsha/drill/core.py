@@ -312,6 +312,29 @@ class DrillPlan:
         ]
 
 
+def resolve(drill: DrillConfig, options: DrillOptions) -> tuple[DrillConfig, TrafficSettings]:
+    """``[drill]`` with the command line's changes, and the traffic they ask for.
+
+    An explicit rate wins over ``[drill] load``; a new seed unless one is given.
+    """
+    options.check()
+    if options.duration is not None:
+        drill = replace(drill, duration=Duration(options.duration))
+    if options.rate is not None:
+        load = None
+    else:
+        load = options.load if options.load is not None else (drill.load or None)
+    traffic = TrafficSettings(
+        seed=options.seed if options.seed is not None else new_seed(),
+        duration=float(drill.duration),
+        rate=options.rate if options.rate is not None else drill.rate,
+        concurrency=options.concurrency or drill.concurrency,
+        mix=options.mix or mix_of(drill),
+        load=load,
+    )
+    return drill, traffic
+
+
 def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
     """Check the pair can be drilled and work out what to do; raises :class:`Refused`."""
     from .. import failover
@@ -319,18 +342,7 @@ def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
     from ..nginx import gateway_url
 
     options = options or DrillOptions()
-    options.check()
-    settings = config.drill
-    if options.duration is not None:
-        settings = replace(settings, duration=Duration(options.duration))
-    traffic = TrafficSettings(
-        seed=options.seed if options.seed is not None else new_seed(),
-        duration=float(settings.duration),
-        rate=options.rate if options.rate is not None else settings.rate,
-        concurrency=options.concurrency or settings.concurrency,
-        mix=options.mix or mix_of(settings),
-        load=None if options.rate is not None else options.load if options.load is not None else settings.load or None,
-    )
+    settings, traffic = resolve(config.drill, options)
     if not control.monitor_running(config.monitor.control_socket):
         raise Refused("no monitor runs on this host (nothing would fail over); run the drill on the gateway "
                       "with 'ttsha monitor' running")
