@@ -129,12 +129,16 @@ def test_a_drill_stopped_with_sigterm_gives_the_node_back(lab):
                              "--duration", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: state() == "T", timeout=60, what="the drill to freeze the primary")
+        # Once the monitor saw it, the drill's inject() has certainly returned.
+        wait_for(lambda: lab.monitor_state()["nodes"][primary]["status"] == "down", timeout=30, what="marked down")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
+        frozen_after = state() == "T"
     finally:
         proc.kill()
+        os.kill(pid, signal.SIGCONT)  # whatever happened, the next test gets a working lab
     assert proc.returncode == 130, err
-    assert state() != "T"  # SIGCONT was sent before the drill exited
+    assert not frozen_after  # SIGCONT was sent before the drill exited
     wait_for(lambda: lab.monitor_state()["nodes"][primary]["status"] == "up", timeout=30, what="node back up")
 
 
