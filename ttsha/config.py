@@ -223,9 +223,17 @@ class DrillConfig:
     fault: str = _field("kill", "fault to inject", choices=("kill", "stop", "freeze", "isolate"))
     duration: Duration = _field(Duration(30.0), "how long traffic runs")
     rate: float = _field(5.0, "requests per second during the drill", min=0.1, max=1000)
+    load: float = _field(0.0, "drill at this fraction of the node's measured capacity (new texts/s); 0: use rate",
+                         min=0, max=2)
+    concurrency: int = _field(8, "client connections sending the drill's traffic at once", min=1, max=256)
+    mix_new: float = _field(0.5, "weight of new texts (real syntheses) in the traffic", min=0, max=1000)
+    mix_hot: float = _field(0.25, "weight of repeated texts (cache hits)", min=0, max=1000)
+    mix_fetch: float = _field(0.25, "weight of downloads of audio acknowledged earlier in the drill", min=0, max=1000)
     max_failed_requests: int = _field(0, "objective: failed client requests", min=0)
     max_rto: Duration = _field(Duration(2.0), "objective: time from fault to first success on the standby")
     max_rpo_files: int = _field(0, "objective: acknowledged audio lost", min=0)
+    max_stall: Duration = _field(Duration(3.0), "objective: the slowest single request")
+    max_p99_during: Duration = _field(Duration(2.0), "objective: p99 latency in the 5 s after the fault")
 
 
 @dataclass(frozen=True)
@@ -458,6 +466,9 @@ def _check(config: Config, where: str) -> None:
             raise ConfigError(f"{where}: nodes.{name}.url: expected http://host:port, got {node.url!r}")
         if not node.start_command:
             raise ConfigError(f"{where}: nodes.{name}.start_command: must name a command")
+    drill = config.drill
+    if drill.mix_new + drill.mix_hot + drill.mix_fetch <= 0:
+        raise ConfigError(f"{where}: drill.mix_new: at least one of mix_new, mix_hot and mix_fetch must be above 0")
     if config.replicate.peer and config.replicate.peer not in config.nodes:
         raise ConfigError(f"{where}: replicate.peer: {config.replicate.peer!r} is not one of the [nodes] tables")
     _check_vrrp(config, where)

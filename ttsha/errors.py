@@ -34,7 +34,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_USAGE: "usage error: bad option or bad input text",
     EXIT_CONFIG: "configuration error: the file and key are named",
     EXIT_PEER: "peer unreachable: a node, the gateway or the SSH peer did not answer",
-    EXIT_OBJECTIVE: "drill objective missed (failed requests, RTO or RPO over [drill] limits)",
+    EXIT_OBJECTIVE: "drill objective missed (failed requests, RTO, RPO or latency over [drill] limits)",
     EXIT_REFUSED: "refused: a safety check failed (unhealthy standby, replication behind…); nothing changed",
     EXIT_INTERRUPTED: "interrupted (SIGINT)",
 }

@@ -183,7 +183,8 @@ interval = "1m"
 
 [drill]
 duration = "20s"
-rate = 10.0
+# 80 % of what the primary is measured to synthesize: a shared lab machine has no fixed capacity.
+load = 0.8
 """
     layout.config.write_text(text, encoding="utf-8")
     # The standby replicates back to the primary: results are immutable and

@@ -125,7 +125,9 @@ server {{
         # responses are not, so streamed audio reaches the client at once.
         proxy_request_buffering on;
         proxy_buffering off;
+        # Which nodes answered and how (e.g. "502, 200" for a retried request): drills explain slow requests.
         add_header X-Upstream $upstream_addr always;
+        add_header X-Upstream-Status $upstream_status always;
     }}
 
     location = /nginx_status {{
@@ -164,6 +166,7 @@ server {{
         proxy_pass http://{UPSTREAM_NAME};
         proxy_set_header Host $host;
         add_header X-Upstream $upstream_addr always;
+        add_header X-Upstream-Status $upstream_status always;
     }}
 }}
 """

@@ -44,12 +44,16 @@ def synthesize_id(layout, text: str) -> str:
         return json.loads(resp.read())["id"]
 
 
-def drill(lab, fault):
+#: Every fault of issue 14, whether or not this checkout implements it yet: a
+#: name the CLI does not know fails its row (exit 2) instead of vanishing.
+MATRIX = ("kill", "stop", "freeze", "isolate", "crash", "disk-full", "slow")
+
+
+def drill(lab, fault, *args):
     report = lab.root / f"{fault}.json"
     report.unlink(missing_ok=True)
-    proc = ttsha("lab", "drill", "--dir", str(lab.root), "--fault", fault, "--duration", "12s", "--rate", "8",
-                 "--report", str(report))
-    assert report.exists(), proc.stderr
+    proc = ttsha("lab", "drill", "--dir", str(lab.root), "--fault", fault, "--report", str(report), *args)
+    assert report.exists(), proc.stdout + proc.stderr
     return proc, json.loads(report.read_text())
 
 
@@ -64,29 +68,78 @@ def test_synthesis_through_the_gateway(lab):
         assert resp.headers["X-Upstream"]
 
 
-@pytest.mark.parametrize("fault", ["kill", "stop", "freeze", "isolate"])
-def test_drill_loses_no_request(lab, fault):
+@pytest.mark.parametrize("fault", MATRIX)
+def test_every_fault_at_80_percent_of_capacity_fails_no_request_and_stalls_none(lab, fault):
     if fault == "isolate":
         need("nft", "nftables")
         if os.geteuid() != 0:
             pytest.skip("the isolate fault needs root for nftables")
-    proc, report = drill(lab, fault)
-    # No client request fails. A frozen node holds the requests it accepted
-    # until Nginx's read timeout, then Nginx retries them on the standby.
-    assert report["failed"] == 0, report["failures"]
-    assert report["requests"] >= 50
-    assert report["rto_s"] is not None and report["rto_s"] < 2.0
+    proc, report = drill(lab, fault, "--load", "0.8", "--duration", "15s")
+    why = "\n".join(json.dumps(s, ensure_ascii=False) for s in report["slowest"])
+    traffic = report["traffic"]
+    # The load was measured, not assumed; the default mix; fresh texts (these
+    # drills share one lab: a repeated text would be a cache hit).
+    assert traffic["load"] == 0.8 and traffic["capacity"]["rps"] > 0
+    assert traffic["rate"] >= 0.8 * traffic["capacity"]["rps"]
+    assert set(report["kinds"]) == {"new", "hot", "fetch"} and report["requests"] >= 30
+    assert report["new_cached"] <= report["retried_by_gateway"], report["new_cached"]
+    # No client request fails and none waits longer than max_stall.
+    assert report["failed"] == 0, f"{report['failures_by_kind']}\n{why}"
+    assert report["slowest"][0]["latency_s"] <= report["objectives"]["max_stall_s"], why
+    assert report["rto_s"] is not None and report["rto_s"] <= report["objectives"]["max_rto_s"]
     assert report["rejoined_as"] == "backup"
     timeline = report["timeline"]
-    for key in ("first_failed_probe", "marked_down", "switchover", "reload_done", "first_success_on_standby",
-                "node_restored", "rejoined"):
+    for key in ("marked_down", "switchover", "reload_done", "first_success_on_standby", "node_restored", "rejoined"):
         assert timeline.get(key) is not None, key
-    assert timeline["first_failed_probe"] <= timeline["marked_down"] < 3
+    assert timeline["marked_down"] < 3
     # Audio acknowledged before the fault was replicated: nothing lost.
     assert report["rpo_files"] == 0 and report["lost_ids"] == []
-    assert proc.returncode == 0 and report["missed"] == [], report["missed"]
+    assert proc.returncode == 0 and report["missed"] == [], f"{report['missed']}\n{why}"
     if fault == "isolate":
         assert "ttsha_drill" not in subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+
+
+def test_a_drill_with_a_stall_objective_it_cannot_meet_exits_5(lab):
+    """The judgement can fail: the same drill against an impossible max_stall."""
+    import re
+
+    strict = lab.root / "strict.toml"
+    text = lab.layout().config.read_text()
+    strict.write_text(re.sub(r"\[drill\]\n", "[drill]\nmax_stall = \"1ms\"\n", text))
+    report = lab.root / "strict.json"
+    proc = ttsha("--config", str(strict), "failover", "--drill", "--fault", "stop", "--duration", "6s", "--rate", "3",
+                 "--seed", "1234", "--report", str(report))
+    data = json.loads(report.read_text())
+    assert proc.returncode == 5, proc.stderr
+    assert any(m.startswith("slowest request") for m in data["missed"]), data["missed"]
+    assert data["traffic"]["seed"] == 1234 and "seed 1234" in proc.stdout
+
+
+def test_a_drill_stopped_with_sigterm_gives_the_node_back(lab):
+    """systemd stopping the drill unit (or a kill) must not leave the primary frozen."""
+    from ..monitor.test_gateway import wait_for
+
+    primary = lab.monitor_state()["primary"]
+    pid = lab.pid(primary)
+
+    def state() -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    proc = subprocess.Popen([str(EXE), "lab", "drill", "--dir", str(lab.root), "--fault", "freeze", "--rate", "2",
+                             "--duration", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: state() == "T", timeout=60, what="the drill to freeze the primary")
+        # Once the monitor saw it, the drill's inject() has certainly returned.
+        wait_for(lambda: lab.monitor_state()["nodes"][primary]["status"] == "down", timeout=30, what="marked down")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        frozen_after = state() == "T"
+    finally:
+        proc.kill()
+        os.kill(pid, signal.SIGCONT)  # whatever happened, the next test gets a working lab
+    assert proc.returncode == 130, err
+    assert not frozen_after  # SIGCONT was sent before the drill exited
+    wait_for(lambda: lab.monitor_state()["nodes"][primary]["status"] == "up", timeout=30, what="node back up")
 
 
 def test_planned_switchover_and_failback_fail_no_request(lab):

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import signal
 from pathlib import Path
 
 import click
 
-from ..config import parse_duration
+from ..config import Config, parse_duration
 from ..errors import ObjectiveMissed, UsageError
+from ..faults import FAULTS
 from . import Context, pass_ctx
+
+
+def _mix(ctx, param, value):
+    if value is None:
+        return None
+    from ..drill.traffic import Mix
+
+    try:
+        return Mix.parse(value)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _duration(ctx, param, value):
@@ -22,6 +34,28 @@ def _duration(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+_DRILL_OPTIONS = [
+    click.option("--fault", type=click.Choice(FAULTS),
+                 help="Drill fault (default: [drill] fault): kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the "
+                 "serve process; isolate = drop packets to its port."),
+    click.option("--duration", callback=_duration, help="Drill: traffic duration, e.g. 60s (default: [drill] duration)."),
+    click.option("--rate", type=float, help="Drill: requests per second (default: [drill] rate)."),
+    click.option("--load", type=float, help="Drill: measure the node's capacity first, then send this fraction of it "
+                 "(e.g. 0.8; default: [drill] load)."),
+    click.option("--concurrency", type=int, help="Drill: client connections at once (default: [drill] concurrency)."),
+    click.option("--seed", type=int, help="Drill: seed of the texts and the mix (default: a new one each run)."),
+    click.option("--mix", callback=_mix, metavar="new=W,hot=W,fetch=W",
+                 help="Drill: weights of new texts, repeated texts and downloads (default: [drill] mix_*)."),
+]
+
+
+def drill_options(command):
+    """The drill's options, shared by ``failover --drill`` and ``lab drill``."""
+    for option in reversed(_DRILL_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.option("--to", "target", metavar="NODE", help="Planned switchover: make NODE the primary.")
 @click.option("--force", is_flag=True, help="Switch even if a safety check fails (unhealthy target, other model, "
@@ -29,19 +63,15 @@ def _duration(ctx, param, value):
 @click.option("--wait", "wait_s", default="10s", show_default=True, callback=_duration,
               help="How long to wait for replication to catch up before refusing.")
 @click.option("--drill", is_flag=True, help="Inject a fault on the primary under traffic and report what clients saw.")
-@click.option("--fault", type=click.Choice(["kill", "stop", "freeze", "isolate"]),
-              help="Drill fault (default: [drill] fault): kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the "
-              "serve process; isolate = drop packets to its port.")
-@click.option("--duration", callback=_duration, help="Drill: traffic duration, e.g. 60s (default: [drill] duration).")
-@click.option("--rate", type=float, help="Drill: requests per second (default: [drill] rate).")
+@drill_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the JSON result to FILE.")
 @click.option("--dry-run", is_flag=True, help="Explain what would be done; change nothing.")
 @pass_ctx
 def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill: bool, fault: str | None,
-             duration: float | None, rate: float | None, as_json: bool, report_file: Path | None,
-             dry_run: bool) -> None:
+             duration: float | None, rate: float | None, load: float | None, concurrency: int | None,
+             seed: int | None, mix, as_json: bool, report_file: Path | None, dry_run: bool) -> None:
     """Move traffic to another node on purpose, or rehearse a failure.
 
     Run on the gateway host. A switchover goes through the running monitor
@@ -54,15 +84,19 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
     Examples:
       ttsha failover --to standby
       ttsha failover --drill --fault kill --duration 60s --rate 10
+      ttsha failover --drill --fault freeze --load 0.8 --mix new=0.5,hot=0.25,fetch=0.25
       ttsha failover --drill --fault isolate --dry-run
     """
     if bool(target) == drill:
         raise UsageError("give either --to NODE or --drill")
     if drill:
-        _drill(ctx, fault, duration, rate, as_json, report_file, dry_run)
+        from ..drill import DrillOptions
+
+        options = DrillOptions(fault, duration, rate, load, concurrency, seed, mix)
+        run_drill(ctx.config, options, as_json, report_file, dry_run)
         return
-    if fault or duration is not None or rate is not None:
-        raise UsageError("--fault, --duration and --rate go with --drill")
+    if fault or any(v is not None for v in (duration, rate, load, concurrency, seed, mix)):
+        raise UsageError("--fault, --duration, --rate, --load, --concurrency, --seed and --mix go with --drill")
     from .. import failover as fo
 
     config = ctx.config
@@ -87,22 +121,27 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
                    f"requests reach it through the gateway after {outcome.verified_s:.2f} s{forced}", err=True)
 
 
-def _drill(ctx: Context, fault: str | None, duration: float | None, rate: float | None, as_json: bool,
-           report_file: Path | None, dry_run: bool) -> None:
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_drill(config: Config, options, as_json: bool, report_file: Path | None, dry_run: bool) -> None:
+    """The drill for ``failover --drill`` and ``lab drill``: plan, run, print, exit 5 on a missed objective."""
     from .. import drill as drill_
     from .. import failover as fo
 
-    config = ctx.config
-    overrides = {k: v for k, v in (("duration", duration), ("rate", rate)) if v is not None}
-    if overrides.get("rate") is not None and not 0.1 <= overrides["rate"] <= 1000:
-        raise UsageError("--rate must be between 0.1 and 1000 requests per second")
-    settings = replace(config.drill, **overrides)
-    plan = drill_.prepare(config, fault or settings.fault, settings)
+    plan = drill_.prepare(config, options)
     if dry_run:
         for line in plan.describe():
             click.echo(line)
         return
-    report = drill_.execute(config, plan)
+    # A drill stopped from outside (systemd's TimeoutStartSec, kill) still gives
+    # the node back: SIGTERM unwinds like Ctrl-C, through the drill's restore.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = drill_.execute(config, plan)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     data = report.to_dict()
     if report_file:
         fo.save_report(report_file, data)
@@ -120,6 +159,12 @@ def print_report(report) -> None:
     from rich.table import Table
 
     console = table_console()
+    t = report.traffic
+    if t:
+        mix = ", ".join(f"{100 * v:.0f} % {k}" for k, v in t["mix"].items())
+        load = (f"{t['load']:g} x {t['capacity']['rps']:.1f} new texts/s measured = " if t.get("capacity") else "")
+        console.print(f"traffic: seed {t['seed']}, {load}{t['rate']:.1f} requests/s for {t['duration_s']:g} s, "
+                      f"{t['concurrency']} clients, {mix}")
     timeline = Table(title=f"drill: {report.fault} of {report.target} (standby {report.standby})")
     timeline.add_column("event")
     timeline.add_column("t (s after fault)", justify="right")
@@ -132,11 +177,22 @@ def print_report(report) -> None:
     for name, lat in report.latency_ms.items():
         clients.add_row(name, str(lat["n"]), f"{lat['p50']:.1f}", f"{lat['p99']:.1f}", f"{lat['max']:.1f}")
     console.print(clients)
+    if report.slowest:
+        slow = Table(title="slowest requests")
+        for column in ("t (s)", "ms", "kind", "status", "window", "why"):
+            slow.add_column(column, justify="left" if column == "why" else "right")
+        for s in report.slowest:
+            slow.add_row(f"{s['at']:+.2f}", f"{1000 * s['latency_s']:.0f}", s["kind"], str(s["status"] or "-"),
+                         s["window"], s["why"])
+        console.print(slow)
     failures = ", ".join(f"{k}: {v}" for k, v in report.failures.items()) or "none"
     rto = "-" if report.rto_s is None else f"{report.rto_s:.3f} s"
     console.print(f"requests {report.requests}, failed {report.failed} ({failures}), retried by the gateway "
                   f"{report.retried_by_gateway}; RTO {rto}; RPO {report.rpo_files} files; "
                   f"{report.target} rejoined as {report.rejoined_as or '-'}")
+    if report.new_cached or report.late_requests or report.unsent:
+        console.print(f"new texts answered from cache {report.new_cached}; requests sent late for lack of a free "
+                      f"client {report.late_requests}, never sent {report.unsent}")
     if report.missed:
         console.print("[bold red]objectives missed:[/] " + "; ".join(report.missed))
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import TTSHAError
+from .failover_cmd import drill_options
 
 DEFAULT_DIR = Path("/tmp/ttsha-lab")
 _dir = click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DIR,
@@ -70,39 +71,30 @@ def down(root: Path) -> None:
 
 @lab.command()
 @_dir
-@click.option("--fault", type=click.Choice(["kill", "stop", "freeze", "isolate"]), default="kill", show_default=True,
-              help="kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the primary's serve process; "
-              "isolate = drop packets to its port (nftables, root).")
-@click.option("--duration", help="Traffic duration, e.g. 20s (default: [drill] duration).")
-@click.option("--rate", type=float, help="Requests per second (default: [drill] rate).")
+@drill_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report here.")
 @click.option("--dry-run", is_flag=True, help="Explain what would be done; change nothing.")
-@click.pass_context
-def drill(click_ctx: click.Context, root: Path, fault: str, duration: str | None, rate: float | None, as_json: bool,
-          report_file: Path | None, dry_run: bool) -> None:
+def drill(root: Path, fault: str | None, duration: float | None, rate: float | None, load: float | None,
+          concurrency: int | None, seed: int | None, mix, as_json: bool, report_file: Path | None,
+          dry_run: bool) -> None:
     """Run 'ttsha failover --drill' against the lab.
 
     Faults are injected over SSH, as on a real pair. Exits 5 when an
     objective of [drill] is missed.
 
     \b
-    Example:
+    Examples:
       ttsha lab drill --fault kill --duration 20s --rate 10
+      ttsha lab drill --fault stop --load 0.8 --concurrency 8
     """
+    from ..config import load as load_config
+    from ..drill import DrillOptions
     from ..lab import Lab
-    from . import Context
-    from .failover_cmd import failover
+    from .failover_cmd import run_drill
 
-    layout = Lab(root).layout()
-    args = ["--drill", "--fault", fault]
-    for flag, value in (("--duration", duration), ("--rate", rate), ("--report", report_file)):
-        if value is not None:
-            args += [flag, str(value)]
-    args += ["--json"] * as_json + ["--dry-run"] * dry_run
-    obj = Context(config_path=layout.config, verbose=click_ctx.find_root().obj.verbose)
-    with failover.make_context("ttsha failover", args, parent=click_ctx, obj=obj) as sub:
-        failover.invoke(sub)
+    config = load_config(Lab(root).layout().config)
+    run_drill(config, DrillOptions(fault, duration, rate, load, concurrency, seed, mix), as_json, report_file, dry_run)
 
 
 @lab.command("start-node", hidden=True)
