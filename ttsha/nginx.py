@@ -121,10 +121,15 @@ server {{
         proxy_next_upstream error timeout http_502 http_503 non_idempotent;
         proxy_next_upstream_tries {ng.proxy_next_upstream_tries};
         proxy_next_upstream_timeout {_seconds(ng.proxy_read_timeout + 5)};
-        # The body is buffered (the default) so that a retry can resend it;
-        # responses are not, so streamed audio reaches the client at once.
+        # The body is buffered (the default) so that a retry can resend it.
         proxy_request_buffering on;
-        proxy_buffering off;
+        # Responses are read from the node at once (1 MiB in memory, then a temp
+        # file), so a node that dies or is cut off while a slow client is still
+        # reading cannot truncate a body it had finished sending. Streamed audio
+        # opts out with X-Accel-Buffering: no, so it reaches the client at once.
+        proxy_buffering on;
+        proxy_buffer_size 16k;
+        proxy_buffers 64 16k;
         # Which nodes answered and how (e.g. "502, 200" for a retried request): drills explain slow requests.
         add_header X-Upstream $upstream_addr always;
         add_header X-Upstream-Status $upstream_status always;

@@ -171,3 +171,44 @@ def test_rejected_config_is_rolled_back(pair):
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
     conn.request("GET", "/health")
     assert conn.getresponse().status == 200  # still serving on the previous config
+
+
+def test_the_gateway_buffers_whole_results_but_passes_streams_through(tmp_path):
+    """Nginx takes a stored result from the node at once; a stream reaches the client piece by piece."""
+    from ttsha.config import Config, NginxConfig, NodeConfig
+    from ttsha.nginx import render_upstream
+
+    from ..server.conftest import SERVE, FakeEngine, Node
+    from .conftest import Gateway, free_port, need
+
+    engine = FakeEngine()
+    node = Node(engine, tmp_path / "store", SERVE)
+    prefix = tmp_path / "gw"
+    prefix.mkdir()
+    config = Config(nodes={"a": NodeConfig(url=f"http://127.0.0.1:{node.port}")},
+                    nginx=NginxConfig(listen=f"127.0.0.1:{free_port()}", upstream_file=prefix / "up.conf",
+                                      site_file=prefix / "ttsha-site.conf"))
+    (prefix / "up.conf").write_text(render_upstream(config.nodes, {"a": "primary"}))
+    gateway = Gateway(prefix, config, need("nginx", "nginx"))
+    gateway.start()
+    try:
+        engine.permits = threading.Semaphore(1)  # only the first sentence may be synthesized
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        conn.request("POST", "/v1/synthesize?stream=1", body=json.dumps({"text": "一。二。三。"}).encode(),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("X-Accel-Buffering") is None  # Nginx consumed it
+        piece, pause = 4000 * 2, int(0.3 * 16000) * 2
+        first = resp.read(44 + piece + pause)  # through the gateway while sentences 2 and 3 are held back
+        assert len(first) == 44 + piece + pause
+        engine.permits.release(2)
+        rest = resp.read()
+        conn.close()
+        assert len(rest) >= 2 * piece
+        # A whole result is buffered: the node's answer carries no opt-out.
+        engine.permits = None
+        resp, data = node.client.synth(text="缓冲")
+        assert resp.status == 200 and resp.getheader("X-Accel-Buffering") is None
+    finally:
+        gateway.stop()
+        node.close()

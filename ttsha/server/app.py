@@ -277,7 +277,9 @@ class App:
         rate = self.service.engine.info.sample_rate
         mimetype = "audio/wav" if fmt == "wav" else "audio/L16"
         response = Response(body, mimetype=mimetype, direct_passthrough=True)
-        response.headers.update({"X-Audio-Id": req.id, "X-Sample-Rate": str(rate), "X-Cache": "MISS"})
+        # Nginx buffers responses (see ttsha.nginx); a stream must pass through as it is made.
+        response.headers.update({"X-Audio-Id": req.id, "X-Sample-Rate": str(rate), "X-Cache": "MISS",
+                                 "X-Accel-Buffering": "no"})
         return response
 
     def _audio_response(self, request: Request, stored, fmt: str, cached: bool) -> Response:
