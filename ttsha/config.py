@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .faults import FAULTS
 
 try:
     import tomli as _toml
@@ -124,8 +125,13 @@ class NodeConfig:
     ssh_port: int = _field(22, "SSH port", min=1, max=65535)
     ssh_user: str = _field("ttsha", "SSH user")
     start_command: list = _field(
-        ["systemctl", "start", "ttsha-serve.service"], "how a drill starts the node's 'serve' again (on the node)"
+        ["systemctl", "start", "ttsha-serve.service", "ttsha-replicate.service"],
+        "how a drill starts the node's 'serve' (and, after a crash, its replicator) again (on the node)",
     )
+    power_on_command: list = _field(
+        [], "crash: run on the drill's host to power the node on again (e.g. a BMC); empty: wait for its sshd"
+    )
+    store: Path | None = _field(None, "the node's audio store, whose filesystem disk-full fills; default: [store] path")
     sudo: bool = _field(False, "run a drill's privileged commands (start_command, nft) through 'sudo -n'")
     priority: int = _field(100, "higher wins when choosing a primary", min=0, max=1000)
     weight: int = _field(1, "Nginx weight in active-active mode", min=1, max=100)
@@ -184,7 +190,7 @@ class ReplicateConfig:
 
 @dataclass(frozen=True)
 class DrillConfig:
-    fault: str = _field("kill", "fault to inject", choices=("kill", "stop", "freeze", "isolate"))
+    fault: str = _field("kill", "fault to inject", choices=FAULTS)
     duration: Duration = _field(Duration(30.0), "how long traffic runs")
     rate: float = _field(5.0, "requests per second during the drill", min=0.1, max=1000)
     max_failed_requests: int = _field(0, "objective: failed client requests", min=0)
