@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ttsha import lab as lab_module
@@ -30,7 +32,7 @@ def test_a_failed_start_stops_what_it_started(tmp_path, monkeypatch):
 
     def fake_up(*args, **kwargs):
         lab.root.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(lab.root)])
         started.append(proc)
         lab._save_pids({"primary": proc.pid})
         raise LabError("sshd not found: install it with 'apt-get install -y openssh-server'")
@@ -67,3 +69,98 @@ def test_a_node_that_exits_is_reported_at_once(tmp_path, monkeypatch):
     finally:
         alive.kill()
         alive.wait()
+
+
+# -- trust: the lab directory may sit in a shared /tmp -------------------------
+
+def _sleeper(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+
+
+def test_refuses_a_directory_another_user_owns(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        other = tmp_path / "planted"
+        other.mkdir(mode=0o755)
+        os.chown(other, 65534, 65534)
+    else:
+        other = Path("/")  # root's
+    with pytest.raises(LabError, match="belongs to uid"):
+        Lab(other)
+
+
+def test_refuses_a_directory_others_can_write(tmp_path):
+    shared = tmp_path / "lab"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(LabError, match="can be written by others"):
+        Lab(shared)
+    with pytest.raises(LabError, match="can be written by others"):
+        Lab(tmp_path / "lab").down()
+
+
+def test_down_signals_only_what_the_lab_started(tmp_path):
+    """A planted pids.json naming an unrelated process of ours (pid and start time right) is ignored."""
+    import json
+
+    from ttsha.lab import _start_time
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    bystander = _sleeper()
+    legacy = _sleeper(str(lab.root))
+    try:
+        lab.pids.write_text(json.dumps({"monitor": {"pid": bystander.pid, "start": _start_time(bystander.pid)},
+                                        "nginx": legacy.pid}))  # an old plain pid: cannot be verified
+        assert lab.down(timeout=2) == []
+        assert bystander.poll() is None and legacy.poll() is None
+    finally:
+        for proc in (bystander, legacy):
+            proc.kill()
+            proc.wait(10)
+
+
+def test_down_checks_the_start_time_of_a_recorded_pid(tmp_path):
+    import json
+
+    from ttsha.lab import _start_time
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    reused = _sleeper(str(lab.root))  # names the lab, but started after the pid was recorded
+    try:
+        lab.pids.write_text(json.dumps({"primary": {"pid": reused.pid, "start": _start_time(reused.pid) - 1}}))
+        assert lab.down(timeout=2) == []
+        assert reused.poll() is None
+    finally:
+        reused.kill()
+        reused.wait(10)
+
+
+def test_down_stops_a_process_it_started(tmp_path):
+    import os
+    import sys
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    pid = lab._spawn("primary", [sys.executable, "-c", "import time; time.sleep(60)", str(lab.root)])
+    assert lab.down(timeout=5) == ["primary"]  # down waits until it is gone
+    assert not lab_module._alive(pid)
+    os.waitpid(pid, 0)
+
+
+def test_a_symlinked_log_is_refused(tmp_path):
+    import sys
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    target = tmp_path / "elsewhere"
+    (lab.root / "primary.log").symlink_to(target)
+    with pytest.raises(LabError, match="symbolic link"):
+        lab._spawn("primary", [sys.executable, "-c", "pass", str(lab.root)])
+    assert not target.exists()
+    assert lab._pids() == {}

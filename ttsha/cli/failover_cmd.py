@@ -10,6 +10,7 @@ import click
 
 from ..config import parse_duration
 from ..errors import ObjectiveMissed, UsageError
+from ..faults import FAULTS
 from . import Context, pass_ctx
 
 
@@ -29,9 +30,10 @@ def _duration(ctx, param, value):
 @click.option("--wait", "wait_s", default="10s", show_default=True, callback=_duration,
               help="How long to wait for replication to catch up before refusing.")
 @click.option("--drill", is_flag=True, help="Inject a fault on the primary under traffic and report what clients saw.")
-@click.option("--fault", type=click.Choice(["kill", "stop", "freeze", "isolate"]),
+@click.option("--fault", type=click.Choice(FAULTS),
               help="Drill fault (default: [drill] fault): kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the "
-              "serve process; isolate = drop packets to its port.")
+              "serve process; isolate = drop packets to its port; crash = SIGKILL of serve, replicator and sshd at "
+              "once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle.")
 @click.option("--duration", callback=_duration, help="Drill: traffic duration, e.g. 60s (default: [drill] duration).")
 @click.option("--rate", type=float, help="Drill: requests per second (default: [drill] rate).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

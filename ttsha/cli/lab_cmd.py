@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import TTSHAError
+from ..faults import FAULTS
 
 DEFAULT_DIR = Path("/tmp/ttsha-lab")
 _dir = click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DIR,
@@ -35,8 +36,11 @@ def up(root: Path) -> None:
     from ..lab import Lab
 
     lab_ = Lab(root)
-    lab_.up()
+    layout = lab_.up()
     _print_status(lab_)
+    if not layout.store_mounts:
+        click.echo("note: not root, so the stores share a filesystem: the disk-full fault needs 'lab up' as root",
+                   err=True)
 
 
 @lab.command()
@@ -70,9 +74,11 @@ def down(root: Path) -> None:
 
 @lab.command()
 @_dir
-@click.option("--fault", type=click.Choice(["kill", "stop", "freeze", "isolate"]), default="kill", show_default=True,
+@click.option("--fault", type=click.Choice(FAULTS), default="kill", show_default=True,
               help="kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the primary's serve process; "
-              "isolate = drop packets to its port (nftables, root).")
+              "isolate = drop packets to its port (nftables, root); crash = SIGKILL of serve, replicator and "
+              "sshd at once; disk-full = fill the store's filesystem (root); slow = stop/continue serve on a "
+              "duty cycle.")
 @click.option("--duration", help="Traffic duration, e.g. 20s (default: [drill] duration).")
 @click.option("--rate", type=float, help="Requests per second (default: [drill] rate).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -115,6 +121,18 @@ def start_node(root: Path, name: str) -> None:
     if name not in NODE_HOSTS:
         raise TTSHAError(f"no lab node {name!r}; one of {', '.join(NODE_HOSTS)}")
     click.echo(Lab(root).start_node(name))
+
+
+@lab.command("power-on", hidden=True)
+@_dir
+@click.argument("name")
+def power_on(root: Path, name: str) -> None:
+    """Start a crashed lab node's sshd, replicator and serve (its power_on_command)."""
+    from ..lab import NODE_HOSTS, Lab
+
+    if name not in NODE_HOSTS:
+        raise TTSHAError(f"no lab node {name!r}; one of {', '.join(NODE_HOSTS)}")
+    click.echo(Lab(root).power_on(name))
 
 
 def _print_status(lab_) -> None:
