@@ -151,6 +151,14 @@ class MonitorConfig:
     control_socket: Path = _field(
         _InStateDir("monitor.sock"), "socket 'failover' uses to ask the running monitor for a switchover"
     )
+    fence: bool = _field(
+        True, "when a node is marked down, destroy the gateway's connections to it so Nginx retries the requests "
+        "in flight on the standby at once (root or CAP_NET_ADMIN)"
+    )
+    fence_command: list = _field(
+        ["ss", "-K", "-H", "-t", "dst", "{host}", "dport", "=", "{port}"],
+        "how to fence a node: {host} (an IP address) and {port} of its upstream address are filled in",
+    )
 
 
 @dataclass(frozen=True)
