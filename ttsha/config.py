@@ -132,7 +132,7 @@ class NodeConfig:
         [], "crash: run on the drill's host to power the node on again (e.g. a BMC); empty: wait for its sshd"
     )
     store: Path | None = _field(None, "the node's audio store, whose filesystem disk-full fills; default: [store] path")
-    sudo: bool = _field(False, "run a drill's privileged commands (start_command, nft) through 'sudo -n'")
+    sudo: bool = _field(False, "run a drill's privileged commands (start_command, nft, crash) through 'sudo -n'")
     priority: int = _field(100, "higher wins when choosing a primary", min=0, max=1000)
     weight: int = _field(1, "Nginx weight in active-active mode", min=1, max=100)
 

@@ -117,7 +117,7 @@ class NodeShell:
             raise TTSHAError(f"{what} on {self.name} ({self.where}) failed: {last}")
         return output
 
-    def helper(self, *args: str, privileged: bool = True) -> dict[str, Any]:
+    def helper(self, *args: str, privileged: bool = False) -> dict[str, Any]:
         """Run a :mod:`ttsha.nodeproc` command on the node; its JSON answer.
 
         Exit 3 (the node could not be sure of the process) is :class:`Refused`.
@@ -262,7 +262,8 @@ class Fault:
             if self.kind == "crash":
                 host, port = _serve_address(node.url)
                 ssh_host = node.ssh_host if self.shell.remote else ""
-                killed = self.shell.helper("crash", host, str(port), ssh_host, str(node.ssh_port))
+                # Through sudo when configured: the node's sshd belongs to root.
+                killed = self.shell.helper("crash", host, str(port), ssh_host, str(node.ssh_port), privileged=True)
                 log.info("crash on %s: %s", self.node, killed.get("killed"))
                 self.shell.close()  # its sshd is gone; the session we used ends with this
             elif self.kind == "slow":
