@@ -114,8 +114,9 @@ def test_down_signals_only_what_the_lab_started(tmp_path):
     bystander = _sleeper()
     legacy = _sleeper(str(lab.root))
     try:
-        lab.pids.write_text(json.dumps({"monitor": {"pid": bystander.pid, "start": _start_time(bystander.pid)},
-                                        "nginx": legacy.pid}))  # an old plain pid: cannot be verified
+        lab.pids.write_text(json.dumps({"monitor": bystander.pid, "nginx": legacy.pid}))
+        # The monitor's start time is right; nginx has none recorded, so it cannot be verified.
+        lab.starts.write_text(json.dumps({"monitor": _start_time(bystander.pid)}))
         assert lab.down(timeout=2) == []
         assert bystander.poll() is None and legacy.poll() is None
     finally:
@@ -133,7 +134,8 @@ def test_down_checks_the_start_time_of_a_recorded_pid(tmp_path):
     lab.root.mkdir()
     reused = _sleeper(str(lab.root))  # names the lab, but started after the pid was recorded
     try:
-        lab.pids.write_text(json.dumps({"primary": {"pid": reused.pid, "start": _start_time(reused.pid) - 1}}))
+        lab.pids.write_text(json.dumps({"primary": reused.pid}))
+        lab.starts.write_text(json.dumps({"primary": _start_time(reused.pid) - 1}))
         assert lab.down(timeout=2) == []
         assert reused.poll() is None
     finally:

@@ -225,6 +225,7 @@ class Lab:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.pids = self.root / "pids.json"
+        self.starts = self.root / "starts.json"  # start time of each recorded pid (/proc/PID/stat field 22)
         check_dir(self.root)
 
     # -- state -----------------------------------------------------------
@@ -237,29 +238,30 @@ class Lab:
                          tuple(data.get("store_mounts", ())))
 
     def _records(self) -> dict[str, dict]:
-        """name -> {"pid", "start"} as recorded when the lab started the process."""
-        try:
-            data = json.loads(self.pids.read_text())
-        except (OSError, ValueError):
-            return {}
-        records = {}
-        for name, value in data.items() if isinstance(data, dict) else ():
-            if isinstance(value, dict) and isinstance(value.get("pid"), int):
-                records[name] = {"pid": value["pid"], "start": value.get("start")}
-            elif isinstance(value, int):
-                records[name] = {"pid": value, "start": None}  # unverifiable: never signalled
-        return records
+        """name -> {"pid", "start"}: pids.json (name -> pid) and, beside it, each start time."""
+        def read(path: Path) -> dict:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return {}
+            return data if isinstance(data, dict) else {}
+
+        starts = read(self.starts)
+        return {name: {"pid": pid, "start": starts.get(name) if isinstance(starts.get(name), int) else None}
+                for name, pid in read(self.pids).items() if isinstance(pid, int)}
 
     def _pids(self) -> dict[str, int]:
         return {name: record["pid"] for name, record in self._records().items()}
 
     def _save_pids(self, pids: dict[str, int]) -> None:
         records = self._records()
-        data = {}
+        starts = {}
         for name, pid in pids.items():
             old = records.get(name)
-            data[name] = old if old and old["pid"] == pid else {"pid": pid, "start": _start_time(pid)}
-        atomic_write(self.pids, json.dumps(data, indent=1), sync_dir=False)
+            starts[name] = old["start"] if old and old["pid"] == pid else _start_time(pid)
+        # Start times first: a pid is never recorded without the start time that vouches for it.
+        atomic_write(self.starts, json.dumps(starts, indent=1), sync_dir=False)
+        atomic_write(self.pids, json.dumps(pids, indent=1), sync_dir=False)
 
     def pid(self, name: str) -> int | None:
         return self._pids().get(name)
@@ -558,6 +560,7 @@ class Lab:
                 self._signal(name, signal.SIGKILL)
             stopped.append(name)
         self.pids.unlink(missing_ok=True)
+        self.starts.unlink(missing_ok=True)
         self._unmount_stores()
         return stopped
 
