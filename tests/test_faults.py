@@ -389,3 +389,31 @@ def test_ssh_fault_refuses_a_changed_host_key(tmp_path, sshd_running, victim, no
 def test_unknown_fault_is_an_error(tmp_path):
     with pytest.raises(TTSHAError, match="unknown fault"):
         Fault(replace(local_config(tmp_path)), "a", "reboot", 1)
+
+
+def test_the_refusals_hold_from_a_checkout_named_ttsha(tmp_path):
+    """The same tests, run from a copy of this tree in a folder named ``ttsha`` (as a ``git clone`` makes)."""
+    root = Path(__file__).resolve().parent.parent
+    clone = tmp_path / "ttsha"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "fixtures")
+    for part in ("ttsha", "tests"):
+        shutil.copytree(root / part, clone / part, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml"):
+        if (root / name).exists():
+            shutil.copy(root / name, clone / name)
+    # The interpreter's own path names the folder too, as a clone's .venv does: every
+    # process the tests start has "ttsha" in its command line.
+    (clone / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    python = str(clone / ".venv" / "bin" / "python")
+    env = {**os.environ, "PYTHONPATH": str(clone)}
+    proc = subprocess.run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py",
+         "-k", "refuses_to_signal or merely_contains or freeze_and_thaw or reused_pid"],
+        cwd=clone, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "4 passed" in proc.stdout
+    # They really ran the copy: its path names the folder.
+    where = subprocess.run([python, "-c", "import sys, ttsha; print(ttsha.__file__, sys.executable)"], cwd=clone,
+                           env=env, capture_output=True, text=True).stdout.split()
+    assert where == [str(clone / "ttsha" / "__init__.py"), python]
