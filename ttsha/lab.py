@@ -458,6 +458,8 @@ class Lab:
                 proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={STORE_FS_SIZE},mode=0755",
                                        STORE_FS_SOURCE, str(store)], capture_output=True, text=True)
                 if proc.returncode != 0:
+                    for path in mounted:  # lab.json does not exist yet: down() would not know them
+                        subprocess.run(["umount", path], capture_output=True)
                     raise LabError(f"could not mount a tmpfs for {name}'s store: {proc.stderr.strip()}")
             mounted.append(str(store))
         return tuple(mounted)
