@@ -251,6 +251,14 @@ def _ancestors() -> set[int]:
     return found
 
 
+def _is_sshd(pid: int) -> bool:
+    """Whether ``pid`` runs OpenSSH's sshd (its executable; sshd rewrites its command line)."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) in ("sshd", "sshd-session")
+    except OSError:
+        return False
+
+
 def crash(host: str, port: int, ssh_host: str, ssh_port: int) -> dict:
     """SIGKILL, all at once, the serve, every replicator of the same config and the node's sshd."""
     serve = find_serve(host, port)
@@ -266,7 +274,7 @@ def crash(host: str, port: int, ssh_host: str, ssh_port: int) -> dict:
     if ssh_host:
         spared = _ancestors()  # our own SSH session ends when the drill disconnects
         owners = socket_owners(listening_inodes(ssh_host, ssh_port))
-        sshd = [p for p in owners if "sshd" in os.path.basename((_safe_cmdline(p) or [""])[0]).split(":")[0]]
+        sshd = [p for p in owners if _is_sshd(p)]
         if not sshd:
             raise Refusal(f"no sshd listens on {ssh_host}:{ssh_port} here")
         tree = _children()
@@ -278,13 +286,28 @@ def crash(host: str, port: int, ssh_host: str, ssh_port: int) -> dict:
                 if child not in spared:
                     victims.setdefault(child, "ssh session")
                 stack.extend(tree.get(child, []))
-    # Open every pidfd first, then send the signals back to back: a power loss.
-    fds = {}
+    # Open every pidfd first (each still the process found: same start time),
+    # then send the signals back to back: a power loss.
+    starts = {}
     for pid in victims:
         try:
-            fds[pid] = os.pidfd_open(pid)
+            starts[pid] = start_time(pid)
+        except OSError:
+            continue
+    fds = {}
+    for pid, start in starts.items():
+        try:
+            fd = os.pidfd_open(pid)
         except ProcessLookupError:
             continue
+        try:
+            same = start_time(pid) == start
+        except OSError:
+            same = False
+        if same:
+            fds[pid] = fd
+        else:
+            os.close(fd)
     killed = []
     for pid, fd in fds.items():
         try:
