@@ -166,3 +166,31 @@ def test_a_symlinked_log_is_refused(tmp_path):
         lab._spawn("primary", [sys.executable, "-c", "pass", str(lab.root)])
     assert not target.exists()
     assert lab._pids() == {}
+
+
+def test_stores_get_a_filesystem_of_their_own_as_root_and_down_removes_it(tmp_path):
+    """What disk-full needs: each store a tmpfs of its own, mounted by up and unmounted by down only."""
+    import json
+    import os
+    import subprocess
+
+    from ttsha.lab import NODE_HOSTS, STORE_FS_SOURCE, LabLayout, _mount_source
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    layout = LabLayout(lab.root, {"primary": 1, "standby": 2}, 3, 4)
+    mounts = lab._mount_stores(layout)
+    try:
+        assert len(mounts) == len(NODE_HOSTS)
+        assert all(_mount_source(Path(m)) == STORE_FS_SOURCE for m in mounts)
+        assert os.stat(mounts[0]).st_dev != os.stat(lab.root).st_dev
+        (lab.root / "lab.json").write_text(json.dumps({"node_ports": layout.node_ports, "gateway_port": 3,
+                                                       "ssh_port": 4, "store_mounts": list(mounts)}))
+        lab.down()
+        assert all(_mount_source(Path(m)) is None for m in mounts)
+    finally:
+        for m in mounts:
+            if _mount_source(Path(m)) is not None:
+                subprocess.run(["umount", "-l", m], check=False)

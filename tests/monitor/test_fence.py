@@ -128,3 +128,14 @@ def test_fence_commands_fill_in_only_parsed_addresses():
     assert fence_commands(command, "127.0.0.2:8900") == [["ss", "-K", "dst", "127.0.0.2", "dport", "=", "8900"]]
     assert fence_commands(command, "[::1]:80") == [["ss", "-K", "dst", "[::1]", "dport", "=", "80"]]
     assert fence_commands(command, "localhost:8900")[0][3] in ("127.0.0.1", "[::1]")
+
+
+def test_the_monitor_unit_may_fence():
+    """SOCK_DESTROY needs CAP_NET_ADMIN, and ss talks to the kernel over netlink."""
+    from .conftest import ROOT
+
+    unit = (ROOT / "systemd" / "ttsha-monitor.service").read_text()
+    caps = next(line for line in unit.splitlines() if line.startswith("CapabilityBoundingSet="))
+    families = next(line for line in unit.splitlines() if line.startswith("RestrictAddressFamilies="))
+    assert "CAP_NET_ADMIN" in caps.split("=", 1)[1].split()
+    assert "AF_NETLINK" in families.split("=", 1)[1].split()
