@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ttsha import lab as lab_module
@@ -30,7 +32,7 @@ def test_a_failed_start_stops_what_it_started(tmp_path, monkeypatch):
 
     def fake_up(*args, **kwargs):
         lab.root.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(lab.root)])
         started.append(proc)
         lab._save_pids({"primary": proc.pid})
         raise LabError("sshd not found: install it with 'apt-get install -y openssh-server'")
@@ -67,3 +69,128 @@ def test_a_node_that_exits_is_reported_at_once(tmp_path, monkeypatch):
     finally:
         alive.kill()
         alive.wait()
+
+
+# -- trust: the lab directory may sit in a shared /tmp -------------------------
+
+def _sleeper(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+
+
+def test_refuses_a_directory_another_user_owns(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        other = tmp_path / "planted"
+        other.mkdir(mode=0o755)
+        os.chown(other, 65534, 65534)
+    else:
+        other = Path("/")  # root's
+    with pytest.raises(LabError, match="belongs to uid"):
+        Lab(other)
+
+
+def test_refuses_a_directory_others_can_write(tmp_path):
+    shared = tmp_path / "lab"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(LabError, match="can be written by others"):
+        Lab(shared)
+    with pytest.raises(LabError, match="can be written by others"):
+        Lab(tmp_path / "lab").down()
+
+
+def test_down_signals_only_what_the_lab_started(tmp_path):
+    """A planted pids.json naming an unrelated process of ours (pid and start time right) is ignored."""
+    import json
+
+    from ttsha.lab import _start_time
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    bystander = _sleeper()
+    legacy = _sleeper(str(lab.root))
+    try:
+        lab.pids.write_text(json.dumps({"monitor": bystander.pid, "nginx": legacy.pid}))
+        # The monitor's start time is right; nginx has none recorded, so it cannot be verified.
+        lab.starts.write_text(json.dumps({"monitor": _start_time(bystander.pid)}))
+        assert lab.down(timeout=2) == []
+        assert bystander.poll() is None and legacy.poll() is None
+    finally:
+        for proc in (bystander, legacy):
+            proc.kill()
+            proc.wait(10)
+
+
+def test_down_checks_the_start_time_of_a_recorded_pid(tmp_path):
+    import json
+
+    from ttsha.lab import _start_time
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    reused = _sleeper(str(lab.root))  # names the lab, but started after the pid was recorded
+    try:
+        lab.pids.write_text(json.dumps({"primary": reused.pid}))
+        lab.starts.write_text(json.dumps({"primary": _start_time(reused.pid) - 1}))
+        assert lab.down(timeout=2) == []
+        assert reused.poll() is None
+    finally:
+        reused.kill()
+        reused.wait(10)
+
+
+def test_down_stops_a_process_it_started(tmp_path):
+    import os
+    import sys
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    pid = lab._spawn("primary", [sys.executable, "-c", "import time; time.sleep(60)", str(lab.root)])
+    assert lab.down(timeout=5) == ["primary"]  # down waits until it is gone
+    assert not lab_module._alive(pid)
+    os.waitpid(pid, 0)
+
+
+def test_a_symlinked_log_is_refused(tmp_path):
+    import sys
+
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    target = tmp_path / "elsewhere"
+    (lab.root / "primary.log").symlink_to(target)
+    with pytest.raises(LabError, match="symbolic link"):
+        lab._spawn("primary", [sys.executable, "-c", "pass", str(lab.root)])
+    assert not target.exists()
+    assert lab._pids() == {}
+
+
+def test_stores_get_a_filesystem_of_their_own_as_root_and_down_removes_it(tmp_path):
+    """What disk-full needs: each store a tmpfs of its own, mounted by up and unmounted by down only."""
+    import json
+    import os
+    import subprocess
+
+    from ttsha.lab import NODE_HOSTS, STORE_FS_SOURCE, LabLayout, _mount_source
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    lab = Lab(tmp_path / "lab")
+    lab.root.mkdir()
+    layout = LabLayout(lab.root, {"primary": 1, "standby": 2}, 3, 4)
+    mounts = lab._mount_stores(layout)
+    try:
+        assert len(mounts) == len(NODE_HOSTS)
+        assert all(_mount_source(Path(m)) == STORE_FS_SOURCE for m in mounts)
+        assert os.stat(mounts[0]).st_dev != os.stat(lab.root).st_dev
+        (lab.root / "lab.json").write_text(json.dumps({"node_ports": layout.node_ports, "gateway_port": 3,
+                                                       "ssh_port": 4, "store_mounts": list(mounts)}))
+        lab.down()
+        assert all(_mount_source(Path(m)) is None for m in mounts)
+    finally:
+        for m in mounts:
+            if _mount_source(Path(m)) is not None:
+                subprocess.run(["umount", "-l", m], check=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .faults import FAULTS
 
 try:
     import tomli as _toml
@@ -160,9 +161,14 @@ class NodeConfig:
     ssh_port: int = _field(22, "SSH port", min=1, max=65535)
     ssh_user: str = _field("ttsha", "SSH user")
     start_command: list = _field(
-        ["systemctl", "start", "ttsha-serve.service"], "how a drill starts the node's 'serve' again (on the node)"
+        ["systemctl", "start", "ttsha-serve.service", "ttsha-replicate.service"],
+        "how a drill starts the node's 'serve' (and, after a crash, its replicator) again (on the node)",
     )
-    sudo: bool = _field(False, "run a drill's privileged commands (start_command, nft) through 'sudo -n'")
+    power_on_command: list = _field(
+        [], "crash: run on the drill's host to power the node on again (e.g. a BMC); empty: wait for its sshd"
+    )
+    store: Path | None = _field(None, "the node's audio store, whose filesystem disk-full fills; default: [store] path")
+    sudo: bool = _field(False, "run a drill's privileged commands (start_command, nft, crash) through 'sudo -n'")
     priority: int = _field(100, "higher wins when choosing a primary", min=0, max=1000)
     weight: int = _field(1, "Nginx weight in active-active mode", min=1, max=100)
 
@@ -180,6 +186,14 @@ class MonitorConfig:
     state_file: Path = _field(_InStateDir("monitor.json"), "where events and node states are written")
     control_socket: Path = _field(
         _InStateDir("monitor.sock"), "socket 'failover' uses to ask the running monitor for a switchover"
+    )
+    fence: bool = _field(
+        True, "when a node is marked down, destroy the gateway's connections to it so Nginx retries the requests "
+        "in flight on the standby at once (root or CAP_NET_ADMIN)"
+    )
+    fence_command: list = _field(
+        ["ss", "-K", "-H", "-t", "dst", "{host}", "dport", "=", "{port}"],
+        "how to fence a node: {host} (an IP address) and {port} of its upstream address are filled in",
     )
 
 
@@ -220,7 +234,7 @@ class ReplicateConfig:
 
 @dataclass(frozen=True)
 class DrillConfig:
-    fault: str = _field("kill", "fault to inject", choices=("kill", "stop", "freeze", "isolate"))
+    fault: str = _field("kill", "fault to inject", choices=FAULTS)
     duration: Duration = _field(Duration(30.0), "how long traffic runs")
     rate: float = _field(5.0, "requests per second during the drill", min=0.1, max=1000)
     load: float = _field(0.0, "drill at this fraction of the node's measured capacity (new texts/s); 0: use rate",

@@ -6,11 +6,20 @@ a real Nginx gateway rendered by ttsha's renderer on a private prefix, and
 lab directory and recorded by pid there, so ``down`` stops exactly what
 ``up`` started. The end-to-end tests and benchmarks stand the system up
 through this module too: there is one way to do it.
+
+The lab trusts nothing it did not write: it refuses a directory another user
+owns or others can write (``/tmp`` is shared), records each process with its
+start time and signals it only if that and its command line (which names the
+lab directory) still match, and opens logs without following symlinks. Run
+as root, each node's store is a size-limited tmpfs of its own, so that the
+``disk-full`` fault fills that and nothing else.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,12 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PeerUnreachable, TTSHAError
+from .fsutil import atomic_write
+
+log = logging.getLogger(__name__)
 
 NODE_HOSTS = {"primary": "127.0.0.2", "standby": "127.0.0.3"}
 GATEWAY_HOST = "127.0.0.1"
 
 
 HOST_AND_CLIENT_KEYS = ("host_ed25519", "id_ed25519")
+#: Size of each node's store filesystem when the lab runs as root (tmpfs: RAM, used only as filled).
+STORE_FS_SIZE = "256m"
+STORE_FS_SOURCE = "ttsha-lab-store"
 
 
 class LabError(TTSHAError):
@@ -97,6 +112,8 @@ class LabLayout:
     node_ports: dict[str, int]
     gateway_port: int
     ssh_port: int = 0
+    #: Each store on a filesystem of its own (a tmpfs: ``lab up`` as root), which disk-full needs.
+    store_mounts: tuple[str, ...] = ()
 
     @property
     def ssh(self) -> Path:
@@ -127,15 +144,17 @@ def write_config(layout: LabLayout, nginx_binary: str) -> None:
 
     gw = layout.gateway
     user = getpass.getuser()
-    def start(name: str) -> str:
-        # Drills restart a node over SSH with this, as systemctl would on a real node.
-        argv = [sys.executable, "-m", "ttsha", "lab", "start-node", name, "--dir", str(layout.root)]
+    def start(name: str, command: str = "start-node") -> str:
+        # Drills restart a node over SSH with this, as systemctl would on a real node;
+        # after a crash, power-on runs here (the node's sshd is gone) and starts all of it.
+        argv = [sys.executable, "-m", "ttsha", "lab", command, name, "--dir", str(layout.root)]
         return "[" + ", ".join(json.dumps(a) for a in argv) + "]"
 
     nodes = "\n".join(
         f'[nodes.{name}]\nurl = "{layout.url(name)}"\npriority = {200 if name == "primary" else 100}\n'
         f'ssh_host = "{NODE_HOSTS[name]}"\nssh_port = {layout.ssh_port}\nssh_user = "{user}"\n'
-        f"start_command = {start(name)}\n"
+        f"start_command = {start(name)}\npower_on_command = {start(name, 'power-on')}\n"
+        f'store = "{layout.node_dir(name)}/audio"\n'
         for name in NODE_HOSTS
     )
     text = f"""# Written by `ttsha lab up`.
@@ -207,6 +226,8 @@ class Lab:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.pids = self.root / "pids.json"
+        self.starts = self.root / "starts.json"  # start time of each recorded pid (/proc/PID/stat field 22)
+        check_dir(self.root)
 
     # -- state -----------------------------------------------------------
     def layout(self) -> LabLayout:
@@ -214,28 +235,89 @@ class Lab:
             data = json.loads((self.root / "lab.json").read_text())
         except (OSError, ValueError):
             raise LabError(f"no lab in {self.root}: run 'ttsha lab up --dir {self.root}'") from None
-        return LabLayout(self.root, data["node_ports"], data["gateway_port"], data.get("ssh_port", 0))
+        return LabLayout(self.root, data["node_ports"], data["gateway_port"], data.get("ssh_port", 0),
+                         tuple(data.get("store_mounts", ())))
+
+    def _records(self) -> dict[str, dict]:
+        """name -> {"pid", "start"}: pids.json (name -> pid) and, beside it, each start time."""
+        def read(path: Path) -> dict:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return {}
+            return data if isinstance(data, dict) else {}
+
+        starts = read(self.starts)
+        return {name: {"pid": pid, "start": starts.get(name) if isinstance(starts.get(name), int) else None}
+                for name, pid in read(self.pids).items() if isinstance(pid, int)}
 
     def _pids(self) -> dict[str, int]:
-        try:
-            return {k: int(v) for k, v in json.loads(self.pids.read_text()).items()}
-        except (OSError, ValueError):
-            return {}
+        return {name: record["pid"] for name, record in self._records().items()}
 
     def _save_pids(self, pids: dict[str, int]) -> None:
-        self.pids.write_text(json.dumps(pids, indent=1))
+        records = self._records()
+        starts = {}
+        for name, pid in pids.items():
+            old = records.get(name)
+            starts[name] = old["start"] if old and old["pid"] == pid else _start_time(pid)
+        # Start times first: a pid is never recorded without the start time that vouches for it.
+        atomic_write(self.starts, json.dumps(starts, indent=1), sync_dir=False)
+        atomic_write(self.pids, json.dumps(pids, indent=1), sync_dir=False)
 
     def pid(self, name: str) -> int | None:
         return self._pids().get(name)
+
+    def _pidfd(self, name: str) -> int | None:
+        """A pidfd for the recorded process ``name`` if it is still the one the lab started, else None.
+
+        The same pid, the same start time, and a command line that names the
+        lab directory (every process the lab starts has it in its argv).
+        """
+        record = self._records().get(name)
+        if record is None:
+            return None
+        pid, start = record["pid"], record["start"]
+        try:
+            fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace")
+            same = start is not None and _start_time(pid) == start and str(self.root) in argv
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            log.warning("not signalling pid %s recorded as lab process %s: it is not the process the lab started",
+                        pid, name)
+            return None
+        return fd
+
+    def _signal(self, name: str, sig: signal.Signals) -> bool:
+        """Signal a recorded process only if it is still the one the lab started."""
+        fd = self._pidfd(name)
+        if fd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(fd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(fd)
 
     # -- processes -------------------------------------------------------
     def _ttsha(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "ttsha", "--config", str(self.root / "ttsha.toml"), *args]
 
     def _spawn(self, name: str, command: list[str]) -> int:
-        log = open(self.root / f"{name}.log", "ab")
-        proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        log_file = open_log(self.root / f"{name}.log")
+        try:
+            proc = subprocess.Popen(command, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        finally:
+            os.close(log_file)
         pids = self._pids()
         pids[name] = proc.pid
         self._save_pids(pids)
@@ -257,6 +339,23 @@ class Lab:
                    "--host", NODE_HOSTS[name], "--port", str(layout.node_ports[name]), "--store", str(store)]
         return self._spawn(name, command)
 
+    def start_replicate(self, name: str) -> int:
+        """Start a node's replicator towards the other node unless it already runs."""
+        running = self.pid(f"replicate-{name}")
+        if running is not None and _alive(running):
+            return running
+        layout = self.layout()
+        return self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)),
+                                                 "replicate", "--store", str(layout.node_dir(name) / "audio")])
+
+    def power_on(self, name: str) -> int:
+        """After a crash: the node's sshd, replicator and serve, as a booting node starts them."""
+        running = self.pid(f"sshd-{name}")
+        if running is None or not _alive(running):
+            self.start_sshd(name)
+        self.start_replicate(name)
+        return self.start_node(name)
+
     def start_sshd(self, name: str) -> int:
         """Start a node's SSH endpoint (the replicator's and the drills' way in)."""
         layout = self.layout()
@@ -269,13 +368,22 @@ class Lab:
     def stop_sshd(self, name: str) -> None:
         """Take a node's SSH endpoint away, open sessions included (a standby outage)."""
         pid = self.pid(f"sshd-{name}")
-        if pid is None:
+        fd = self._pidfd(f"sshd-{name}")
+        if pid is None or fd is None:
             return
-        for victim in [*descendants(pid), pid]:
+        try:
+            # Sessions first, then the listener, through its pidfd (it cannot be a reused pid).
+            for victim in descendants(pid):
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             try:
-                os.kill(victim, signal.SIGKILL)
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        finally:
+            os.close(fd)
         deadline = time.monotonic() + 10
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -297,7 +405,8 @@ class Lab:
     def _up(self, node_ports: dict[str, int] | None, gateway_port: int | None, monitor: bool,
             timeout: float) -> LabLayout:
         nginx = find_binary("nginx", "nginx")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_dir(self.root)
         find_binary("sshd", "openssh-server")
         keygen = find_binary("ssh-keygen", "openssh-client")
         ports = node_ports or {name: _pick_port(host, 8900) for name, host in NODE_HOSTS.items()}
@@ -305,9 +414,10 @@ class Lab:
         if not ssh_port:
             raise LabError("no free SSH port for the lab between 2222 and 2299 on 127.0.0.2/3")
         layout = LabLayout(self.root, ports, gateway_port or _pick_port(GATEWAY_HOST, 8080), ssh_port)
-        (self.root / "lab.json").write_text(
-            json.dumps({"node_ports": ports, "gateway_port": layout.gateway_port, "ssh_port": layout.ssh_port})
-        )
+        layout.store_mounts = self._mount_stores(layout)
+        atomic_write(self.root / "lab.json", json.dumps({
+            "node_ports": ports, "gateway_port": layout.gateway_port, "ssh_port": layout.ssh_port,
+            "store_mounts": list(layout.store_mounts)}), sync_dir=False)
         write_config(layout, nginx)
         self._write_ssh(layout, keygen)
         subprocess.run(self._ttsha("nginx", "render", "--prefix", str(layout.gateway), "--force"), check=True,
@@ -321,8 +431,7 @@ class Lab:
         for name in NODE_HOSTS:
             self.start_sshd(name)
         for name in NODE_HOSTS:
-            self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)),
-                                              "replicate", "--store", str(layout.node_dir(name) / "audio")])
+            self.start_replicate(name)
         proc = subprocess.run([nginx, "-p", str(layout.gateway), "-c", str(layout.gateway / "nginx.conf")],
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -335,6 +444,37 @@ class Lab:
             self._spawn("monitor", self._ttsha("monitor"))
             self.wait_monitor(timeout=30)
         return layout
+
+    def _mount_stores(self, layout: LabLayout) -> tuple[str, ...]:
+        """As root, each node's store on a tmpfs of its own (disk-full fills it); else plain directories."""
+        if os.geteuid() != 0:
+            log.warning("not root: the lab's stores share a filesystem with everything else, so the disk-full "
+                        "fault will refuse (run 'ttsha lab up' as root for a filesystem per store)")
+            return ()
+        mounted = []
+        for name in NODE_HOSTS:
+            store = layout.node_dir(name) / "audio"
+            store.mkdir(parents=True, exist_ok=True)
+            if _mount_source(store) is None:
+                proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={STORE_FS_SIZE},mode=0755",
+                                       STORE_FS_SOURCE, str(store)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    for path in mounted:  # lab.json does not exist yet: down() would not know them
+                        subprocess.run(["umount", path], capture_output=True)
+                    raise LabError(f"could not mount a tmpfs for {name}'s store: {proc.stderr.strip()}")
+            mounted.append(str(store))
+        return tuple(mounted)
+
+    def _unmount_stores(self) -> None:
+        try:
+            mounts = self.layout().store_mounts
+        except LabError:
+            return
+        for path in mounts:
+            # Only what `up` mounted: a tmpfs of ours at exactly that path.
+            if _mount_source(Path(path)) == STORE_FS_SOURCE:
+                if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+                    subprocess.run(["umount", "-l", path], capture_output=True)
 
     def _write_ssh(self, layout: LabLayout, keygen: str) -> None:
         """Host key, client key, authorized_keys and known_hosts for the standby's sshd."""
@@ -412,19 +552,71 @@ class Lab:
             pid = pids.get(name)
             if pid is None or not _alive(pid):
                 continue
-            try:
-                os.kill(pid, signal.SIGCONT)  # a drill may have frozen it
-                os.kill(pid, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
-            except ProcessLookupError:
+            # Each signal only to the process the lab started (pid, start time, argv).
+            if not self._signal(name, signal.SIGCONT):  # a drill may have frozen it
                 continue
+            self._signal(name, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+                self._signal(name, signal.SIGKILL)
             stopped.append(name)
         self.pids.unlink(missing_ok=True)
+        self.starts.unlink(missing_ok=True)
+        self._unmount_stores()
         return stopped
+
+
+def check_dir(root: Path) -> None:
+    """Refuse a lab directory another user owns or others may write (``/tmp`` is shared)."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return
+    if st.st_uid != os.geteuid():
+        raise LabError(f"{root} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): refusing to use it as a "
+                       f"lab directory; remove it or choose another --dir")
+    if st.st_mode & 0o022:
+        raise LabError(f"{root} can be written by others (mode {st.st_mode & 0o7777:04o}): refusing to use it as a "
+                       f"lab directory; run 'chmod go-w {root}' or choose another --dir")
+
+
+def open_log(path: Path) -> int:
+    """A log file descriptor for appending; a symlink in its place is refused, not followed."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LabError(f"{path} is a symbolic link: refusing to write a log through it") from None
+        raise LabError(f"cannot open {path}: {exc.strerror}") from None
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _mount_source(path: Path) -> str | None:
+    """The source of the filesystem mounted exactly at ``path``, or None (from /proc/self/mountinfo)."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            rows = f.read().splitlines()
+    except OSError:
+        return None
+    source = None
+    for row in rows:
+        fields = row.split()
+        sep = fields.index("-")
+        mount_point = fields[4].encode().decode("unicode_escape")
+        if mount_point == target:
+            source = fields[sep + 2]  # the last mount on a path is the visible one
+    return source
 
 
 def descendants(pid: int) -> list[int]:

@@ -36,8 +36,11 @@ def up(root: Path) -> None:
     from ..lab import Lab
 
     lab_ = Lab(root)
-    lab_.up()
+    layout = lab_.up()
     _print_status(lab_)
+    if not layout.store_mounts:
+        click.echo("note: not root, so the stores share a filesystem: the disk-full fault needs 'lab up' as root",
+                   err=True)
 
 
 @lab.command()
@@ -107,6 +110,18 @@ def start_node(root: Path, name: str) -> None:
     if name not in NODE_HOSTS:
         raise TTSHAError(f"no lab node {name!r}; one of {', '.join(NODE_HOSTS)}")
     click.echo(Lab(root).start_node(name))
+
+
+@lab.command("power-on", hidden=True)
+@_dir
+@click.argument("name")
+def power_on(root: Path, name: str) -> None:
+    """Start a crashed lab node's sshd, replicator and serve (its power_on_command)."""
+    from ..lab import NODE_HOSTS, Lab
+
+    if name not in NODE_HOSTS:
+        raise TTSHAError(f"no lab node {name!r}; one of {', '.join(NODE_HOSTS)}")
+    click.echo(Lab(root).power_on(name))
 
 
 def _print_status(lab_) -> None:

@@ -4,16 +4,26 @@ One thread per node probes ``/health`` on its own interval (faster while the
 node is changing state) and feeds results into the main loop, which runs the
 :class:`~ttsha.monitor.state.Decider`, applies its roles through the single
 Nginx code path, writes the state file ``ttsha status`` reads, and alerts.
+
+When a node is marked down, the monitor also *fences* it on the gateway host
+once the reload is done: it destroys the gateway's TCP connections to the
+node (``ss -K``, SOCK_DESTROY). Nginx then sees an upstream error on every
+request still waiting on that node, before any byte reached the client, and
+``proxy_next_upstream error`` retries it on the standby at once, rather than
+after ``proxy_read_timeout`` (60 s) on a frozen or isolated node.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import logging
 import os
 import queue
 import signal
+import socket
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +35,7 @@ from .. import systemd
 from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
-from ..nginx import ROLE_HEADER, NginxError, UpstreamController, node_address
+from ..nginx import DOWN, ROLE_HEADER, NginxError, UpstreamController, node_address
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
@@ -82,6 +92,41 @@ def probe(url: str, connect_timeout: float, read_timeout: float,
     return False, body if isinstance(body, dict) else None, f"HTTP {resp.status} {status or ''}".strip()
 
 
+def fence_commands(command: list[str], address: str) -> list[list[str]]:
+    """``command`` with ``{host}``/``{port}`` filled in, once per IP address of ``address`` (host:port).
+
+    Only addresses parsed by :mod:`ipaddress` and an integer port reach the
+    argv; IPv6 addresses are bracketed, as ``ss`` wants them.
+    """
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    port = int(port_text)
+    try:
+        ips = {str(ipaddress.ip_address(host))}
+    except ValueError:
+        ips = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    argvs = []
+    for ip in sorted(ips):
+        shown = f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
+        argvs.append([arg.replace("{host}", shown).replace("{port}", str(port)) for arg in command])
+    return argvs
+
+
+def fence(command: list[str], address: str, timeout: float = 5.0) -> int:
+    """Destroy this host's connections to ``address``; how many. Raises OSError when it could not."""
+    destroyed = 0
+    for argv in fence_commands(command, address):
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise OSError(f"{argv[0]} timed out after {timeout:g} s") from None
+        # ss exits 0 even when the kernel refused SOCK_DESTROY (no CAP_NET_ADMIN): read stderr.
+        if proc.returncode != 0 or "not permitted" in proc.stderr.lower():
+            raise OSError(f"{' '.join(argv)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+        destroyed += sum(1 for line in proc.stdout.splitlines() if line.strip())
+    return destroyed
+
+
 class Monitor:
     def __init__(self, config: Config, alerter: Alerter | None = None) -> None:
         self.config = config
@@ -97,6 +142,7 @@ class Monitor:
         self._applied_roles: dict[str, str] | None = None
         self._last_state_write = 0.0
         self._replication: dict[str, Any] = {}
+        self._fenced: dict[str, dict[str, Any]] = {}
 
     # -- probing ---------------------------------------------------------
     def _probe_loop(self, name: str) -> None:
@@ -132,7 +178,8 @@ class Monitor:
         entry = asdict(event)
         self.events.append(entry)
         del self.events[:-MAX_EVENTS]
-        severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical", "model_mismatch": "warning"}
+        severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical", "model_mismatch": "warning",
+                    "fence_failed": "warning"}
         log.log(logging.INFO if event.kind in ("node_up", "probe_failed") else logging.WARNING, "event=%s node=%s %s", event.kind, event.node, event.detail)
         if event.kind in severity:
             self.alerter.send(Alert(event.kind, f"{event.kind} {event.node}: {event.detail}", severity[event.kind], event.at))
@@ -179,7 +226,12 @@ class Monitor:
             self._record(Event("nginx_failed", "*", started, str(exc)))
             self.alerter.send(Alert("nginx_failed", f"nginx rejected the upstream change: {exc}", "critical", started))
             return False
+        previous = self._applied_roles or {}
         self._applied_roles = roles
+        if self.config.monitor.fence:
+            for name, role in roles.items():
+                if role == DOWN and previous.get(name, DOWN) != DOWN:
+                    self._fence(name)
         self.nginx_status = {
             "ok": True,
             "at": started,
@@ -202,6 +254,23 @@ class Monitor:
             )
         return True
 
+    def _fence(self, name: str) -> None:
+        """After the reload: cut the gateway's connections to a node marked down (never fatal)."""
+        address = node_address(self.config.nodes[name])
+        started = time.time()
+        entry = self._fenced.setdefault(name, {"count": 0, "connections": 0, "failures": 0})
+        try:
+            destroyed = fence(list(self.config.monitor.fence_command), address)
+        except OSError as exc:
+            entry.update(failures=entry["failures"] + 1, last_at=started, last_error=str(exc))
+            self._record(Event("fence_failed", name, started, f"could not fence {address}: {exc}"))
+            return
+        took = time.time() - started
+        entry.update(count=entry["count"] + 1, connections=entry["connections"] + destroyed, last_at=started,
+                     last_error="")
+        self._record(Event("fenced", name, started, f"destroyed {destroyed} gateway connections to {address}",
+                           {"connections": destroyed, "fence_s": round(took, 4)}))
+
     def write_state(self) -> None:
         self._last_state_write = time.monotonic()
         roles = self._applied_roles or {}
@@ -219,6 +288,7 @@ class Monitor:
                 "engine": state.engine,
                 "model_version": state.model_version,
                 "replication": self._replication.get(name),
+                "fenced": self._fenced.get(name),
             }
         data = {
             "updated_at": time.time(),
