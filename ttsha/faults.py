@@ -248,6 +248,12 @@ class Fault:
 
     def inject(self) -> None:
         node = self.config.nodes[self.node]
+        if self.kind not in ("isolate", "disk-full") and self.target is None:
+            self.preflight()
+        # Marked before the command runs: a drill interrupted while it runs (Ctrl-C,
+        # SIGTERM) must still restore, and every restore step tolerates a fault
+        # that never took effect.
+        self.injected = True
         if self.kind == "isolate":
             self.shell.check(_sudo(self.config, self.node, ["nft", "-f", "-"]), "nft (isolate)",
                              stdin=nft_ruleset(node.url).encode())
@@ -255,8 +261,6 @@ class Fault:
             filled = self.shell.helper("fill", self.store)
             log.info("filled %s on %s with %d bytes", self.store, self.node, filled.get("bytes", 0))
         else:
-            if self.target is None:
-                self.preflight()
             assert self.target is not None
             pid, start = str(self.target["pid"]), str(self.target["start"])
             if self.kind == "crash":
@@ -270,7 +274,6 @@ class Fault:
                 self._slow = self.shell.helper("slow", pid, start, str(SLOW_RUN), str(SLOW_STOP), str(SLOW_MAX))
             else:
                 self.shell.helper("signal", pid, start, _SIGNALS[self.kind])
-        self.injected = True
 
     def _delete_table(self) -> None:
         self.shell.check(_sudo(self.config, self.node, ["nft", "delete", "table", "inet", NFT_TABLE]),
@@ -305,14 +308,21 @@ class Fault:
         if not self.injected:
             return
         if self.kind == "isolate":
-            self._delete_table()
+            try:
+                self._delete_table()
+            except TTSHAError as exc:  # the table may never have been created (interrupted inject)
+                if "No such file" not in exc.message and "does not exist" not in exc.message:
+                    raise
         elif self.kind == "disk-full":
             self.shell.helper("unfill", self.store)
         elif self.kind == "freeze":
             assert self.target is not None
             self.shell.helper("signal", str(self.target["pid"]), str(self.target["start"]), "SIGCONT")
+        elif self.kind == "slow" and self._slow is None:  # interrupted before the cycle began
+            assert self.target is not None
+            self.shell.helper("signal", str(self.target["pid"]), str(self.target["start"]), "SIGCONT")
         elif self.kind == "slow":
-            assert self.target is not None and self._slow is not None
+            assert self.target is not None
             self.shell.helper("unslow", str(self._slow["helper"]), str(self._slow["helper_start"]),
                               str(self.target["pid"]), str(self.target["start"]))
         elif self.kind == "crash":
