@@ -118,7 +118,8 @@ class Plan:
 
 
 def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
-    """The source's replicator has an empty queue and a live link (waits up to ``wait`` s)."""
+    """The source's replicator has an empty queue and a live link, and its
+    acknowledgements are not degraded (waits up to ``wait`` s)."""
     deadline = time.monotonic() + wait
     while True:
         health = node_health(config, source)
@@ -134,6 +135,11 @@ def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
             detail = f"{source}'s replicator is not connected to its peer: {rep.get('last_error') or 'no link'}"
         elif rep.get("queue_depth"):
             detail = f"{source} still has {rep.get('queue_depth')} files to send"
+        elif isinstance(rep.get("ack"), dict) and rep["ack"].get("state") == "degraded":
+            # Results were answered without the standby's acknowledgement; the
+            # node says when the standby holds them all again (see [replicate] ack).
+            detail = (f"{source}'s acknowledgements are degraded (replication: degraded): "
+                      f"{rep['ack'].get('reason') or 'the standby has not confirmed recent results'}")
         else:
             lag = (rep.get("lag_s") or {}).get("p99")
             return Check("replication", True, f"{source}'s queue is empty"
