@@ -29,7 +29,7 @@ from ..errors import TTSHAError
 from ..fsutil import atomic_write
 from ..nginx import ACTIVE, PRIMARY
 from . import ack
-from .durable import AckSender, PathLocks
+from .durable import AckSender, OnPeer, PathLocks
 from .queue import DurableQueue
 from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
@@ -125,7 +125,8 @@ class Replicator:
         #: The live connection of the audio loop, shared with the acknowledgement path.
         self.peer: Peer | None = None
         self.locks = PathLocks()
-        self.acks = AckSender(self.store, lambda: self.peer, self.locks, self.ack_status)
+        self.on_peer = OnPeer()
+        self.acks = AckSender(self.store, lambda: self.peer, self.locks, self.on_peer, self.ack_status)
 
     # -- producer --------------------------------------------------------
     def file_done(self, path: str) -> None:
@@ -215,9 +216,11 @@ class Replicator:
                 st = local.stat()
                 there = peer.stat(item.rel)
                 if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
+                    self.on_peer.add(item.rel, st)
                     self.queue.done(item)
                     return None
                 nbytes = peer.put(local, item.rel)
+                self.on_peer.add(item.rel, st)
         except FileNotFoundError:
             self.queue.done(item)  # removed locally (gc) before it could be sent
             return None
@@ -262,6 +265,7 @@ class Replicator:
     def _failure(self, peer: Peer | None, exc: Exception, alert: bool = False) -> None:
         self.peer = None
         self.acks.close()
+        self.on_peer.clear()  # the peer may have changed while away: send in full
         if peer is not None:
             peer.close()
         self.stats["connected"] = False

@@ -6,15 +6,19 @@ fsyncs of concurrent requests overlap), over its own SFTP channels of the
 replicator's SSH connection, so an acknowledgement never queues behind a
 catch-up. The queue path (inotify) and this one never send the same file at
 once (:class:`PathLocks`); when the queue reaches a file this path already
-sent, the peer has it with the same size and mtime and it is not sent again.
+sent, the peer has it with the same size and mtime and it is not sent again;
+when this path is asked for a file the queue already sent (:class:`OnPeer`),
+it is fsynced where it is, not sent again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,6 +67,35 @@ class PathLocks:
                 self._cond.notify_all()
 
 
+class OnPeer:
+    """Files known to be on the peer as they are here (size, mtime), most recent first.
+
+    The queue path often copies a new result before serve asks for it (it
+    hears of the file first): the acknowledgement then only fsyncs it there
+    instead of sending it again.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self._known: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def add(self, rel: str, st: os.stat_result) -> None:
+        with self._lock:
+            self._known[rel] = (st.st_size, int(st.st_mtime))
+            self._known.move_to_end(rel)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+
+    def has(self, rel: str, st: os.stat_result) -> bool:
+        with self._lock:
+            return self._known.get(rel) == (st.st_size, int(st.st_mtime))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._known.clear()
+
+
 @dataclass
 class _Job:
     rels: list[str]
@@ -74,18 +107,20 @@ class _Job:
 class AckSender:
     """Sends what ``serve`` is waiting for, ahead of the queue, fsynced on the peer."""
 
-    def __init__(self, store: Path, peer: Callable[[], Peer | None], locks: PathLocks,
+    def __init__(self, store: Path, peer: Callable[[], Peer | None], locks: PathLocks, on_peer: OnPeer,
                  status: Callable[[], dict[str, Any]]) -> None:
         self.store = Path(store)
         self._peer = peer
         self.locks = locks
+        self.on_peer = on_peer
         self._status = status
         self._jobs: queue.Queue[_Job] = queue.Queue()
         self._lanes: list[Peer] = []
         self._lanes_of: Peer | None = None  # the connection the lanes belong to
         self._lanes_lock = threading.RLock()
         self._stop = threading.Event()
-        self.stats = {"batches": 0, "files": 0, "failed": 0}
+        #: Files sent, files found sent already (fsynced only), files that failed.
+        self.stats = {"batches": 0, "sent": 0, "present": 0, "failed": 0}
 
     # -- requests (AckServer threads) ---------------------------------------
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -145,14 +180,21 @@ class AckSender:
         try:
             lanes = self.lanes()
             with self.locks.hold(rels):
-                lanes[0].put_durable([(self.store / rel, rel) for rel in rels], lanes[1:])
+                stats = {rel: (self.store / rel).stat() for rel in rels}
+                present = frozenset(rel for rel in rels if self.on_peer.has(rel, stats[rel]))
+                lanes[0].put_durable([(self.store / rel, rel) for rel in rels], lanes[1:], present)
+                for rel in rels:
+                    self.on_peer.add(rel, stats[rel])
+            self.stats["sent"] += len(rels) - len(present)
+            self.stats["present"] += len(present)
         except Exception as exc:  # paramiko raises many kinds; the channels are suspect now
             error = f"{type(exc).__name__}: {exc}"
             log.warning("acknowledgement path: %s", error)
             self.close()
         seconds = time.monotonic() - started
         self.stats["batches"] += 1
-        self.stats["files" if not error else "failed"] += len(rels)
+        if error:
+            self.stats["failed"] += len(rels)
         for job in batch:
             job.error, job.seconds = error, seconds
             job.done.set()

@@ -86,6 +86,7 @@ class Peer:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._dirs: set[str] = set()  # remote directories known to exist
+        self._fresh_dirs: set[str] = set()  # created here, their names not yet synced in their parents
 
     # -- connection ------------------------------------------------------
     def connect(self) -> "Peer":
@@ -102,6 +103,7 @@ class Peer:
                     self.bwlimit // 1024, self.timeout)
         twin._client = self._client
         twin._dirs = self._dirs  # directories known to exist, shared by the channels
+        twin._fresh_dirs = self._fresh_dirs
         twin._sftp = paramiko.SFTPClient.from_transport(
             self._client.get_transport(), window_size=WINDOW, max_packet_size=32768
         )
@@ -131,11 +133,9 @@ class Peer:
     def remote(self, rel: str) -> str:
         return posixpath.join(self.root, safe_relative(rel))
 
-    def makedirs(self, rel_dir: str) -> list[str]:
-        """Create ``rel_dir`` and its parents under the root; the remote paths it created."""
-        created: list[str] = []
+    def makedirs(self, rel_dir: str) -> None:
         if rel_dir in ("", "."):
-            return created
+            return
         path = self.root
         for part in PurePosixPath(safe_relative(rel_dir)).parts:
             path = posixpath.join(path, part)
@@ -145,13 +145,12 @@ class Peer:
             # of results opens many shards); only a refusal needs a stat.
             try:
                 self.sftp.mkdir(path)
-                created.append(path)
+                self._fresh_dirs.add(path)
             except OSError:
                 # lstat: a symlink on the peer is not followed out of the root.
                 if not stat.S_ISDIR(self.sftp.lstat(path).st_mode):
                     raise UnsafePath(f"{path} exists on the peer and is not a directory") from None
             self._dirs.add(path)
-        return created
 
     # -- operations ------------------------------------------------------
     def stale_temps(self, entries: dict[str, RemoteEntry]) -> list[str]:
@@ -267,65 +266,78 @@ class Peer:
             raise
         return len(data)
 
-    def put_durable(self, files: list[tuple[Path, str]], channels: list[Peer] | None = None) -> int:
-        """Copy ``files`` (local path, relative path) so that they survive a crash of the peer.
+    def put_durable(self, files: list[tuple[Path, str]], channels: list[Peer] | None = None,
+                    present: frozenset[str] = frozenset()) -> int:
+        """Make ``files`` (local path, relative path) survive a crash of the peer.
 
         Each goes to a dot-temp name, mode and times set, ``fsync@openssh.com``,
         closed; only once every one of them is on the peer's disk are they
         renamed into place, in the order given (sidecars first), and then every
         directory that holds a new name is fsynced too, or a power cut on the
-        peer could lose the renames. Files are spread over ``channels`` (twins
-        of this Peer) so their fsyncs run at once; renames and directories go
-        over this one, in order. Three round trips in all. Returns bytes sent.
+        peer could lose the renames. Relative paths in ``present`` were copied
+        already (by :meth:`put`): those are only fsynced where they are, with
+        their directory. Files are spread over ``channels`` (twins of this
+        Peer) so their fsyncs run at once; renames and directories go over this
+        one, in order. Three round trips, two when nothing is renamed. Returns
+        the bytes sent.
         """
         lanes = [self, *(channels or [])]
         directories: list[str] = []
         for _, rel in files:
-            for created in self.makedirs(posixpath.dirname(safe_relative(rel))):
-                # A new directory's own name lives in its parent.
-                directories.append(posixpath.dirname(created))
-            directories.append(posixpath.dirname(self.remote(rel)))
+            if rel not in present:
+                self.makedirs(posixpath.dirname(safe_relative(rel)))
+            directory = posixpath.dirname(self.remote(rel))
+            directories.append(directory)
+            # A directory created without a sync (here or by put) lives in its parent.
+            while directory != self.root and directory in self._fresh_dirs:
+                directory = posixpath.dirname(directory)
+                directories.append(directory)
         directories = list(dict.fromkeys(directories))
-        work = []  # (lane, local, temp, target, data, st)
+        work = []  # (lane, temp or None when present, target, data, st)
         for i, (local, rel) in enumerate(files):
             target = self.remote(rel)
             directory, name = posixpath.split(target)
-            st = local.stat()
-            work.append((lanes[i % len(lanes)], local, posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp"),
-                         target, local.read_bytes(), st))
-        # 1. Open every temp file (on its lane) and every directory (read-only:
-        # sftp-server opens it with open(2), and fsync of that descriptor is
-        # how a directory is synced).
-        opens = [(lane, lane.sftp._async_request(type(None), CMD_OPEN, temp,
-                                                 SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, SFTPAttributes()))
-                 for lane, _, temp, _, _, _ in work]
+            lane = lanes[i % len(lanes)]
+            if rel in present:
+                work.append((lane, None, target, b"", None))
+            else:
+                work.append((lane, posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp"), target,
+                             local.read_bytes(), local.stat()))
+        renames = [(temp, target) for _, temp, target, _, _ in work if temp is not None]
+        # 1. Open every temp file (on its lane), every file already there and
+        # every directory (read-only: sftp-server opens it with open(2), and an
+        # fsync of that descriptor is how a directory is synced).
+        opens = [(lane, lane.sftp._async_request(
+                    type(None), CMD_OPEN, temp or target,
+                    SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if temp else SFTP_FLAG_READ, SFTPAttributes()))
+                 for lane, temp, target, _, _ in work]
         dir_opens = [self.sftp._async_request(type(None), CMD_OPEN, d, SFTP_FLAG_READ, SFTPAttributes())
                      for d in directories]
-        handles: list[bytes | None] = [None] * len(work)
         dir_handles: list[bytes] = []
         try:
-            for i, (lane, num) in enumerate(opens):
-                handles[i] = _handle(lane.sftp, num, work[i][2])
-            for d, num in zip(directories, dir_opens):
-                dir_handles.append(_handle(self.sftp, num, d))
+            handles = [_handle(lane.sftp, num, w[1] or w[2]) for (lane, num), w in zip(opens, work)]
+            dir_handles = [_handle(self.sftp, num, d) for d, num in zip(directories, dir_opens)]
             # 2. Write, set mode and times, fsync, close: one burst per lane.
             pending = []
-            for (lane, _, _, _, data, st), handle in zip(work, handles):
-                attrs = SFTPAttributes()
-                attrs.st_mode = stat.S_IMODE(st.st_mode)
-                attrs.st_atime, attrs.st_mtime = int(st.st_atime), int(st.st_mtime)
+            for (lane, temp, _, data, st), handle in zip(work, handles):
                 sftp = lane.sftp
-                pending += [(sftp, sftp._async_request(type(None), CMD_WRITE, handle, int64(offset),
-                                                       data[offset:offset + WRITE_SIZE]))
-                            for offset in range(0, len(data), WRITE_SIZE)]
-                pending.append((sftp, sftp._async_request(type(None), CMD_FSETSTAT, handle, attrs)))
+                if temp is not None:
+                    attrs = SFTPAttributes()
+                    attrs.st_mode = stat.S_IMODE(st.st_mode)
+                    attrs.st_atime, attrs.st_mtime = int(st.st_atime), int(st.st_mtime)
+                    pending += [(sftp, sftp._async_request(type(None), CMD_WRITE, handle, int64(offset),
+                                                           data[offset:offset + WRITE_SIZE]))
+                                for offset in range(0, len(data), WRITE_SIZE)]
+                    pending.append((sftp, sftp._async_request(type(None), CMD_FSETSTAT, handle, attrs)))
                 pending.append((sftp, sftp._async_request(type(None), CMD_EXTENDED, FSYNC, handle)))
                 pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, handle)))
-            _read_all(pending)
-            # 3. Everything is on the peer's disk: rename in order, then sync the directories.
+            if renames:
+                _read_all(pending)
+                pending = []
+            # 3. Every file is on the peer's disk: rename in order, then sync the directories.
             sftp = self.sftp
-            pending = [(sftp, sftp._async_request(type(None), CMD_EXTENDED, POSIX_RENAME, temp, target))
-                       for _, _, temp, target, _, _ in work]
+            pending += [(sftp, sftp._async_request(type(None), CMD_EXTENDED, POSIX_RENAME, temp, target))
+                        for temp, target in renames]
             for handle in dir_handles:
                 pending.append((sftp, sftp._async_request(type(None), CMD_EXTENDED, FSYNC, handle)))
                 pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, handle)))
@@ -337,13 +349,14 @@ class Peer:
                     self.sftp._request(CMD_CLOSE, handle)
                 except Exception:
                     pass
-            for _, _, temp, _, _, _ in work:
+            for temp, _ in renames:
                 try:
                     self.sftp.remove(temp)
                 except Exception:
                     pass
             raise
-        return sum(len(w[4]) for w in work)
+        self._fresh_dirs.difference_update(directories)
+        return sum(len(w[3]) for w in work)
 
     def set_dir_mtimes(self, times: list[tuple[str, float]]) -> None:
         """Set directory mtimes, in order, as one pipelined burst of SETSTAT requests."""

@@ -272,12 +272,11 @@ class Service:
 
     # -- health ----------------------------------------------------------
     def replication(self) -> dict[str, Any] | None:
-        """This node's replicator state (queue depth, lag), read at most once a second."""
-        if self.replication_state is None:
-            return None
+        """This node's replicator state (queue depth, lag), read at most once a second,
+        and how new results are acknowledged."""
         read_at, cached = self._replication
         now = time.monotonic()
-        if now - read_at >= 1.0:
+        if self.replication_state is not None and now - read_at >= 1.0:
             try:
                 data = json.loads(self.replication_state.read_text())
                 cached = {
