@@ -265,6 +265,12 @@ class Lab:
         wait_port(NODE_HOSTS[name], layout.ssh_port)
         return pid
 
+    def start_replicator(self, name: str) -> int:
+        """Start a node's replicator towards the other node."""
+        store = self.layout().node_dir(name) / "audio"
+        return self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)),
+                                                 "replicate", "--store", str(store)])
+
     def stop_sshd(self, name: str) -> None:
         """Take a node's SSH endpoint away, open sessions included (a standby outage)."""
         pid = self.pid(f"sshd-{name}")
@@ -320,8 +326,7 @@ class Lab:
         for name in NODE_HOSTS:
             self.start_sshd(name)
         for name in NODE_HOSTS:
-            self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)),
-                                              "replicate", "--store", str(layout.node_dir(name) / "audio")])
+            self.start_replicator(name)
         proc = subprocess.run([nginx, "-p", str(layout.gateway), "-c", str(layout.gateway / "nginx.conf")],
                               capture_output=True, text=True)
         if proc.returncode != 0:
