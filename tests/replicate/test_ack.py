@@ -20,9 +20,10 @@ import pytest
 from ttsha.lab import descendants
 from ttsha.replicate import ack
 from ttsha.replicate.ack import DEGRADED, SYNC, AckClient, AckGate, AckUnavailable
+from ttsha.store import AudioStore
 
 from ..server.conftest import SERVE, FakeEngine, Node
-from .test_audio import start, wait_for
+from .test_audio import put_results, start, wait_for
 
 TIMEOUT = 0.3
 
@@ -264,6 +265,12 @@ def test_an_answered_result_is_already_on_the_standby(acked):
     sent = replicator.acks.stats
     assert sent["sent"] + sent["present"] == 16 and sent["failed"] == 0
     assert sent["sent"] + replicator.stats["files_sent"] == 16, (sent, replicator.stats)
+    # Once serve asks, the queue leaves new files to the acknowledgement path
+    # (only the first result can have gone the other way).
+    assert replicator.stats["files_sent"] <= 2, replicator.stats
+    # A file written by other means still reaches the peer through the queue.
+    other = put_results(AudioStore(config.store.path), 900, 1)
+    assert wait_for(lambda: on_peer(config, other[0]), 30)
     _, metrics = node.client.request("GET", "/metrics")
     assert b'ttsha_replication_acks_total{outcome="confirmed"} 8.0' in metrics
     assert b"ttsha_replication_ack_degraded 0.0" in metrics

@@ -44,6 +44,10 @@ ROLE_CHECK_S = 5.0
 #: off from the gateway must not go on sending models as a primary while the
 #: monitor has made the other node primary (the monitor probes every second).
 ROLE_FRESH_S = 30.0
+#: serve counts as asking for acknowledgements this long after its last request.
+ACK_ACTIVE_S = 10.0
+#: Beyond ack_timeout, how long a new file is left to the acknowledgement path.
+ACK_MARGIN_S = 0.2
 
 
 def peer_for(config: Config, root: str) -> Peer:
@@ -120,6 +124,7 @@ class Replicator:
         self._scan = threading.Event()
         self._scan.set()  # catch-up at start
         self.lags: list[float] = []
+        self._due_in: float | None = None  # seconds until a held-back file is due
         self.stats: dict[str, Any] = {"files_sent": 0, "bytes_sent": 0, "last_error": "", "connected": False,
                                       "overflows": 0, "models": {}}
         #: The live connection of the audio loop, shared with the acknowledgement path.
@@ -177,6 +182,15 @@ class Replicator:
                 self._scan.clear()
                 self._catch_up(peer)
             batch = self.queue.peek(256)
+            hold = self._holdback()
+            if hold:
+                # serve is about to ask for its new results on the acknowledgement
+                # path, which sends them fsynced; sending them here first would
+                # make it wait behind this path and then sync them again.
+                now = time.time()
+                young = [item.closed_at + hold - now for item in batch if item.closed_at + hold > now]
+                batch = [item for item in batch if item.closed_at + hold <= now]
+                self._due_in = min(young, default=None)
             if not batch:
                 return sent
             counter = [0]
@@ -247,10 +261,11 @@ class Replicator:
                     self.stats["connected"] = True
                     self._scan.set()
                     log.info("connected to %s@%s:%d", peer.user, peer.host, peer.port)
+                self._due_in = None
                 self.drain(peer)
                 backoff = 0.5
                 self.write_state()
-                self._wake.wait(1.0)
+                self._wake.wait(1.0 if self._due_in is None else min(1.0, max(0.01, self._due_in)))
                 self._wake.clear()
             except HostKeyRefused as exc:
                 self._failure(peer, exc, alert=True)
@@ -337,6 +352,14 @@ class Replicator:
             self._stop.wait(min(ROLE_CHECK_S, interval))
 
     # -- acknowledgements ------------------------------------------------
+    def _holdback(self) -> float:
+        """How long a new file waits in the queue for serve's acknowledgement
+        request, while serve is asking (0: send at once)."""
+        last = self.acks.last_request
+        if not self.ack_enabled or last is None or time.monotonic() - last > ACK_ACTIVE_S:
+            return 0.0
+        return self.config.replicate.ack_timeout + ACK_MARGIN_S
+
     @property
     def ack_enabled(self) -> bool:
         return ack.mode(self.config) == "standby"

@@ -119,6 +119,8 @@ class AckSender:
         self._lanes_of: Peer | None = None  # the connection the lanes belong to
         self._lanes_lock = threading.RLock()
         self._stop = threading.Event()
+        #: When serve last asked for something (monotonic), None: never.
+        self.last_request: float | None = None
         #: Files sent, files found sent already (fsynced only), files that failed.
         self.stats = {"batches": 0, "sent": 0, "present": 0, "failed": 0}
 
@@ -130,6 +132,7 @@ class AckSender:
             return {"ok": True, **self._status()}
         if op != "ack":
             return {"ok": False, "error": f"unknown op {op!r}"}
+        self.last_request = time.monotonic()
         paths, timeout = request.get("paths"), request.get("timeout")
         if not isinstance(paths, list) or not paths or len(paths) > MAX_PATHS:
             return {"ok": False, "error": f"paths: expected a list of 1 to {MAX_PATHS} paths"}
