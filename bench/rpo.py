@@ -131,9 +131,9 @@ def measure(pairs: int = PAIRS) -> dict:
         path = root / "ttsha-local.toml"
         path.write_text(_to_toml(local_cfg.to_dict()), encoding="utf-8")
         log = open(root / "local.log", "ab")
+        store = layout.node_dir("primary") / "audio"
         local_proc = subprocess.Popen([sys.executable, "-m", "ttsha", "--config", str(path), "serve", "--host", HOST,
-                                       "--port", str(ports["local"]), "--store", str(layout.node_dir("primary") / "audio")],
-                                      stdout=log, stderr=log)
+                                       "--port", str(ports["local"]), "--store", str(store)], stdout=log, stderr=log)
         log.close()
         _wait(lambda: _ack_state(ports["local"]) == "local", 120, "the ack = local serve")
         _wait(lambda: _ack_state(ports["standby"]) == "sync", 60, "synchronous acknowledgements")

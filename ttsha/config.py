@@ -186,7 +186,8 @@ class ReplicateConfig:
         choices=("standby", "local"),
     )
     ack_timeout: Duration = _field(
-        Duration(0.5), "longest wait for the peer's acknowledgement before answering anyway (degraded)", max=60.0
+        Duration(0.5), "longest wait for the peer's acknowledgement before answering anyway (degraded)",
+        min=0.01, max=60.0,
     )
 
 

@@ -163,8 +163,8 @@ def test_a_stream_ends_only_once_the_standby_holds_the_result(tmp_path):
 
         def stream():
             conn = http.client.HTTPConnection(node.host, node.port, timeout=30)
-            conn.request("POST", "/v1/synthesize", body=json.dumps({"text": "流式一。流式二。", "stream": True}),
-                         headers={"Content-Type": "application/json"})
+            body = json.dumps({"text": "流式一。流式二。", "stream": True})
+            conn.request("POST", "/v1/synthesize", body=body, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             got["id"] = resp.headers["X-Audio-Id"]
             got["body"] = resp.read()  # returns at the final (empty) chunk
@@ -318,3 +318,28 @@ def test_a_peer_that_stops_answering_costs_at_most_ack_timeout(acked, sshd_runni
             os.kill(pid, signal.SIGCONT)
     assert wait_for(lambda: gate.state == SYNC, 60), gate.describe()
     assert on_peer(config, rid)
+
+
+def test_durable_put_writes_syncs_and_renames_or_syncs_in_place(rep_config):
+    from ttsha.replicate.daemon import peer_for
+
+    src, dst = rep_config.store.path, rep_config.replicate.remote_store
+    first, second = put_results(AudioStore(src), 0, 2)
+    peer = peer_for(rep_config, str(dst)).connect()
+    try:
+        lane = peer.channel()
+        rels = [f"{second[:2]}/{second}.json", f"{second[:2]}/{second}.wav"]
+        sent = peer.put_durable([(src / rel, rel) for rel in rels], [lane])
+        assert sent == sum((src / rel).stat().st_size for rel in rels)
+        assert on_peer(rep_config, second) and not list(dst.rglob(".*.tmp"))
+        assert int((dst / rels[1]).stat().st_mtime) == int((src / rels[1]).stat().st_mtime)  # the echo check's key
+        # Copied already by the queue path: only synced where it is, nothing sent again.
+        rels = [f"{first[:2]}/{first}.json", f"{first[:2]}/{first}.wav"]
+        for rel in rels:
+            peer.put(src / rel, rel)
+        assert peer.put_durable([(src / rel, rel) for rel in rels], [lane], frozenset(rels)) == 0
+        # A file believed there but gone is an error, never an acknowledgement.
+        with pytest.raises(OSError):
+            peer.put_durable([(src / "zz" / "gone.json", "zz/gone.json")], [lane], frozenset({"zz/gone.json"}))
+    finally:
+        peer.close()

@@ -3,10 +3,11 @@
 Two sides of one local socket (AF_UNIX, mode 0600, beside the replicator's
 queue; one JSON line each way, one request per connection)::
 
-    serve (AckGate ── AckClient)  ──{"op":"ack","paths":[…],"timeout":0.5}──►  AckServer (replicator)
-                                  ◄──{"ok":true,"seconds":0.006}──────────────  sends them durably, now
-                                  ──{"op":"status"}───────────────────────────►
-                                  ◄──{"ok":true,"connected":true,"queue_depth":0}
+    serve: AckGate, AckClient              replicator: AckServer
+      {"op":"ack","paths":[…],"timeout":0.5}  ──►  sends them durably, now
+      {"ok":true,"seconds":0.006}             ◄──
+      {"op":"status"}                         ──►
+      {"ok":true,"connected":true,"queue_depth":0}  ◄──
 
 The replicator stays the only code that talks SFTP. :class:`AckGate` is the
 serve side's state machine (as MySQL's semi-synchronous replication):

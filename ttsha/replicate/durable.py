@@ -148,7 +148,8 @@ class AckSender:
         peer = self._peer()
         if peer is None or not peer.alive:
             # Say so at once: serve need not wait out its deadline to learn it.
-            return {"ok": False, "error": f"not connected to the peer ({self._status().get('last_error') or 'no link'})"}
+            why = self._status().get("last_error") or "no link"
+            return {"ok": False, "error": f"not connected to the peer ({why})"}
         job = _Job(sorted(dict.fromkeys(rels), key=sidecar_first))
         self._jobs.put(job)
         if not job.done.wait(timeout):
