@@ -131,7 +131,8 @@ class Replicator:
         self.peer: Peer | None = None
         self.locks = PathLocks()
         self.on_peer = OnPeer()
-        self.acks = AckSender(self.store, lambda: self.peer, self.locks, self.on_peer, self.ack_status)
+        self.acks = AckSender(self.store, lambda: self.peer, self.locks, self.on_peer, self.ack_status,
+                              self.queue.discard)
 
     # -- producer --------------------------------------------------------
     def file_done(self, path: str) -> None:
@@ -140,6 +141,11 @@ class Replicator:
         if name.startswith(".") or rel.startswith(".."):
             return  # temp files of atomic writes; their rename brings the real name
         if not selected(rel, self.config.replicate.include, self.config.replicate.exclude):
+            return
+        try:
+            if self.on_peer.has(rel, os.stat(path)):
+                return  # the acknowledgement path delivered it before this event was read
+        except FileNotFoundError:
             return
         self.queue.put(rel, time.time())
         self._wake.set()

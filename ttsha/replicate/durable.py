@@ -108,12 +108,14 @@ class AckSender:
     """Sends what ``serve`` is waiting for, ahead of the queue, fsynced on the peer."""
 
     def __init__(self, store: Path, peer: Callable[[], Peer | None], locks: PathLocks, on_peer: OnPeer,
-                 status: Callable[[], dict[str, Any]]) -> None:
+                 status: Callable[[], dict[str, Any]], delivered: Callable[[list[str], float], None]) -> None:
         self.store = Path(store)
         self._peer = peer
         self.locks = locks
         self.on_peer = on_peer
         self._status = status
+        #: Told which files are on the peer now, and since when (the queue forgets them).
+        self._delivered = delivered
         self._jobs: queue.Queue[_Job] = queue.Queue()
         self._lanes: list[Peer] = []
         self._lanes_of: Peer | None = None  # the connection the lanes belong to
@@ -178,7 +180,7 @@ class AckSender:
         self._stop.set()
 
     def _send(self, batch: list[_Job]) -> None:
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         rels = sorted(dict.fromkeys(rel for job in batch for rel in job.rels), key=sidecar_first)
         error = ""
         try:
@@ -189,6 +191,7 @@ class AckSender:
                 lanes[0].put_durable([(self.store / rel, rel) for rel in rels], lanes[1:], present)
                 for rel in rels:
                     self.on_peer.add(rel, stats[rel])
+                self._delivered(rels, started_wall)
             self.stats["sent"] += len(rels) - len(present)
             self.stats["present"] += len(present)
         except Exception as exc:  # paramiko raises many kinds; the channels are suspect now
