@@ -132,7 +132,7 @@ class Replicator:
         self.locks = PathLocks()
         self.on_peer = OnPeer()
         self.acks = AckSender(self.store, lambda: self.peer, self.locks, self.on_peer, self.ack_status,
-                              self.queue.discard)
+                              self._delivered)
 
     # -- producer --------------------------------------------------------
     def file_done(self, path: str) -> None:
@@ -369,6 +369,12 @@ class Replicator:
     @property
     def ack_enabled(self) -> bool:
         return ack.mode(self.config) == "standby"
+
+    def _delivered(self, rels: list[str], since: float) -> None:
+        """The acknowledgement path put ``rels`` on the peer: the queue forgets them,
+        and the state file says so (the next drain writes it)."""
+        self.queue.discard(rels, since)
+        self._wake.set()
 
     def ack_status(self) -> dict[str, Any]:
         """What ``serve`` asks before it waits again after a degraded spell."""
