@@ -191,7 +191,6 @@ class AckSender:
                 lanes[0].put_durable([(self.store / rel, rel) for rel in rels], lanes[1:], present)
                 for rel in rels:
                     self.on_peer.add(rel, stats[rel])
-                self._delivered(rels, started_wall)
             self.stats["sent"] += len(rels) - len(present)
             self.stats["present"] += len(present)
         except Exception as exc:  # paramiko raises many kinds; the channels are suspect now
@@ -205,6 +204,8 @@ class AckSender:
         for job in batch:
             job.error, job.seconds = error, seconds
             job.done.set()
+        if not error:
+            self._delivered(rels, started_wall)  # after the answers: it writes to disk
 
     def lanes(self) -> list[Peer]:
         """This path's SFTP channels on the replicator's current connection (opened once per connection)."""
