@@ -127,7 +127,7 @@ def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
         if health is None:
             # A dead primary has nothing more to send; what it acknowledged is on the standby or lost either way.
             return Check("replication", True, f"{source} does not answer: nothing more can be sent")
-        if rep is None:
+        if rep is None or "queue_depth" not in rep:  # serve reports its acknowledgements even without one
             detail = f"{source} reports no replicator state (is ttsha-replicate running there?)"
         elif (rep.get("age_s") or 0) > REPLICATION_STATE_MAX_AGE_S:
             detail = f"{source}'s replicator state is {rep.get('age_s')} s old (is it running?)"
