@@ -47,6 +47,7 @@ def main() -> None:
     import failover
     import hostile
     import replicate
+    import rpo
     import serve
 
     # (title, introduction, benchmark module with measure() and table())
@@ -74,6 +75,11 @@ def main() -> None:
         ("Replication", [
             "ttsha's replicator and `rsync -a -e ssh` against the same sshd on loopback, in the same run.",
         ], replicate),
+        ("Acknowledgements", [
+            'What `[replicate] ack = "standby"` (answer a new result once the standby holds it, fsynced)',
+            'costs beside `"local"`: the lab plus a second `serve` with `ack = "local"` on the primary host,',
+            "sharing its store and replicator, requests alternating between the two.",
+        ], rpo),
     ]
 
     lines = [

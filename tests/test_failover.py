@@ -97,6 +97,14 @@ def test_replication_must_be_caught_up(pair, tmp_path, monkeypatch):  # noqa: F8
     states = iter([{"queue_depth": 0, "connected": False, "age_s": 0.5, "last_error": "Connection refused"}] * 99)
     check = failover._replication_caught_up(config, "a", wait=0)
     assert not check.ok and "not connected" in check.detail and "Connection refused" in check.detail
+    # Results answered without the standby's acknowledgement: refused until it has caught up.
+    degraded = {"queue_depth": 0, "connected": True, "age_s": 0.5,
+                "ack": {"mode": "standby", "state": "degraded", "reason": "no answer from the replicator within 500 ms"}}
+    states = iter([degraded, degraded, {**degraded, "ack": {"mode": "standby", "state": "sync"}}])
+    check = failover._replication_caught_up(config, "a", wait=0)
+    assert not check.ok and "degraded" in check.detail and "500 ms" in check.detail
+    check = failover._replication_caught_up(config, "a", wait=5)
+    assert check.ok
 
 
 def write_config(config, tmp_path):

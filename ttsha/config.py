@@ -230,6 +230,15 @@ class ReplicateConfig:
     exclude: list = _field([".*"], "glob patterns to skip")
     queue_file: Path = _field(_InStateDir("replicate.sqlite"), "durable queue of pending files")
     concurrency: int = _field(8, "files in flight at once (SFTP channels; sshd allows 10 by default)", min=1, max=64)
+    ack: str = _field(
+        "standby",
+        "when 'serve' answers a new result: once the peer holds it durably, or at once (ignored without a peer)",
+        choices=("standby", "local"),
+    )
+    ack_timeout: Duration = _field(
+        Duration(0.5), "longest wait for the peer's acknowledgement before answering anyway (degraded)",
+        min=0.01, max=60.0,
+    )
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ class Plan:
 
 
 def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
-    """The source's replicator has an empty queue and a live link (waits up to ``wait`` s)."""
+    """The source's replicator has an empty queue and a live link, and its
+    acknowledgements are not degraded (waits up to ``wait`` s)."""
     deadline = time.monotonic() + wait
     while True:
         health = node_health(config, source)
@@ -126,7 +127,7 @@ def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
         if health is None:
             # A dead primary has nothing more to send; what it acknowledged is on the standby or lost either way.
             return Check("replication", True, f"{source} does not answer: nothing more can be sent")
-        if rep is None:
+        if rep is None or "queue_depth" not in rep:  # serve reports its acknowledgements even without one
             detail = f"{source} reports no replicator state (is ttsha-replicate running there?)"
         elif (rep.get("age_s") or 0) > REPLICATION_STATE_MAX_AGE_S:
             detail = f"{source}'s replicator state is {rep.get('age_s')} s old (is it running?)"
@@ -134,6 +135,11 @@ def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
             detail = f"{source}'s replicator is not connected to its peer: {rep.get('last_error') or 'no link'}"
         elif rep.get("queue_depth"):
             detail = f"{source} still has {rep.get('queue_depth')} files to send"
+        elif isinstance(rep.get("ack"), dict) and rep["ack"].get("state") == "degraded":
+            # Results were answered without the standby's acknowledgement; the
+            # node says when the standby holds them all again (see [replicate] ack).
+            detail = (f"{source}'s acknowledgements are degraded (replication: degraded): "
+                      f"{rep['ack'].get('reason') or 'the standby has not confirmed recent results'}")
         else:
             lag = (rep.get("lag_s") or {}).get("p99")
             return Check("replication", True, f"{source}'s queue is empty"

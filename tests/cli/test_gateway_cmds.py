@@ -82,7 +82,9 @@ def test_status(capsys, tmp_path, gw_config):
                     "standby": {"status": "up", "role": "primary", "since": now - 100, "last_probe_ms": 1.2,
                                 "last_error": "", "engine": "embedded", "model_version": "v1",
                                 "replication": {"queue_depth": 7, "lag_s": {"p50": 0.01, "p99": 0.042},
-                                                "connected": False}},
+                                                "connected": False,
+                                                "ack": {"mode": "standby", "state": "degraded",
+                                                        "reason": "no answer [within] 500 ms"}}},
                 },
                 "events": [{"kind": "switchover", "node": "standby", "at": now - 29, "detail": "primary -> standby"}],
             }
@@ -92,5 +94,6 @@ def test_status(capsys, tmp_path, gw_config):
     assert code == 0
     assert "ConnectionRefusedError" in out and "switchover" in out and "primary -> standby" in out
     assert "queue 7, lag p99 42 ms, disconnected" in out
+    assert "degraded" in out and "[within]" in out  # acknowledgements; the reason is not markup
     code, out, _ = run(capsys, "--config", str(gw_config), "status", "--json")
     assert json.loads(out)["primary"] == "standby"

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from ttsha.cli.config_cmd import _to_toml
+from ttsha.config import to_toml
 from ttsha.replicate.daemon import Replicator
 from ttsha.store import AudioStore, result_id
 
@@ -106,7 +106,7 @@ def test_standby_outage_loses_nothing(rep_config, sshd_running):
 def test_kill_9_mid_burst_then_restart(rep_config, tmp_path):
     src, dst = rep_config.store.path, rep_config.replicate.remote_store
     cfg = tmp_path / "ttsha.toml"
-    cfg.write_text(_to_toml(rep_config.to_dict()))
+    cfg.write_text(to_toml(rep_config))
     store = AudioStore(src)
     cmd = [str(EXE), "--config", str(cfg), "replicate"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from ttsha.cli import main
-from ttsha.cli.config_cmd import _to_toml
+from ttsha.config import to_toml
 from ttsha.config import Config, NodeConfig, ReplicateConfig, ServeConfig
 from ttsha.replicate import daemon
 from ttsha.replicate.daemon import Replicator
@@ -117,7 +117,7 @@ class _Result:
 
 def test_once_models_is_refused_on_a_backup(tmp_path, node, capsys):
     cfg = tmp_path / "ttsha.toml"
-    cfg.write_text(_to_toml(config_for(tmp_path, node.port).to_dict()))
+    cfg.write_text(to_toml(config_for(tmp_path, node.port)))
     tell(node, "backup")
     code = main(["--config", str(cfg), "replicate", "--once", "models"])
     err = capsys.readouterr().err

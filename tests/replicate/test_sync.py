@@ -184,12 +184,12 @@ def test_trust_host_records_the_key_after_showing_it(rep_config, sshd_running, t
     import io
 
     from ttsha.cli import main
-    from ttsha.cli.config_cmd import _to_toml
+    from ttsha.config import to_toml
 
     known = rep_config.replicate.known_hosts
     known.write_text("")
     cfg = tmp_path / "ttsha.toml"
-    cfg.write_text(_to_toml(rep_config.to_dict()))
+    cfg.write_text(to_toml(rep_config))
     code = main(["--config", str(cfg), "replicate", "trust-host", "127.0.0.1", "--port", str(sshd_running.port), "--yes"])
     err = capsys.readouterr().err
     fingerprint = paramiko.Ed25519Key.from_private_key_file(str(sshd_running.host_key)).fingerprint

@@ -81,10 +81,11 @@ class Client:
 class Node:
     """A Service + App on a real werkzeug server on an ephemeral loopback port."""
 
-    def __init__(self, engine: Engine, store_dir, serve: ServeConfig, start: bool = True, host: str = "127.0.0.1") -> None:
+    def __init__(self, engine: Engine, store_dir, serve: ServeConfig, start: bool = True, host: str = "127.0.0.1",
+                 acks=None) -> None:
         self.engine = engine
         self.host = host
-        self.service = Service(serve, engine, AudioStore(store_dir))
+        self.service = Service(serve, engine, AudioStore(store_dir), acks=acks)
         self.app = create_app(self.service)
         self.server = make_server(host, 0, self.app, threaded=True)
         self.port = self.server.server_address[1]

@@ -117,6 +117,7 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     from .output import table_console
+    from rich.markup import escape
     from rich.table import Table
 
     now = time.time()
@@ -136,6 +137,12 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
             replication = (f"queue {rep.get('queue_depth')}, lag p99 "
                            + ("-" if lag is None else f"{1000 * lag:.0f} ms")
                            + ("" if rep.get("connected") else ", disconnected"))
+            acks = rep.get("ack") if isinstance(rep.get("ack"), dict) else {}
+            if acks.get("state") == "degraded":
+                why = escape(str(acks.get("reason") or "acknowledgements not waited for"))
+                replication += f", [bold red]degraded[/] ({why})"
+            elif acks.get("state") == "sync":
+                replication += ", acks sync"
         else:
             replication = "-"
         table.add_row(name, node.get("role", "?"), f"[{styles.get(node['status'], '')}]{node['status']}[/]",

@@ -4,7 +4,9 @@ The audio store is watched with pyinotify (``IN_CLOSE_WRITE`` and
 ``IN_MOVED_TO``: the store writes by rename). Every finished file goes into
 the durable queue first; a sender drains the queue in order over SFTP,
 reconnecting with exponential backoff when the peer is away. A catch-up scan
-at start and after an inotify queue overflow finds anything missed.
+at start and after an inotify queue overflow finds anything missed. With
+``ack = "standby"``, ``serve`` asks on a local socket for each new result and
+:mod:`.durable` sends it at once, fsynced, over the same connection.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ..config import Config
 from ..errors import TTSHAError
 from ..fsutil import atomic_write
 from ..nginx import ACTIVE, PRIMARY
+from . import ack
+from .durable import AckSender, OnPeer, PathLocks
 from .queue import DurableQueue
 from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
@@ -40,6 +44,10 @@ ROLE_CHECK_S = 5.0
 #: off from the gateway must not go on sending models as a primary while the
 #: monitor has made the other node primary (the monitor probes every second).
 ROLE_FRESH_S = 30.0
+#: serve counts as asking for acknowledgements this long after its last request.
+ACK_ACTIVE_S = 10.0
+#: Beyond ack_timeout, how long a new file is left to the acknowledgement path.
+ACK_MARGIN_S = 0.2
 
 
 def peer_for(config: Config, root: str) -> Peer:
@@ -116,8 +124,15 @@ class Replicator:
         self._scan = threading.Event()
         self._scan.set()  # catch-up at start
         self.lags: list[float] = []
+        self._due_in: float | None = None  # seconds until a held-back file is due
         self.stats: dict[str, Any] = {"files_sent": 0, "bytes_sent": 0, "last_error": "", "connected": False,
                                       "overflows": 0, "models": {}}
+        #: The live connection of the audio loop, shared with the acknowledgement path.
+        self.peer: Peer | None = None
+        self.locks = PathLocks()
+        self.on_peer = OnPeer()
+        self.acks = AckSender(self.store, lambda: self.peer, self.locks, self.on_peer, self.ack_status,
+                              self._delivered)
 
     # -- producer --------------------------------------------------------
     def file_done(self, path: str) -> None:
@@ -126,6 +141,11 @@ class Replicator:
         if name.startswith(".") or rel.startswith(".."):
             return  # temp files of atomic writes; their rename brings the real name
         if not selected(rel, self.config.replicate.include, self.config.replicate.exclude):
+            return
+        try:
+            if self.on_peer.has(rel, os.stat(path)):
+                return  # the acknowledgement path delivered it before this event was read
+        except FileNotFoundError:
             return
         self.queue.put(rel, time.time())
         self._wake.set()
@@ -168,6 +188,15 @@ class Replicator:
                 self._scan.clear()
                 self._catch_up(peer)
             batch = self.queue.peek(256)
+            hold = self._holdback()
+            if hold:
+                # serve is about to ask for its new results on the acknowledgement
+                # path, which sends them fsynced; sending them here first would
+                # make it wait behind this path and then sync them again.
+                now = time.time()
+                young = [item.closed_at + hold - now for item in batch if item.closed_at + hold > now]
+                batch = [item for item in batch if item.closed_at + hold <= now]
+                self._due_in = min(young, default=None)
             if not batch:
                 return sent
             counter = [0]
@@ -203,12 +232,15 @@ class Replicator:
             # Results are immutable and content-addressed, so nodes can
             # replicate to each other: a file that came from the peer is
             # already there (same size and mtime) and is not sent back.
-            st = local.stat()
-            there = peer.stat(item.rel)
-            if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
-                self.queue.done(item)
-                return None
-            nbytes = peer.put(local, item.rel)
+            with self.locks.hold([item.rel]):  # never beside the acknowledgement path on one file
+                st = local.stat()
+                there = peer.stat(item.rel)
+                if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
+                    self.on_peer.add(item.rel, st)
+                    self.queue.done(item)
+                    return None
+                nbytes = peer.put(local, item.rel)
+                self.on_peer.add(item.rel, st)
         except FileNotFoundError:
             self.queue.done(item)  # removed locally (gc) before it could be sent
             return None
@@ -224,14 +256,22 @@ class Replicator:
         while not self._stop.is_set():
             try:
                 if peer is None or not peer.alive:
+                    self.peer = None
                     peer = peer_for(self.config, str(self.config.replicate.remote_store)).connect()
+                    self.peer = peer
+                    if self.ack_enabled:
+                        try:  # reserve the acknowledgement channels before a burst takes them all
+                            self.acks.lanes()
+                        except Exception as exc:  # the sender tries again per batch
+                            log.warning("cannot open the acknowledgement channels yet: %s", exc)
                     self.stats["connected"] = True
                     self._scan.set()
                     log.info("connected to %s@%s:%d", peer.user, peer.host, peer.port)
+                self._due_in = None
                 self.drain(peer)
                 backoff = 0.5
                 self.write_state()
-                self._wake.wait(1.0)
+                self._wake.wait(1.0 if self._due_in is None else min(1.0, max(0.01, self._due_in)))
                 self._wake.clear()
             except HostKeyRefused as exc:
                 self._failure(peer, exc, alert=True)
@@ -244,6 +284,9 @@ class Replicator:
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
     def _failure(self, peer: Peer | None, exc: Exception, alert: bool = False) -> None:
+        self.peer = None
+        self.acks.close()
+        self.on_peer.clear()  # the peer may have changed while away: send in full
         if peer is not None:
             peer.close()
         self.stats["connected"] = False
@@ -314,6 +357,31 @@ class Replicator:
             was_turn = turn
             self._stop.wait(min(ROLE_CHECK_S, interval))
 
+    # -- acknowledgements ------------------------------------------------
+    def _holdback(self) -> float:
+        """How long a new file waits in the queue for serve's acknowledgement
+        request, while serve is asking (0: send at once)."""
+        last = self.acks.last_request
+        if not self.ack_enabled or last is None or time.monotonic() - last > ACK_ACTIVE_S:
+            return 0.0
+        return self.config.replicate.ack_timeout + ACK_MARGIN_S
+
+    @property
+    def ack_enabled(self) -> bool:
+        return ack.mode(self.config) == "standby"
+
+    def _delivered(self, rels: list[str], since: float) -> None:
+        """The acknowledgement path put ``rels`` on the peer: the queue forgets them,
+        and the state file says so (the next drain writes it)."""
+        self.queue.discard(rels, since)
+        self._wake.set()
+
+    def ack_status(self) -> dict[str, Any]:
+        """What ``serve`` asks before it waits again after a degraded spell."""
+        peer = self.peer
+        return {"connected": bool(peer is not None and peer.alive), "queue_depth": self.queue.depth(),
+                "last_error": self.stats["last_error"]}
+
     # -- observability ---------------------------------------------------
     def lag_percentiles(self) -> dict[str, float | None]:
         ordered = sorted(self.lags)
@@ -323,7 +391,7 @@ class Replicator:
 
     def write_state(self) -> None:
         data = {"updated_at": time.time(), "queue_depth": self.queue.depth(), "lag_s": self.lag_percentiles(),
-                **self.stats}
+                **self.stats, "acks": dict(self.acks.stats)}
         try:
             atomic_write(self.state_file, json.dumps(data, indent=1))
         except OSError as exc:
@@ -349,6 +417,18 @@ class Replicator:
         threads = [threading.Thread(target=self._audio_loop, name="audio", daemon=True)]
         if self.config.replicate.models != "never" if models is None else models:
             threads.append(threading.Thread(target=self._models_loop, name="models", daemon=True))
+        server = None
+        if self.ack_enabled:
+            server = ack.AckServer(ack.socket_path(self.config), self.acks.handle)
+            try:
+                server.start()
+            except TTSHAError as exc:
+                # Audio still flows through the queue; serve reports degraded
+                # acknowledgements and alerts, which says what is wrong.
+                log.error("acknowledgements off: %s", exc)
+                server = None
+            else:
+                threads.append(threading.Thread(target=self.acks.run, name="acks", daemon=True))
         for thread in threads:
             thread.start()
         systemd.ready(f"replicating {self.store} to {self.config.replicate.peer}")
@@ -358,6 +438,9 @@ class Replicator:
                 systemd.watchdog_ping()
         systemd.stopping()
         notifier.stop()
+        if server is not None:
+            server.close()
+        self.acks.stop()
         for thread in threads:
             thread.join(10)
         self.write_state()

@@ -68,6 +68,15 @@ class DurableQueue:
         with self._lock:
             self._db.execute("DELETE FROM pending WHERE seq = ?", (item.seq,))
 
+    def discard(self, rels: list[str], queued_before: float) -> None:
+        """Forget ``rels`` queued before ``queued_before``: they reached the peer another way
+        (a path queued again later stays: it may have changed since)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for rel in rels:
+                self._db.execute("DELETE FROM pending WHERE rel = ? AND closed_at <= ?", (rel, queued_before))
+            self._db.execute("COMMIT")
+
     def failed(self, item: Pending) -> None:
         with self._lock:
             self._db.execute("UPDATE pending SET attempts = attempts + 1 WHERE seq = ?", (item.seq,))

@@ -19,12 +19,14 @@ from pathlib import Path, PurePosixPath
 import paramiko
 from paramiko.sftp import (
     CMD_CLOSE,
+    CMD_EXTENDED,
     CMD_FSETSTAT,
     CMD_HANDLE,
     CMD_OPEN,
     CMD_SETSTAT,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
+    SFTP_FLAG_READ,
     SFTP_FLAG_TRUNC,
     SFTP_FLAG_WRITE,
     SFTPError,
@@ -84,6 +86,7 @@ class Peer:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._dirs: set[str] = set()  # remote directories known to exist
+        self._fresh_dirs: set[str] = set()  # created here, their names not yet synced in their parents
 
     # -- connection ------------------------------------------------------
     def connect(self) -> "Peer":
@@ -100,6 +103,7 @@ class Peer:
                     self.bwlimit // 1024, self.timeout)
         twin._client = self._client
         twin._dirs = self._dirs  # directories known to exist, shared by the channels
+        twin._fresh_dirs = self._fresh_dirs
         twin._sftp = paramiko.SFTPClient.from_transport(
             self._client.get_transport(), window_size=WINDOW, max_packet_size=32768
         )
@@ -141,6 +145,7 @@ class Peer:
             # of results opens many shards); only a refusal needs a stat.
             try:
                 self.sftp.mkdir(path)
+                self._fresh_dirs.add(path)
             except OSError:
                 # lstat: a symlink on the peer is not followed out of the root.
                 if not stat.S_ISDIR(self.sftp.lstat(path).st_mode):
@@ -261,6 +266,98 @@ class Peer:
             raise
         return len(data)
 
+    def put_durable(self, files: list[tuple[Path, str]], channels: list[Peer] | None = None,
+                    present: frozenset[str] = frozenset()) -> int:
+        """Make ``files`` (local path, relative path) survive a crash of the peer.
+
+        Each goes to a dot-temp name, mode and times set, ``fsync@openssh.com``,
+        closed; only once every one of them is on the peer's disk are they
+        renamed into place, in the order given (sidecars first), and then every
+        directory that holds a new name is fsynced too, or a power cut on the
+        peer could lose the renames. Relative paths in ``present`` were copied
+        already (by :meth:`put`): those are only fsynced where they are, with
+        their directory. Files are spread over ``channels`` (twins of this
+        Peer) so their fsyncs run at once; renames and directories go over this
+        one, in order. Three round trips, two when nothing is renamed. Returns
+        the bytes sent.
+        """
+        lanes = [self, *(channels or [])]
+        directories: list[str] = []
+        for _, rel in files:
+            if rel not in present:
+                self.makedirs(posixpath.dirname(safe_relative(rel)))
+            directory = posixpath.dirname(self.remote(rel))
+            directories.append(directory)
+            # A directory created without a sync (here or by put) lives in its parent.
+            while directory != self.root and directory in self._fresh_dirs:
+                directory = posixpath.dirname(directory)
+                directories.append(directory)
+        directories = list(dict.fromkeys(directories))
+        work = []  # (lane, temp or None when present, target, data, st)
+        for i, (local, rel) in enumerate(files):
+            target = self.remote(rel)
+            directory, name = posixpath.split(target)
+            lane = lanes[i % len(lanes)]
+            if rel in present:
+                work.append((lane, None, target, b"", None))
+            else:
+                work.append((lane, posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp"), target,
+                             local.read_bytes(), local.stat()))
+        renames = [(temp, target) for _, temp, target, _, _ in work if temp is not None]
+        # 1. Open every temp file (on its lane), every file already there and
+        # every directory (read-only: sftp-server opens it with open(2), and an
+        # fsync of that descriptor is how a directory is synced).
+        opens = [(lane, lane.sftp._async_request(
+                    type(None), CMD_OPEN, temp or target,
+                    SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if temp else SFTP_FLAG_READ, SFTPAttributes()))
+                 for lane, temp, target, _, _ in work]
+        dir_opens = [self.sftp._async_request(type(None), CMD_OPEN, d, SFTP_FLAG_READ, SFTPAttributes())
+                     for d in directories]
+        dir_handles: list[bytes] = []
+        try:
+            handles = [_handle(lane.sftp, num, w[1] or w[2]) for (lane, num), w in zip(opens, work)]
+            dir_handles = [_handle(self.sftp, num, d) for d, num in zip(directories, dir_opens)]
+            # 2. Write, set mode and times, fsync, close: one burst per lane.
+            pending = []
+            for (lane, temp, _, data, st), handle in zip(work, handles):
+                sftp = lane.sftp
+                if temp is not None:
+                    attrs = SFTPAttributes()
+                    attrs.st_mode = stat.S_IMODE(st.st_mode)
+                    attrs.st_atime, attrs.st_mtime = int(st.st_atime), int(st.st_mtime)
+                    pending += [(sftp, sftp._async_request(type(None), CMD_WRITE, handle, int64(offset),
+                                                           data[offset:offset + WRITE_SIZE]))
+                                for offset in range(0, len(data), WRITE_SIZE)]
+                    pending.append((sftp, sftp._async_request(type(None), CMD_FSETSTAT, handle, attrs)))
+                pending.append((sftp, sftp._async_request(type(None), CMD_EXTENDED, FSYNC, handle)))
+                pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, handle)))
+            if renames:
+                _read_all(pending)
+                pending = []
+            # 3. Every file is on the peer's disk: rename in order, then sync the directories.
+            sftp = self.sftp
+            pending += [(sftp, sftp._async_request(type(None), CMD_EXTENDED, POSIX_RENAME, temp, target))
+                        for temp, target in renames]
+            for handle in dir_handles:
+                pending.append((sftp, sftp._async_request(type(None), CMD_EXTENDED, FSYNC, handle)))
+                pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, handle)))
+            dir_handles = []
+            _read_all(pending)
+        except BaseException:
+            for handle in dir_handles:
+                try:
+                    self.sftp._request(CMD_CLOSE, handle)
+                except Exception:
+                    pass
+            for temp, _ in renames:
+                try:
+                    self.sftp.remove(temp)
+                except Exception:
+                    pass
+            raise
+        self._fresh_dirs.difference_update(directories)
+        return sum(len(w[3]) for w in work)
+
     def set_dir_mtimes(self, times: list[tuple[str, float]]) -> None:
         """Set directory mtimes, in order, as one pipelined burst of SETSTAT requests."""
         pending = []
@@ -288,6 +385,36 @@ class Peer:
             for block in iter(lambda: f.read(CHUNK), b""):
                 digest.update(block)
         return digest.hexdigest()
+
+
+#: OpenSSH's SFTP extensions (sftp-server has both since 6.5). paramiko has
+#: no call for fsync, so it goes out through the same request helpers its own
+#: SFTPFile uses (private; setup.cfg bounds paramiko's major version for them).
+FSYNC = "fsync@openssh.com"
+POSIX_RENAME = "posix-rename@openssh.com"
+
+
+def _handle(sftp: paramiko.SFTPClient, num: int, path: str) -> bytes:
+    kind, msg = sftp._read_response(num)  # raises on an error status
+    if kind != CMD_HANDLE:
+        raise SFTPError(f"open {path}: expected a handle")
+    return msg.get_binary()
+
+
+def _read_all(pending: list[tuple[paramiko.SFTPClient, int]]) -> None:
+    """Wait for every reply, in order; the first error status raises.
+
+    paramiko drops a reply it was not waiting for, so each is awaited by
+    number (a channel answers in order, so none is skipped).
+    """
+    for sftp, num in pending:
+        try:
+            sftp._read_response(num)
+        except OSError as exc:
+            if "unsupported" in str(exc).lower():
+                raise TTSHAError(f"the peer's SFTP server lacks {FSYNC} or {POSIX_RENAME} "
+                                 "(OpenSSH >= 6.5 has both): acknowledgements need them") from None
+            raise
 
 
 def fetch_host_key(host: str, port: int, timeout: float = 10.0) -> paramiko.PKey:

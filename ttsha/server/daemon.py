@@ -18,14 +18,27 @@ from pathlib import Path
 from werkzeug.serving import make_server
 
 from .. import systemd
+from ..alert import Alert, Alerter
 from ..config import Config, load
 from ..engine import create_engine
 from ..errors import TTSHAError
+from ..replicate import ack
+from ..replicate.ack import AckGate
 from ..store import AudioStore
 from .app import create_app
 from .service import STUCK_AFTER_S, Service
 
 log = logging.getLogger(__name__)
+
+
+def _ack_gate(config: Config) -> AckGate:
+    """How this node's serve waits for the standby ([replicate] ack), alerting when that degrades."""
+    mode = ack.mode(config)
+    alert = None
+    if mode != "local":
+        alerter = Alerter(config.alert)
+        alert = lambda kind, message, severity: alerter.send(Alert(kind, message, severity))  # noqa: E731
+    return AckGate(mode, config.replicate.ack_timeout, ack.AckClient(ack.socket_path(config)), alert)
 
 
 class ServeDaemon:
@@ -37,7 +50,7 @@ class ServeDaemon:
         engine = create_engine(config.engine, workers=config.serve.workers)
         # The replicator on this node (if any) writes its state beside its queue.
         replication = Path(config.replicate.queue_file).with_suffix(".json")
-        self.service = Service(config.serve, engine, store, replication_state=replication)
+        self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config))
         self.app = create_app(self.service)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -95,6 +108,8 @@ class ServeDaemon:
                 log.warning("reload: %s changed; restart the service to apply", ", ".join(restart_needed))
             # Limits apply to the next request; the pool and engine stay.
             self.service.serve = new.serve
+            if self.service.acks is not None:
+                self.service.acks.timeout = new.replicate.ack_timeout
             self.config = new
             log.info("configuration reloaded from %s", source or "defaults")
         systemd.ready()

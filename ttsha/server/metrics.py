@@ -44,5 +44,19 @@ class Metrics:
             "ttsha_replication_connected", "1 while the replicator holds an SSH session to the peer", registry=self.registry
         )
 
+        self.acks = Counter(
+            "ttsha_replication_acks", "New results by how the standby acknowledged them "
+            "(confirmed, failed: answered after a timeout or refusal, async: while degraded)", ["outcome"],
+            registry=self.registry,
+        )
+        self.ack_seconds = Histogram(
+            "ttsha_replication_ack_seconds", "Time a new result waited for the standby's acknowledgement",
+            buckets=(0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2), registry=self.registry,
+        )
+        self.ack_degraded = Gauge(
+            "ttsha_replication_ack_degraded", "1 while new results are answered without waiting for the standby "
+            "(replication: degraded)", registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

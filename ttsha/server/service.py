@@ -23,6 +23,7 @@ from ..audio import to_pcm16, wav_bytes, wav_header
 from ..config import ServeConfig
 from ..engine import Engine
 from ..errors import EngineError, InputError, StoreError
+from ..replicate.ack import DEGRADED, AckGate
 from ..store import AudioStore, StoredResult, normalize_key_text, result_id
 from .metrics import Metrics
 from .pool import SynthesisPool
@@ -122,8 +123,10 @@ class Service:
     """Synthesis through a bounded worker pool into the content-addressed store."""
 
     def __init__(self, serve: ServeConfig, engine: Engine, store: AudioStore,
-                 replication_state: Path | None = None) -> None:
+                 replication_state: Path | None = None, acks: AckGate | None = None) -> None:
         self.serve = serve
+        #: With ``[replicate] ack = "standby"``: new results are answered once the peer holds them.
+        self.acks = acks
         #: The replicator's state file on this node (its queue and lag), if any.
         self.replication_state = replication_state
         self._replication: tuple[float, dict[str, Any] | None] = (0.0, None)
@@ -165,12 +168,16 @@ class Service:
             self.readiness.set("failed", str(exc))
             raise
         self.readiness.settle()
+        if self.acks is not None:
+            self.acks.start()
         self._canary_thread = threading.Thread(target=self._canary_loop, name="canary", daemon=True)
         self._canary_thread.start()
         threading.Thread(target=self._store_loop, name="store-check", daemon=True).start()
 
     def stop(self, timeout: float) -> bool:
         self._stop.set()
+        if self.acks is not None:
+            self.acks.stop()
         return self.pool.stop(timeout)
 
     # -- requests --------------------------------------------------------
@@ -219,7 +226,9 @@ class Service:
         self.pool.deadline = self.serve.deadline  # SIGHUP may have changed it
         future = self.pool.submit(lambda: self._render(req), key=req.id, chars=len(req.text))
         self._update_gauges()
-        return future.result(), False
+        stored = future.result()
+        self._confirm(req.id)
+        return stored, False
 
     def stream(self, req: SynthRequest, fmt: str) -> Iterator[bytes]:
         """Audio bytes sentence by sentence as they are synthesized (WAV or raw PCM).
@@ -248,6 +257,9 @@ class Service:
             while True:
                 item = chunks.get()
                 if item is None:
+                    # The end of the stream is the acknowledgement: it goes
+                    # out once the peer holds the result, as a plain answer does.
+                    self._confirm(req.id)
                     return
                 if isinstance(item, BaseException):
                     # Headers are gone already: raising makes the server close the
@@ -295,6 +307,18 @@ class Service:
         self.readiness.last_synth_ok_at = time.time()
         return stored
 
+    def _confirm(self, rid: str) -> None:
+        """Return once the peer holds the new result ``rid`` durably, or
+        ``[replicate] ack_timeout`` has passed (then answer anyway, degraded)."""
+        if self.acks is None or not self.acks.enabled:
+            return
+        rels = [str(p.relative_to(self.store.root)) for p in (self.store.meta_path(rid), self.store.audio_path(rid))]
+        started = time.perf_counter()
+        outcome = self.acks.confirm(rid, rels)
+        self.metrics.acks.labels(outcome).inc()
+        if outcome != "async":
+            self.metrics.ack_seconds.observe(time.perf_counter() - started)
+
     def _update_gauges(self) -> None:
         self.metrics.queue_depth.set(self.pool.queue_depth)
         self.metrics.workers_busy.set(self.pool.busy)
@@ -310,15 +334,16 @@ class Service:
             for quantile, value in (replication.get("lag_s") or {}).items():
                 if value is not None:
                     self.metrics.replication_lag.labels(quantile).set(value)
+        if self.acks is not None and self.acks.enabled:
+            self.metrics.ack_degraded.set(1 if self.acks.state == DEGRADED else 0)
 
     # -- health ----------------------------------------------------------
     def replication(self) -> dict[str, Any] | None:
-        """This node's replicator state (queue depth, lag), read at most once a second."""
-        if self.replication_state is None:
-            return None
+        """This node's replicator state (queue depth, lag), read at most once a second,
+        and how new results are acknowledged."""
         read_at, cached = self._replication
         now = time.monotonic()
-        if now - read_at >= 1.0:
+        if self.replication_state is not None and now - read_at >= 1.0:
             try:
                 data = json.loads(self.replication_state.read_text())
                 cached = {
@@ -331,6 +356,10 @@ class Service:
             except (OSError, ValueError):
                 cached = None
             self._replication = (now, cached)
+        if self.acks is not None and (self.acks.enabled or cached is not None):
+            # The monitor copies this dict into its state: `ttsha status` and
+            # `ttsha failover` see whether acknowledgements are degraded.
+            return {**(cached or {}), "ack": self.acks.describe()}
         return cached
 
     def note_role(self, role: str) -> None:

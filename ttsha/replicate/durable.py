@@ -1,0 +1,237 @@
+"""The replicator's acknowledgement path: what ``serve`` asks for, sent at once and durably.
+
+Requests arrive on the :class:`~ttsha.replicate.ack.AckServer` socket; one
+sender thread takes whatever is waiting, as one batch (a group commit: the
+fsyncs of concurrent requests overlap), over its own SFTP channels of the
+replicator's SSH connection, so an acknowledgement never queues behind a
+catch-up. The queue path (inotify) and this one never send the same file at
+once (:class:`PathLocks`); when the queue reaches a file this path already
+sent, the peer has it with the same size and mtime and it is not sent again;
+when this path is asked for a file the queue already sent (:class:`OnPeer`),
+it is fsynced where it is, not sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .ack import MAX_PATHS
+from .sync import sidecar_first
+from .transport import UnsafePath, safe_relative
+
+if TYPE_CHECKING:
+    from .transport import Peer
+
+log = logging.getLogger(__name__)
+
+#: SFTP channels of the acknowledgement path: a result's sidecar and audio are
+#: fsynced on the peer at once. With ``concurrency = 8`` that makes 10 in all,
+#: sshd's default MaxSessions.
+LANES = 2
+#: Most files in one batch.
+BATCH_FILES = 64
+#: A peer that stops answering mid-transfer (frozen, cut off) holds the
+#: sender this long at most; serve stopped waiting long before.
+IO_TIMEOUT_S = 10.0
+
+
+class PathLocks:
+    """Relative paths being sent: two senders never write one file at once."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, rels: list[str]) -> Iterator[None]:
+        """Wait until none of ``rels`` is held, hold all of them (so no deadlock)."""
+        wanted = set(rels)
+        with self._cond:
+            self._cond.wait_for(lambda: not (wanted & self._held))
+            self._held |= wanted
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= wanted
+                self._cond.notify_all()
+
+
+class OnPeer:
+    """Files known to be on the peer as they are here (size, mtime), most recent first.
+
+    The queue path often copies a new result before serve asks for it (it
+    hears of the file first): the acknowledgement then only fsyncs it there
+    instead of sending it again.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self._known: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def add(self, rel: str, st: os.stat_result) -> None:
+        with self._lock:
+            self._known[rel] = (st.st_size, int(st.st_mtime))
+            self._known.move_to_end(rel)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+
+    def has(self, rel: str, st: os.stat_result) -> bool:
+        with self._lock:
+            return self._known.get(rel) == (st.st_size, int(st.st_mtime))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._known.clear()
+
+
+@dataclass
+class _Job:
+    rels: list[str]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str = ""
+    seconds: float = 0.0
+
+
+class AckSender:
+    """Sends what ``serve`` is waiting for, ahead of the queue, fsynced on the peer."""
+
+    def __init__(self, store: Path, peer: Callable[[], Peer | None], locks: PathLocks, on_peer: OnPeer,
+                 status: Callable[[], dict[str, Any]], delivered: Callable[[list[str], float], None]) -> None:
+        self.store = Path(store)
+        self._peer = peer
+        self.locks = locks
+        self.on_peer = on_peer
+        self._status = status
+        #: Told which files are on the peer now, and since when (the queue forgets them).
+        self._delivered = delivered
+        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._lanes: list[Peer] = []
+        self._lanes_of: Peer | None = None  # the connection the lanes belong to
+        self._lanes_lock = threading.RLock()
+        self._stop = threading.Event()
+        #: When serve last asked for something (monotonic), None: never.
+        self.last_request: float | None = None
+        #: Files sent, files found sent already (fsynced only), files that failed.
+        self.stats = {"batches": 0, "sent": 0, "present": 0, "failed": 0}
+
+    # -- requests (AckServer threads) ---------------------------------------
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request from the socket: ``status``, or ``ack`` of some paths."""
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, **self._status()}
+        if op != "ack":
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        self.last_request = time.monotonic()
+        paths, timeout = request.get("paths"), request.get("timeout")
+        if not isinstance(paths, list) or not paths or len(paths) > MAX_PATHS:
+            return {"ok": False, "error": f"paths: expected a list of 1 to {MAX_PATHS} paths"}
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+            return {"ok": False, "error": "timeout: expected seconds, more than 0 and at most 60"}
+        try:
+            rels = [safe_relative(p) if isinstance(p, str) else safe_relative("") for p in paths]
+        except UnsafePath as exc:
+            return {"ok": False, "error": str(exc)}
+        for rel in rels:
+            if not (self.store / rel).is_file():
+                return {"ok": False, "error": f"{rel}: no such file in {self.store}"}
+        peer = self._peer()
+        if peer is None or not peer.alive:
+            # Say so at once: serve need not wait out its deadline to learn it.
+            why = self._status().get("last_error") or "no link"
+            return {"ok": False, "error": f"not connected to the peer ({why})"}
+        job = _Job(sorted(dict.fromkeys(rels), key=sidecar_first))
+        self._jobs.put(job)
+        if not job.done.wait(timeout):
+            return {"ok": False, "error": f"not on the peer within {1000 * timeout:.0f} ms"}
+        if job.error:
+            return {"ok": False, "error": job.error}
+        return {"ok": True, "seconds": round(job.seconds, 6)}
+
+    # -- the sender thread ------------------------------------------------------
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while sum(len(j.rels) for j in batch) < BATCH_FILES:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self._send(batch)
+        self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _send(self, batch: list[_Job]) -> None:
+        started, started_wall = time.monotonic(), time.time()
+        rels = sorted(dict.fromkeys(rel for job in batch for rel in job.rels), key=sidecar_first)
+        error = ""
+        try:
+            lanes = self.lanes()
+            with self.locks.hold(rels):
+                stats = {rel: (self.store / rel).stat() for rel in rels}
+                present = frozenset(rel for rel in rels if self.on_peer.has(rel, stats[rel]))
+                lanes[0].put_durable([(self.store / rel, rel) for rel in rels], lanes[1:], present)
+                for rel in rels:
+                    self.on_peer.add(rel, stats[rel])
+            self.stats["sent"] += len(rels) - len(present)
+            self.stats["present"] += len(present)
+        except Exception as exc:  # paramiko raises many kinds; the channels are suspect now
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("acknowledgement path: %s", error)
+            self.close()
+        seconds = time.monotonic() - started
+        self.stats["batches"] += 1
+        if error:
+            self.stats["failed"] += len(rels)
+        for job in batch:
+            job.error, job.seconds = error, seconds
+            job.done.set()
+        if not error:
+            self._delivered(rels, started_wall)  # after the answers: it writes to disk
+
+    def lanes(self) -> list[Peer]:
+        """This path's SFTP channels on the replicator's current connection (opened once per connection)."""
+        peer = self._peer()
+        if peer is None or not peer.alive:
+            raise ConnectionError("not connected to the peer")
+        with self._lanes_lock:
+            if self._lanes_of is not peer or not self._lanes:
+                self.close()
+                lanes: list[Peer] = []
+                try:
+                    for _ in range(LANES):
+                        lanes.append(peer.channel())
+                        lanes[-1].sftp.get_channel().settimeout(IO_TIMEOUT_S)
+                except BaseException:
+                    for lane in lanes:
+                        lane.close()
+                    raise
+                self._lanes, self._lanes_of = lanes, peer
+            return self._lanes
+
+    def close(self) -> None:
+        with self._lanes_lock:
+            for lane in self._lanes:
+                try:
+                    lane.close()
+                except Exception:
+                    pass
+            self._lanes, self._lanes_of = [], None
