@@ -23,6 +23,7 @@ Why the proxy settings look the way they do:
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,31 @@ class NginxError(TTSHAError):
     """Nginx refused a configuration or could not be reloaded."""
 
 
+#: Anything that could end a directive, open a block, start a comment or a
+#: variable, or break a line. The config is validated at load; this is the
+#: second line of defence, so no code path can render a directive from data.
+_UNSAFE = re.compile(r"[\s;{}#'\"\\$`]|\A\Z")
+
+
+def _safe(value: object, what: str) -> str:
+    """``value`` as one Nginx token, or NginxError when it could render a directive."""
+    text = str(value)
+    if _UNSAFE.search(text):
+        raise NginxError(f"refusing to render {what} {text!r} into the Nginx configuration")
+    return text
+
+
 def node_address(node: NodeConfig) -> str:
     """``host:port`` Nginx proxies to for this node."""
     if node.address:
         return node.address
     parts = urlsplit(node.url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.hostname}:{port}"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # out of range; the config check refuses it, this keeps a traceback out
+        raise NginxError(f"invalid port in node url {node.url!r}") from None
+    host = parts.hostname or ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def gateway_url(nginx: NginxConfig) -> str:
@@ -71,7 +90,7 @@ def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generat
     """
     lines = [
         "# Written by ttsha monitor; do not edit: the next switchover rewrites it.",
-        f'map "" $ttsha_generation {{ default "{generation}"; }}',
+        f'map "" $ttsha_generation {{ default "{_safe(generation, "generation")}"; }}',
         f"upstream {UPSTREAM_NAME} {{",
     ]
     for name, node in nodes.items():
@@ -82,7 +101,8 @@ def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generat
             BACKUP: "backup",
             DOWN: "down",
         }[role]
-        lines.append(f"    server {node_address(node)} {params};  # {name}: {role}")
+        address = _safe(node_address(node), f"nodes.{name} address")
+        lines.append(f"    server {address} {params};  # {_safe(name, 'node name')}: {role}")
     lines += ["    keepalive 16;", "}", ""]
     return "\n".join(lines)
 
@@ -95,14 +115,16 @@ def render_site(config: Config, upstream_file: Path | None = None) -> str:
     """The gateway's ``server`` block (http context), including the upstream file."""
     ng = config.nginx
     body = max(config.serve.max_body_bytes, 1024)
+    include = _safe(upstream_file or ng.upstream_file, "nginx.upstream_file")
+    listen = _safe(ng.listen, "nginx.listen")
     return f"""# Rendered by `ttsha nginx render`; regenerate rather than edit.
-# Gateway for the ttsha pair. The monitor rewrites only {upstream_file or ng.upstream_file}.
+# Gateway for the ttsha pair. The monitor rewrites only {include}.
 # In the main context of nginx.conf, also set:
 #   worker_shutdown_timeout 30s;  # streams cannot pile up old workers after reloads
-include {upstream_file or ng.upstream_file};
+include {include};
 
 server {{
-    listen {ng.listen};
+    listen {listen};
     client_max_body_size {body};
 
     location / {{
@@ -150,16 +172,17 @@ def render_article_baseline(config: Config, primary: str, standby: str) -> tuple
     passive checks only (max_fails=2 fail_timeout=10s), Nginx's default
     retry policy (a failed POST is not retried) and default timeouts."""
     nodes = config.nodes
+    addresses = [_safe(node_address(nodes[n]), f"nodes.{n} address") for n in (primary, standby)]
     upstream = (
         f'map "" $ttsha_generation {{ default "article"; }}\n'
         f"upstream {UPSTREAM_NAME} {{\n"
-        f"    server {node_address(nodes[primary])} max_fails=2 fail_timeout=10s;\n"
-        f"    server {node_address(nodes[standby])} backup;\n"
+        f"    server {addresses[0]} max_fails=2 fail_timeout=10s;\n"
+        f"    server {addresses[1]} backup;\n"
         "}\n"
     )
-    site = f"""include {config.nginx.upstream_file};
+    site = f"""include {_safe(config.nginx.upstream_file, "nginx.upstream_file")};
 server {{
-    listen {config.nginx.listen};
+    listen {_safe(config.nginx.listen, "nginx.listen")};
     location / {{
         proxy_pass http://{UPSTREAM_NAME};
         proxy_set_header Host $host;

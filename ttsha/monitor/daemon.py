@@ -58,7 +58,10 @@ def probe(url: str, connect_timeout: float, read_timeout: float,
     what it is in the live upstream (its replicator acts on it)."""
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
+    try:
+        conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
+    except ValueError as exc:  # a port out of range (the config check refuses it at load)
+        return False, None, f"invalid url {url!r}: {exc}"
     try:
         conn.connect()
         conn.sock.settimeout(read_timeout)
@@ -106,7 +109,11 @@ class Monitor:
             started = time.monotonic()
             applied = self._applied_roles  # replaced, never mutated: safe to read here
             role = applied.get(name) if applied else None
-            ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, role)
+            try:
+                ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, role)
+            except Exception as exc:  # a probe thread that dies leaves its node's state frozen
+                log.exception("probe of %s failed unexpectedly; probing on", name)
+                ok, info, error = False, None, f"{type(exc).__name__}: {exc}"
             latency = (time.monotonic() - started) * 1000
             self.inbox.put(Probe(name, ok, time.time(), latency, info, error))
             state = self.decider.states[name]
