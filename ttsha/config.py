@@ -144,6 +144,12 @@ def _check_webhook(value: str) -> str | None:
     return None if valid_host(parts.hostname) else f"expected an http(s) URL, got {value!r}"
 
 
+def _check_name(value: str) -> str | None:
+    if value == "" or _NODE_NAME.fullmatch(value):
+        return None
+    return f"expected a name of letters, digits, '.', '_' and '-', got {value!r}"
+
+
 def _check_user(value: str) -> str | None:
     return None if _USER.fullmatch(value) else f"expected a user name, got {value!r}"
 
@@ -168,6 +174,7 @@ _CHECKS = {
     "url": _check_url,
     "webhook": _check_webhook,
     "user": _check_user,
+    "name": _check_name,
     "nginx_path": _check_nginx_path,
     "argv": _check_argv,
 }
@@ -230,6 +237,10 @@ class ServeConfig:
     max_body_bytes: int = _field(65536, "largest request body accepted", min=1024, max=16 * 1024 * 1024)
     canary_interval: Duration = _field(Duration(30.0), "how often the health canary synthesizes")
     drain_timeout: Duration = _field(Duration(20.0), "how long SIGTERM waits for in-flight requests")
+    node: str = _field(
+        "", "this node's name in [nodes] (the monitor's role claims name it); empty: the table whose url "
+        "has serve's host and port", check="name"
+    )
 
 
 @dataclass(frozen=True)
@@ -268,6 +279,11 @@ class MonitorConfig:
     control_socket: Path = _field(
         _InStateDir("monitor.sock"), "socket 'failover' uses to ask the running monitor for a switchover"
     )
+    secret_file: Path | None = _field(
+        None, "shared secret (mode 0600) that signs the roles the monitor gives nodes; the same file on the "
+        "gateway and every node; empty: no node believes a role"
+    )
+    gateway_id: str = _field("", "this gateway's name in signed role claims; empty: the host name", check="name")
 
 
 @dataclass(frozen=True)
@@ -461,6 +477,8 @@ def _check(config: Config, where: str) -> None:
                               "(at most 63, starting with a letter or digit)")
         if not node.start_command:
             raise ConfigError(f"{where}: nodes.{name}.start_command: must name a command")
+    if config.serve.node and config.serve.node not in config.nodes:
+        raise ConfigError(f"{where}: serve.node: {config.serve.node!r} is not one of the [nodes] tables")
     if config.replicate.peer and config.replicate.peer not in config.nodes:
         raise ConfigError(f"{where}: replicate.peer: {config.replicate.peer!r} is not one of the [nodes] tables")
 

@@ -32,15 +32,12 @@ from urllib.parse import urlsplit
 from .config import Config, NginxConfig, NodeConfig
 from .errors import TTSHAError
 from .fsutil import atomic_write
+# The role vocabulary lives in .protocol (nodes import it without gateway code).
+from .protocol import ACTIVE, BACKUP, CLAIM_HEADER, DOWN, GATEWAY_HEADER, PRIMARY, ROLE_HEADER, ROLES  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_NAME = "ttsha_backend"
-PRIMARY, BACKUP, DOWN, ACTIVE = "primary", "backup", "down", "active"
-ROLES = frozenset({PRIMARY, BACKUP, DOWN, ACTIVE})
-#: The monitor's probes tell each node the role it has in the upstream; the
-#: gateway strips this header from client requests so nobody else can.
-ROLE_HEADER = "X-TTSHA-Role"
 
 
 class NginxError(TTSHAError):
@@ -133,8 +130,13 @@ server {{
         proxy_set_header Connection "";
         proxy_set_header Host $host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        # Only the monitor tells a node its role (an empty value drops the header).
+        # Only the monitor tells a node its role (an empty value drops the header);
+        # nodes also verify its signature (ttsha.protocol).
         proxy_set_header {ROLE_HEADER} "";
+        proxy_set_header {CLAIM_HEADER} "";
+        # Marks the request as proxied (a client cannot remove it): nodes show
+        # /health details only to the monitor and to direct loopback callers.
+        proxy_set_header {GATEWAY_HEADER} 1;
         # A dead node must not stall requests: fail fast, then retry elsewhere.
         proxy_connect_timeout {_seconds(ng.proxy_connect_timeout)};
         proxy_send_timeout 10s;

@@ -11,33 +11,40 @@ import pytest
 
 from ttsha.cli import main
 from ttsha.cli.config_cmd import _to_toml
-from ttsha.config import Config, NodeConfig, ReplicateConfig, ServeConfig
+from ttsha.config import Config, MonitorConfig, NodeConfig, ReplicateConfig, ServeConfig
+from ttsha.protocol import RoleVerifier
 from ttsha.replicate import daemon
 from ttsha.replicate.daemon import Replicator
 
 from ..monitor.conftest import free_port
-from ..server.conftest import SERVE, FakeEngine, Node
+from ..server.conftest import SECRET, SERVE, FakeEngine, Monitor, Node
 
 
 @pytest.fixture
 def node(tmp_path):
-    node = Node(FakeEngine(), tmp_path / "store", SERVE)
+    node = Node(FakeEngine(), tmp_path / "store", SERVE, roles=RoleVerifier(SECRET, "a"))
+    node.monitor = Monitor()
     yield node
     node.close()
 
 
 def tell(node: Node, role: str) -> None:
-    """What the monitor's probe does."""
+    """What the monitor's probe does (a signed claim)."""
     conn = http.client.HTTPConnection(node.host, node.port, timeout=5)
-    conn.request("GET", "/health", headers={"X-TTSHA-Role": role})
+    conn.request("GET", "/health", headers=node.monitor.claim(role))
     conn.getresponse().read()
     conn.close()
 
 
 def config_for(tmp_path, port: int, models: str = "primary") -> Config:
     (tmp_path / "models").mkdir(exist_ok=True)
+    secret = tmp_path / "secret"
+    if not secret.exists():
+        secret.write_bytes(SECRET)
+        secret.chmod(0o600)
     return Config(
         serve=ServeConfig(host="127.0.0.1", port=port),
+        monitor=MonitorConfig(secret_file=secret),
         nodes={"a": NodeConfig(url=f"http://127.0.0.1:{port}"), "b": NodeConfig(url="http://127.0.0.3:8900")},
         replicate=ReplicateConfig(peer="b", models=models, local_models=tmp_path / "models",
                                   queue_file=tmp_path / "queue.sqlite", interval=3600.0),

@@ -10,6 +10,10 @@ from urllib.parse import quote
 import pytest
 import soundfile as sf
 
+from ttsha.protocol import RoleVerifier
+
+from .conftest import SECRET, Monitor
+
 
 def body_json(data: bytes) -> dict:
     return json.loads(data.decode())
@@ -227,12 +231,16 @@ def test_health_before_and_after_warm_up(make_node, fake_engine):
     assert health["role"] is None and health["role_at"] is None  # no monitor has probed yet
 
 
-def test_health_remembers_the_role_the_monitor_gives(fake_node):
-    resp, data = fake_node.client.request("GET", "/health", headers={"X-TTSHA-Role": "primary"})
+def test_health_remembers_the_role_the_monitor_gives(make_node, fake_engine):
+    node = make_node(fake_engine, roles=RoleVerifier(SECRET, "a"))
+    monitor = Monitor()
+    resp, data = node.client.request("GET", "/health", headers=monitor.claim("primary"))
     assert resp.status == 200 and body_json(data)["role"] == "primary"
-    fake_node.client.request("GET", "/health", headers={"X-TTSHA-Role": "in charge"})  # not a role: ignored
-    health = body_json(fake_node.client.request("GET", "/health")[1])
+    node.client.request("GET", "/health", headers={"X-TTSHA-Role": "backup"})  # unsigned: ignored
+    node.client.request("GET", "/health", headers={**monitor.claim("primary"), "X-TTSHA-Role": "in charge"})
+    health = body_json(node.client.request("GET", "/health")[1])
     assert health["role"] == "primary" and health["role_at"] > 0
+    assert health["role_claims"]["accepted"] == 1 and sum(health["role_claims"]["rejected"].values()) == 2
 
 
 @pytest.mark.parametrize("output, reason", [("silence", "silent"), ("nan", "NaN")])

@@ -25,7 +25,8 @@ from .. import systemd
 from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
-from ..nginx import ROLE_HEADER, NginxError, UpstreamController, node_address
+from ..nginx import NginxError, UpstreamController, node_address
+from ..protocol import load_secret, sign_claim
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
@@ -53,9 +54,10 @@ class Probe:
 
 
 def probe(url: str, connect_timeout: float, read_timeout: float,
-          role: str | None = None) -> tuple[bool, dict[str, Any] | None, str]:
-    """One ``GET /health``: (eligible, body, reason). ``role`` tells the node
-    what it is in the live upstream (its replicator acts on it)."""
+          claim: dict[str, str] | None = None) -> tuple[bool, dict[str, Any] | None, str]:
+    """One ``GET /health``: (eligible, body, reason). ``claim`` (signed
+    headers, see :mod:`ttsha.protocol`) tells the node what it is in the live
+    upstream (its replicator acts on it)."""
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     try:
@@ -65,9 +67,7 @@ def probe(url: str, connect_timeout: float, read_timeout: float,
     try:
         conn.connect()
         conn.sock.settimeout(read_timeout)
-        headers = {"Connection": "close"}
-        if role:
-            headers[ROLE_HEADER] = role
+        headers = {"Connection": "close", **(claim or {})}
         conn.request("GET", "/health", headers=headers)
         resp = conn.getresponse()
         raw = resp.read(65536)
@@ -100,6 +100,13 @@ class Monitor:
         self._applied_roles: dict[str, str] | None = None
         self._last_state_write = 0.0
         self._replication: dict[str, Any] = {}
+        # Roles go to the nodes signed (ttsha.protocol); without a secret no node would believe them.
+        self._secret = load_secret(mc.secret_file)
+        self.gateway_id = mc.gateway_id or _host_name()
+        self._role_epoch = 0
+        if self._secret is None:
+            log.warning("no [monitor] secret_file: nodes are not told their roles, so models = \"primary\" "
+                        "sends from no node (see ttsha(1), SECURITY)")
 
     # -- probing ---------------------------------------------------------
     def _probe_loop(self, name: str) -> None:
@@ -109,8 +116,10 @@ class Monitor:
             started = time.monotonic()
             applied = self._applied_roles  # replaced, never mutated: safe to read here
             role = applied.get(name) if applied else None
+            epoch = self._role_epoch
             try:
-                ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, role)
+                claim = sign_claim(self._secret, role or "", name, self.gateway_id, epoch) if self._secret else None
+                ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, claim)
             except Exception as exc:  # a probe thread that dies leaves its node's state frozen
                 log.exception("probe of %s failed unexpectedly; probing on", name)
                 ok, info, error = False, None, f"{type(exc).__name__}: {exc}"
@@ -186,6 +195,8 @@ class Monitor:
             self._record(Event("nginx_failed", "*", started, str(exc)))
             self.alerter.send(Alert("nginx_failed", f"nginx rejected the upstream change: {exc}", "critical", started))
             return False
+        # A new epoch with every new set of roles: nodes ignore older ones (ttsha.protocol).
+        self._role_epoch = max(self._role_epoch + 1, time.time_ns() // 1_000_000)
         self._applied_roles = roles
         self.nginx_status = {
             "ok": True,
@@ -283,3 +294,11 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _host_name() -> str:
+    """This host's name as a claim's gateway id (letters, digits, '.', '_', '-')."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip(".-_")[:63] or "gateway"

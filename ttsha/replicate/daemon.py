@@ -25,7 +25,7 @@ from .. import systemd
 from ..config import Config
 from ..errors import TTSHAError
 from ..fsutil import atomic_write
-from ..nginx import ACTIVE, PRIMARY
+from ..protocol import ACTIVE, PRIMARY
 from .queue import DurableQueue
 from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
@@ -281,9 +281,12 @@ class Replicator:
         if role == PRIMARY:
             return True, "this node is the primary"
         if role is None:
+            if self.config.monitor.secret_file is None:
+                return False, ("role unknown: [monitor] secret_file is not set, so no node believes a role "
+                               "from the monitor (see ttsha(1), SECURITY)")
             host, port = local_health_url(self.config)
-            return False, (f"role unknown: no recent role from the local ttsha serve at {host}:{port} "
-                           f"(not up, or no probe from the monitor for {ROLE_FRESH_S:.0f} s)")
+            return False, (f"role unknown: no recent signed role from the local ttsha serve at {host}:{port} "
+                           f"(not up, or no valid probe from the monitor for {ROLE_FRESH_S:.0f} s)")
         if role == ACTIVE:
             return False, 'active-active has no primary: set models = "always" on the node whose cache is the source'
         return False, f"this node is {role} in the gateway; models flow from the primary"

@@ -28,7 +28,7 @@ from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import FileWrapper
 
 from ..errors import EngineError, InputError
-from ..nginx import ROLE_HEADER, ROLES
+from ..protocol import GATEWAY_HEADER
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .page import PAGE
 from .pool import Overloaded
@@ -142,10 +142,15 @@ class App:
         return Response(PAGE, mimetype="text/html")
 
     def on_health(self, request: Request) -> Response:
-        role = request.headers.get(ROLE_HEADER)
-        if role in ROLES:
-            self.service.note_role(role)
-        status, body = self.service.health()
+        verdict = self.service.roles.verify(request.headers)
+        if verdict.claim is not None:
+            self.service.note_role(verdict.claim)
+        # Internals (pid, replicator errors) only for the monitor (a signed
+        # probe) and direct loopback callers (the replicator, an operator);
+        # the gateway marks what it proxies, and clients cannot remove that.
+        local = _loopback(request.remote_addr) or request.remote_addr == request.environ.get("SERVER_NAME")
+        details = verdict.authenticated or (local and GATEWAY_HEADER not in request.headers)
+        status, body = self.service.health(details=details)
         return _json(body, status)
 
     def on_metrics(self, request: Request) -> Response:
@@ -329,6 +334,15 @@ def _number(value: str, name: str) -> float:
         return float(value)
     except ValueError:
         raise ApiError(400, f"bad_{name}", f"{name} must be a number, got {value!r}") from None
+
+
+def _loopback(address: str | None) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _slug(name: str) -> str:

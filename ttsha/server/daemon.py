@@ -21,11 +21,41 @@ from .. import systemd
 from ..config import Config, load
 from ..engine import create_engine
 from ..errors import TTSHAError
+from ..protocol import RoleVerifier, load_secret
 from ..store import AudioStore
 from .app import create_app
 from .service import STUCK_AFTER_S, Service
 
 log = logging.getLogger(__name__)
+
+
+def node_name(config: Config, host: str, port: int) -> str | None:
+    """This node's name in [nodes]: ``[serve] node``, else the one table whose
+    url has this host and port (None when that is not exactly one)."""
+    from urllib.parse import urlsplit
+
+    if config.serve.node:
+        return config.serve.node
+    found = []
+    for name, node in config.nodes.items():
+        parts = urlsplit(node.url)
+        node_port = parts.port or (443 if parts.scheme == "https" else 80)
+        if node_port == port and parts.hostname == host:
+            found.append(name)
+    return found[0] if len(found) == 1 else None
+
+
+def role_verifier(config: Config, host: str, port: int) -> RoleVerifier:
+    """Which role claims this node believes (see :mod:`ttsha.protocol`)."""
+    secret = load_secret(config.monitor.secret_file)
+    name = node_name(config, host, port)
+    if secret is None:
+        log.warning("no [monitor] secret_file: this node believes no role from the monitor, so its replicator "
+                    "sends no models with models = \"primary\" (see ttsha(1), SECURITY)")
+    elif name is None:
+        log.warning("cannot tell which [nodes] table this node is (%s:%d): set [serve] node; until then no role "
+                    "claim is believed", host, port)
+    return RoleVerifier(secret, name)
 
 
 class ServeDaemon:
@@ -37,7 +67,8 @@ class ServeDaemon:
         engine = create_engine(config.engine, workers=config.serve.workers)
         # The replicator on this node (if any) writes its state beside its queue.
         replication = Path(config.replicate.queue_file).with_suffix(".json")
-        self.service = Service(config.serve, engine, store, replication_state=replication)
+        self.service = Service(config.serve, engine, store, replication_state=replication,
+                               roles=role_verifier(config, host, port))
         self.app = create_app(self.service)
         self._stop = threading.Event()
         self._reload = threading.Event()

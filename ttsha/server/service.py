@@ -23,6 +23,7 @@ from ..audio import to_pcm16, wav_bytes, wav_header
 from ..config import ServeConfig
 from ..engine import Engine
 from ..errors import EngineError, InputError
+from ..protocol import Claim, RoleVerifier
 from ..store import AudioStore, StoredResult, normalize_key_text, result_id
 from .metrics import Metrics
 from .pool import SynthesisPool
@@ -84,7 +85,7 @@ class Service:
     """Synthesis through a bounded worker pool into the content-addressed store."""
 
     def __init__(self, serve: ServeConfig, engine: Engine, store: AudioStore,
-                 replication_state: Path | None = None) -> None:
+                 replication_state: Path | None = None, roles: RoleVerifier | None = None) -> None:
         self.serve = serve
         #: The replicator's state file on this node (its queue and lag), if any.
         self.replication_state = replication_state
@@ -99,6 +100,9 @@ class Service:
         #: This node's role as the gateway's monitor last said in a probe, and when.
         self.role: str | None = None
         self.role_at: float | None = None
+        #: Which role claims this node believes (signed by the monitor; none without a secret).
+        self.roles = roles or RoleVerifier(None, None)
+        self.role_claim: Claim | None = None
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -266,17 +270,19 @@ class Service:
             self._replication = (now, cached)
         return cached
 
-    def note_role(self, role: str) -> None:
-        """Remember the role the monitor gave this node (its probes say it):
-        the replicator on this node sends models only from the primary."""
-        if role != self.role:
-            log.info("role=%s (from the monitor)", role)
-        self.role, self.role_at = role, time.time()
+    def note_role(self, claim: Claim) -> None:
+        """Remember the role the monitor gave this node (a verified claim in
+        its probe): the replicator on this node sends models only from the primary."""
+        if claim.role != self.role:
+            log.info("role=%s (from the monitor %s, epoch %d)", claim.role, claim.gateway, claim.epoch)
+        self.role, self.role_at, self.role_claim = claim.role, time.time(), claim
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        """``/health``: answered from memory."""
+    def health(self, details: bool = True) -> tuple[int, dict[str, Any]]:
+        """``/health``: answered from memory; without ``details`` the status alone."""
         r = self.readiness
         body: dict[str, Any] = {"status": r.status}
+        if not details:
+            return (200 if r.status == "ready" else 503), body
         if r.status != "ready":
             body["reason"] = r.reason
         if self.engine._info is not None:
@@ -291,6 +297,9 @@ class Service:
             canary=r.canary,
             role=self.role,
             role_at=self.role_at,
+            role_epoch=self.role_claim.epoch if self.role_claim else None,
+            role_gateway=self.role_claim.gateway if self.role_claim else None,
+            role_claims=self.roles.stats(),
         )
         replication = self.replication()
         if replication is not None:
