@@ -26,6 +26,7 @@ from ..config import Config
 from ..errors import TTSHAError
 from ..fsutil import atomic_write
 from ..protocol import ACTIVE, PRIMARY
+from .local import NotSendable, stat_inside
 from .queue import DurableQueue
 from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
@@ -198,19 +199,22 @@ class Replicator:
 
     def _send_one(self, peer: Peer, item) -> int | None:
         """Send one queued file; None when there was nothing to send."""
-        local = self.store / item.rel
         try:
             # Results are immutable and content-addressed, so nodes can
             # replicate to each other: a file that came from the peer is
             # already there (same size and mtime) and is not sent back.
-            st = local.stat()
+            st = stat_inside(self.store, item.rel)
             there = peer.stat(item.rel)
             if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
                 self.queue.done(item)
                 return None
-            nbytes = peer.put(local, item.rel)
+            nbytes = peer.put(self.store, item.rel)
         except FileNotFoundError:
             self.queue.done(item)  # removed locally (gc) before it could be sent
+            return None
+        except NotSendable as exc:  # a symlink renamed into the store, say: never followed
+            log.warning("not sending %s", exc)
+            self.queue.done(item)
             return None
         except Exception:
             self.queue.failed(item)
