@@ -15,8 +15,6 @@ import signal
 import threading
 from pathlib import Path
 
-from werkzeug.serving import make_server
-
 from .. import systemd
 from ..config import Config, load
 from ..engine import create_engine
@@ -24,6 +22,7 @@ from ..errors import TTSHAError
 from ..protocol import RoleVerifier, load_secret
 from ..store import AudioStore
 from .app import create_app
+from .http import BoundedWSGIServer
 from .service import STUCK_AFTER_S, Service
 
 log = logging.getLogger(__name__)
@@ -73,10 +72,11 @@ class ServeDaemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         try:
-            self.server = make_server(host, port, self.app, threaded=True)
+            sc = config.serve
+            self.server = BoundedWSGIServer(host, port, self.app, max_connections=sc.max_connections,
+                                            header_timeout=sc.header_timeout, body_timeout=sc.body_timeout)
         except OSError as exc:
             raise TTSHAError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self.server.daemon_threads = True
 
     @property
     def address(self) -> tuple[str, int]:
