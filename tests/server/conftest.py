@@ -67,8 +67,9 @@ class Client:
         conn.close()
         return resp, data
 
-    def synth(self, params=None, **kw):
-        return self.request("POST", "/v1/synthesize" + ("?" + urlencode(params) if params else ""), body=kw)
+    def synth(self, params=None, timeout: float = 60, **kw):
+        return self.request("POST", "/v1/synthesize" + ("?" + urlencode(params) if params else ""), body=kw,
+                            timeout=timeout)
 
 
 class Node:

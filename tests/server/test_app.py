@@ -95,7 +95,7 @@ def test_pcm_format(fake_node):
         ({"text": ""}, 400, "empty_text"),
         ({"text": "   "}, 400, "empty_text"),
         ({}, 400, "empty_text"),
-        ({"text": 42}, 400, "empty_text"),
+        ({"text": 42}, 400, "bad_text"),
         ({"text": "好" * 201}, 400, "text_too_long"),
         ({"text": "!!!"}, 400, "nothing_to_say"),
         ({"text": "你好", "voice": "carol"}, 400, "unknown_voice"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -131,15 +132,24 @@ class Service:
     # -- requests --------------------------------------------------------
     def validate(self, text: Any, voice: Any, emotion: Any, speed: Any) -> SynthRequest:
         """Check a request against limits and the loaded engine; fill defaults."""
-        if text is None or not isinstance(text, str) or not text.strip():
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}", code="bad_text")
+        if text is None or not text.strip():
             raise InputError("text is empty", code="empty_text")
         if len(text) > self.serve.max_chars:
             raise InputError(f"text has {len(text)} characters, the limit is {self.serve.max_chars}", code="text_too_long")
         for name, value in (("voice", voice), ("emotion", emotion)):
             if value is not None and not isinstance(value, str):
                 raise InputError(f"{name} must be a string", code=f"bad_{name}")
-        if isinstance(speed, bool):
+        if isinstance(speed, bool) or isinstance(speed, (list, dict)):
             raise InputError("speed must be a number", code="bad_speed")
+        if speed is not None:
+            try:
+                number = float(speed)
+            except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer
+                raise InputError(f"speed must be a number, got {str(speed)[:40]!r}", code="bad_speed") from None
+            if not math.isfinite(number):
+                raise InputError("speed must be a finite number", code="bad_speed")
         voice, emotion, speed = self.engine.resolve(voice or None, emotion or None, speed)
         info = self.engine.info
         rid = result_id(
