@@ -116,11 +116,11 @@ def _drill(ctx: Context, fault: str | None, duration: float | None, rate: float 
 
 def print_report(report) -> None:
     """The drill report as rich tables."""
-    from .output import table_console
+    from .output import literal, table_console
     from rich.table import Table
 
     console = table_console()
-    timeline = Table(title=f"drill: {report.fault} of {report.target} (standby {report.standby})")
+    timeline = Table(title=literal(f"drill: {report.fault} of {report.target} (standby {report.standby})"))
     timeline.add_column("event")
     timeline.add_column("t (s after fault)", justify="right")
     for name, value in sorted(report.timeline.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
@@ -134,10 +134,10 @@ def print_report(report) -> None:
     console.print(clients)
     failures = ", ".join(f"{k}: {v}" for k, v in report.failures.items()) or "none"
     rto = "-" if report.rto_s is None else f"{report.rto_s:.3f} s"
-    console.print(f"requests {report.requests}, failed {report.failed} ({failures}), retried by the gateway "
-                  f"{report.retried_by_gateway}; RTO {rto}; RPO {report.rpo_files} files; "
-                  f"{report.target} rejoined as {report.rejoined_as or '-'}")
+    console.print(literal(f"requests {report.requests}, failed {report.failed} ({failures}), retried by the gateway "
+                          f"{report.retried_by_gateway}; RTO {rto}; RPO {report.rpo_files} files; "
+                          f"{report.target} rejoined as {report.rejoined_as or '-'}"))
     if report.missed:
-        console.print("[bold red]objectives missed:[/] " + "; ".join(report.missed))
+        console.print(literal("objectives missed: ", "bold red") + literal("; ".join(report.missed)))
     else:
         console.print("[green]all objectives met[/]")

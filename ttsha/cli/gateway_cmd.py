@@ -116,13 +116,13 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
-    from .output import table_console
+    from .output import literal, table_console
     from rich.table import Table
 
     now = time.time()
     age = now - data.get("updated_at", 0)
     console = table_console()
-    table = Table(title=f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)")
+    table = Table(title=literal(f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)"))
     for column in ("node", "role", "health", "since", "probe", "model", "replication", "last error"):
         table.add_column(column)
     styles = {"up": "green", "down": "bold red", "unknown": "yellow"}
@@ -138,8 +138,9 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
                            + ("" if rep.get("connected") else ", disconnected"))
         else:
             replication = "-"
-        table.add_row(name, node.get("role", "?"), f"[{styles.get(node['status'], '')}]{node['status']}[/]",
-                      since, probe, model, replication, node.get("last_error") or "")
+        table.add_row(literal(name), literal(node.get("role", "?")),
+                      literal(node["status"], styles.get(node["status"], "")),
+                      since, probe, literal(model), replication, literal(node.get("last_error") or ""))
     console.print(table)
     events = data.get("events", [])[-n_events:]
     if events:
@@ -147,5 +148,6 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
         for column in ("when", "event", "node", "detail"):
             ev.add_column(column)
         for e in events:
-            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], e["node"], e["detail"])
+            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), literal(e["kind"]), literal(e["node"]),
+                       literal(e["detail"]))
         console.print(ev)
