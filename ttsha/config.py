@@ -150,6 +150,11 @@ def _check_name(value: str) -> str | None:
     return f"expected a name of letters, digits, '.', '_' and '-', got {value!r}"
 
 
+def _check_rate(value: str) -> str | None:
+    match = re.fullmatch(r"([0-9]{1,6})r/[sm]", value)
+    return None if match and int(match[1]) > 0 else f"expected a rate such as \"10r/s\" or \"600r/m\", got {value!r}"
+
+
 def _check_user(value: str) -> str | None:
     return None if _USER.fullmatch(value) else f"expected a user name, got {value!r}"
 
@@ -175,6 +180,7 @@ _CHECKS = {
     "webhook": _check_webhook,
     "user": _check_user,
     "name": _check_name,
+    "rate": _check_rate,
     "nginx_path": _check_nginx_path,
     "argv": _check_argv,
 }
@@ -301,6 +307,11 @@ class NginxConfig:
     proxy_connect_timeout: Duration = _field(Duration(0.5), "Nginx proxy_connect_timeout")
     proxy_read_timeout: Duration = _field(Duration(60.0), "Nginx proxy_read_timeout (synthesis can be slow)")
     proxy_next_upstream_tries: int = _field(2, "attempts per request across nodes", min=1, max=10)
+    api_keys_file: Path | None = _field(
+        None, "API keys the gateway requires (lines 'NAME KEY [RATE]', mode 0600); empty: no key needed"
+    )
+    api_rate: str = _field("10r/s", "requests per second (r/s) or minute (r/m) per API key", check="rate")
+    api_burst: int = _field(20, "requests above the rate an API key may queue before 429", min=0, max=100000)
 
 
 @dataclass(frozen=True)

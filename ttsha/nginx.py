@@ -58,6 +58,118 @@ def _safe(value: object, what: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    key: str
+    rate: str
+
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+#: RFC 6750 token characters, at least 16 of them.
+_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,256}=*")
+_RATE = re.compile(r"[0-9]{1,6}r/[sm]")
+
+
+def load_api_keys(path: Path, default_rate: str) -> list[ApiKey]:
+    """``[nginx] api_keys_file``: one ``NAME KEY [RATE]`` per line, ``#`` comments.
+
+    The file holds secrets: refused when others can read it (the rendered
+    site that carries them is written with mode 0600 too).
+    """
+    import os
+    import stat
+
+    from .errors import ConfigError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"nginx.api_keys_file: cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "r", encoding="utf-8") as f:
+        st = os.fstat(f.fileno())
+        if st.st_mode & 0o077:
+            raise ConfigError(f"nginx.api_keys_file: {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                              f"others must not read it: chmod 600 {path}")
+        lines = f.read().splitlines()
+    keys: list[ApiKey] = []
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        where = f"nginx.api_keys_file: {path}:{number}"
+        if len(fields) not in (2, 3):
+            raise ConfigError(f"{where}: expected NAME KEY [RATE]")
+        name, key, rate = fields[0], fields[1], fields[2] if len(fields) == 3 else default_rate
+        if not _KEY_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a key's name may use letters, digits, '.', '_' and '-'")
+        if not _KEY.fullmatch(key):
+            raise ConfigError(f"{where}: a key needs 16 or more of A-Z a-z 0-9 . _ ~ + / - (e.g. openssl rand -hex 24)")
+        if not _RATE.fullmatch(rate) or int(rate.split("r/")[0]) == 0:
+            raise ConfigError(f"{where}: expected a rate such as 10r/s or 600r/m, got {rate!r}")
+        if any(k.name == name or k.key == key for k in keys):
+            raise ConfigError(f"{where}: the name or key of line {number} is used twice")
+        keys.append(ApiKey(name, key, rate))
+    if not keys:
+        raise ConfigError(f"nginx.api_keys_file: {path} holds no key")
+    return keys
+
+
+def _render_api_keys(config: Config) -> tuple[str, str, str]:
+    """(http-context maps and zones, directives for ``location /``, server-level error pages)."""
+    ng = config.nginx
+    if ng.api_keys_file is None:
+        return "", "", ""
+    keys = load_api_keys(ng.api_keys_file, ng.api_rate)
+    rates = sorted({k.rate for k in keys})
+    http = [
+        "# API keys ([nginx] api_keys_file): the key's name, or empty. Clients send",
+        "# 'Authorization: Bearer KEY' as OpenAI clients do. This file holds the keys: mode 0600.",
+        "map $http_authorization $ttsha_api_client {",
+        '    default "";',
+        *(f'    "Bearer {_safe(k.key, "API key")}" {_safe(k.name, "API key name")};' for k in keys),
+        "}",
+        "# A request needs a key, except the status-only /health and the page at /.",
+        'map "$ttsha_api_client:$uri" $ttsha_api_denied {',
+        "    default 0;",
+        '    "~^:(?!/health$|/$)" 1;',
+        "}",
+    ]
+    limits = []
+    for i, rate in enumerate(rates):
+        # One zone per rate; each key is its own bucket in the zone of its rate.
+        http.append(f"map $ttsha_api_client $ttsha_api_rate{i} {{")
+        http.append('    default "";')
+        http += [f"    {k.name} {k.name};" for k in keys if k.rate == rate]
+        http.append("}")
+        http.append(f"limit_req_zone $ttsha_api_rate{i} zone=ttsha_api{i}:1m rate={_safe(rate, 'rate')};")
+        burst = f" burst={ng.api_burst} nodelay" if ng.api_burst else ""  # Nginx refuses burst=0
+        limits.append(f"        limit_req zone=ttsha_api{i}{burst};")
+    location = "\n".join([
+        "        if ($ttsha_api_denied) {",
+        "            return 401;",
+        "        }",
+        *limits,
+        "        limit_req_status 429;",
+    ]) + "\n"
+    server = """
+    # 401 and 429 as JSON, like every error of ttsha.
+    error_page 401 @ttsha_unauthorized;
+    error_page 429 @ttsha_limited;
+    location @ttsha_unauthorized {
+        default_type application/json;
+        add_header WWW-Authenticate 'Bearer realm="ttsha"' always;
+        return 401 '{"error": "unauthorized", "message": "a valid API key is required: Authorization: Bearer KEY"}';
+    }
+    location @ttsha_limited {
+        default_type application/json;
+        add_header Retry-After 1 always;
+        return 429 '{"error": "rate_limited", "message": "too many requests for this API key; retry later"}';
+    }
+"""
+    return "\n".join(http) + "\n\n", location, server
+
+
 def node_address(node: NodeConfig) -> str:
     """``host:port`` Nginx proxies to for this node."""
     if node.address:
@@ -114,18 +226,19 @@ def render_site(config: Config, upstream_file: Path | None = None) -> str:
     body = max(config.serve.max_body_bytes, 1024)
     include = _safe(upstream_file or ng.upstream_file, "nginx.upstream_file")
     listen = _safe(ng.listen, "nginx.listen")
+    api_http, api_location, api_server = _render_api_keys(config)
     return f"""# Rendered by `ttsha nginx render`; regenerate rather than edit.
 # Gateway for the ttsha pair. The monitor rewrites only {include}.
 # In the main context of nginx.conf, also set:
 #   worker_shutdown_timeout 30s;  # streams cannot pile up old workers after reloads
 include {include};
 
-server {{
+{api_http}server {{
     listen {listen};
     client_max_body_size {body};
-
+{api_server}
     location / {{
-        proxy_pass http://{UPSTREAM_NAME};
+{api_location}        proxy_pass http://{UPSTREAM_NAME};
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $host;

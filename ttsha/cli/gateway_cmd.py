@@ -50,6 +50,8 @@ def render(ctx: Context, prefix: Path | None, to_stdout: bool, force: bool) -> N
         click.echo(site, nl=False)
         return
     written = []
+    # With API keys the site holds them: readable by the Nginx master (root) only.
+    site_mode = 0o600 if cfg.nginx.api_keys_file is not None else 0o644
     try:
         if prefix is not None:
             prefix = prefix.resolve()
@@ -58,10 +60,10 @@ def render(ctx: Context, prefix: Path | None, to_stdout: bool, force: bool) -> N
                 # Workers run as an unprivileged user when the master is root.
                 (prefix / "tmp" / sub).chmod(0o1777)
             atomic_write(prefix / "nginx.conf", render_main(cfg, prefix))
-            atomic_write(prefix / "ttsha-site.conf", site)
+            atomic_write(prefix / "ttsha-site.conf", site, mode=site_mode)
             written += [prefix / "nginx.conf", prefix / "ttsha-site.conf"]
         else:
-            atomic_write(cfg.nginx.site_file, site)
+            atomic_write(cfg.nginx.site_file, site, mode=site_mode)
             written.append(cfg.nginx.site_file)
         upstream = cfg.nginx.upstream_file
         if force or not upstream.exists():
