@@ -209,6 +209,18 @@ class RoleVerifier:
                     "epoch": self._newest[0] if self._newest[0] >= 0 else None}
 
 
+def default_gateway_id() -> str:
+    """This host's name as a claim's gateway id (letters, digits, '.', '_', '-')."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip(".-_")[:63] or "gateway"
+
+
+def probe_headers(secret: bytes | None, node: str, gateway: str) -> dict[str, str]:
+    """Headers that authenticate a gateway tool's ``/health`` request (no role): its details."""
+    return sign_claim(secret, "", node, gateway, 0) if secret else {}
+
+
 def valid_name(name: str) -> bool:
     """A node or gateway name as claims carry it."""
     return _NAME.fullmatch(name) is not None

@@ -9,7 +9,7 @@ import json
 from werkzeug.test import Client as WsgiClient
 
 from ttsha.monitor.daemon import probe
-from ttsha.protocol import GATEWAY_HEADER, RoleVerifier, load_secret, sign_claim
+from ttsha.protocol import GATEWAY_HEADER, RoleVerifier, load_secret, probe_headers, sign_claim
 from ttsha.server.app import create_app
 from ttsha.server.service import Service
 from ttsha.store import AudioStore
@@ -50,6 +50,9 @@ def test_a_remote_caller_needs_the_monitors_signature(tmp_path):
         assert client.get("/health", environ_overrides=remote).get_json() == {"status": "ready"}
         assert client.get("/health", environ_overrides=remote, headers={"X-TTSHA-Role": "primary"}).get_json() == {
             "status": "ready"}
+        # A gateway tool (failover's checks, drills): signed, no role.
+        tool = client.get("/health", environ_overrides=remote, headers=probe_headers(SECRET, "a", "gw")).get_json()
+        assert "pid" in tool and tool["role"] is None
         signed = client.get("/health", environ_overrides=remote, headers=Monitor().claim("primary")).get_json()
         assert signed["role"] == "primary" and "pid" in signed
         # The node itself on its own address (serve bound to 10.0.0.2, the replicator asking there).

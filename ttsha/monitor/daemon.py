@@ -26,7 +26,7 @@ from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
-from ..protocol import load_secret, sign_claim
+from ..protocol import default_gateway_id, load_secret, sign_claim
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
@@ -102,7 +102,7 @@ class Monitor:
         self._replication: dict[str, Any] = {}
         # Roles go to the nodes signed (ttsha.protocol); without a secret no node would believe them.
         self._secret = load_secret(mc.secret_file)
-        self.gateway_id = mc.gateway_id or _host_name()
+        self.gateway_id = mc.gateway_id or default_gateway_id()
         self._role_epoch = 0
         if self._secret is None:
             log.warning("no [monitor] secret_file: nodes are not told their roles, so models = \"primary\" "
@@ -294,11 +294,3 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _host_name() -> str:
-    """This host's name as a claim's gateway id (letters, digits, '.', '_', '-')."""
-    import re
-    import socket
-
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip(".-_")[:63] or "gateway"
