@@ -32,6 +32,13 @@ def gateway(tmp_path):
     binary = need("nginx", "nginx")
     node = NodeProcess("127.0.0.2", free_port("127.0.0.2"), tmp_path / "store")
     node.start()
+    try:
+        yield from _gateway(tmp_path, binary, node)
+    finally:
+        node.close()
+
+
+def _gateway(tmp_path, binary, node):
     prefix = tmp_path / "gw"
     prefix.mkdir()
     config = Config(
@@ -44,9 +51,10 @@ def gateway(tmp_path):
     (prefix / "ttsha-upstream.conf").write_text(render_upstream(config.nodes, {"a": "primary"}))
     gw = Gateway(prefix, config, binary)
     gw.start()
-    yield gw
-    gw.stop()
-    node.close()
+    try:
+        yield gw
+    finally:
+        gw.stop()
 
 
 def request(port: int, method: str, path: str, key: str | None = None, body: dict | None = None):

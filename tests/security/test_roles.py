@@ -142,3 +142,18 @@ def test_once_models_refuses_an_unknown_role_unless_forced(tmp_path, node, capsy
 def test_models_never_flow_without_a_secret(tmp_path, node):
     turn, why = Replicator(_config(tmp_path, node.port, secret=False)).models_turn()
     assert not turn and "secret_file is not set" in why
+
+
+def test_doctor_checks_the_secret(tmp_path):
+    from dataclasses import replace
+
+    from ttsha.doctor import FAIL, OK, WARN, check_secret
+
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET)
+    path.chmod(0o644)
+    cfg = replace(Config(), present=frozenset({"nodes"}))
+    assert check_secret(cfg).status == WARN
+    assert check_secret(replace(cfg, monitor=MonitorConfig(secret_file=path))).status == FAIL
+    path.chmod(0o600)
+    assert check_secret(replace(cfg, monitor=MonitorConfig(secret_file=path))).status == OK
