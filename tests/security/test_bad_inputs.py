@@ -9,7 +9,6 @@ import threading
 
 import pytest
 
-from ..server.conftest import fake_engine, fake_node, make_node  # noqa: F401 - fixtures
 
 
 def body_json(data: bytes) -> dict:
@@ -29,7 +28,7 @@ def post_raw(node, path: str, body: bytes, headers: dict | None = None):
     (b'{"text": "\\u4f60\\u597d", "sample_rate": 16000, "colour": 1}', 400, "unknown_keys"),
     (b"[" * 1800 + b"]" * 1800, 400, "invalid_json"),  # deeper than the parser's recursion limit
 ])
-def test_bad_json_bodies_are_4xx_json(fake_node, body, status, error):  # noqa: F811
+def test_bad_json_bodies_are_4xx_json(fake_node, body, status, error):
     resp, data = post_raw(fake_node, "/v1/synthesize", body)
     assert resp.status == status and resp.getheader("Content-Type") == "application/json"
     payload = body_json(data)
@@ -38,7 +37,7 @@ def test_bad_json_bodies_are_4xx_json(fake_node, body, status, error):  # noqa: 
         assert "colour" in payload["message"] and "sample_rate" in payload["message"]
 
 
-def test_the_openai_route_keeps_ignoring_keys_openai_clients_send(fake_node):  # noqa: F811
+def test_the_openai_route_keeps_ignoring_keys_openai_clients_send(fake_node):
     resp, data = fake_node.client.request("POST", "/v1/audio/speech", body={
         "model": "tts-1", "input": "你好", "voice": "alloy", "response_format": "wav", "instructions": "x"})
     assert resp.status == 200 and data[:4] == b"RIFF"
@@ -46,7 +45,7 @@ def test_the_openai_route_keeps_ignoring_keys_openai_clients_send(fake_node):  #
     assert resp.status == 400 and body_json(data)["error"] == "bad_text"
 
 
-def test_a_chunked_body_over_the_limit_is_413(fake_node):  # noqa: F811
+def test_a_chunked_body_over_the_limit_is_413(fake_node):
     limit = fake_node.service.serve.max_body_bytes
     payload = json.dumps({"text": "你" * (limit // 2)}).encode()
     assert len(payload) > limit
@@ -65,7 +64,7 @@ def test_a_chunked_body_over_the_limit_is_413(fake_node):  # noqa: F811
     assert resp.status == 413 and body_json(data)["error"] == "request_entity_too_large"
 
 
-def test_a_small_chunked_body_still_works(fake_node):  # noqa: F811
+def test_a_small_chunked_body_still_works(fake_node):
     conn = http.client.HTTPConnection(fake_node.host, fake_node.port, timeout=10)
     conn.request("POST", "/v1/synthesize", body=iter([json.dumps({"text": "你好"}).encode()]),
                  headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}, encode_chunked=True)
@@ -74,12 +73,12 @@ def test_a_small_chunked_body_still_works(fake_node):  # noqa: F811
     conn.close()
 
 
-def test_head_of_a_get_synthesis(fake_node):  # noqa: F811
+def test_head_of_a_get_synthesis(fake_node):
     resp, data = fake_node.client.request("HEAD", "/v1/synthesize?text=%E4%BD%A0%E5%A5%BD")
     assert resp.status == 200 and resp.getheader("Content-Type") == "audio/wav" and data == b""
 
 
-def test_double_slashes_are_not_a_bare_308(fake_node):  # noqa: F811
+def test_double_slashes_are_not_a_bare_308(fake_node):
     resp, data = fake_node.client.request("GET", "//v1//voices")
     if resp.status in (301, 302, 307, 308):
         assert resp.getheader("Location", "").endswith("/v1/voices")
@@ -89,12 +88,12 @@ def test_double_slashes_are_not_a_bare_308(fake_node):  # noqa: F811
 
 
 @pytest.mark.parametrize("query", ["speed=1e999", "speed=nan", "speed=abc"])
-def test_bad_speed_in_the_query(fake_node, query):  # noqa: F811
+def test_bad_speed_in_the_query(fake_node, query):
     resp, data = fake_node.client.request("GET", f"/v1/synthesize?text=%E4%BD%A0&{query}")
     assert resp.status == 400 and body_json(data)["error"] == "bad_speed"
 
 
-def test_a_result_removed_mid_read_is_404_never_500(fake_node):  # noqa: F811
+def test_a_result_removed_mid_read_is_404_never_500(fake_node):
     """The issue's race: `ttsha gc` removing a result while GETs read it."""
     resp, data = fake_node.client.synth(params={"return": "json"}, text="你好")
     rid = body_json(data)["id"]

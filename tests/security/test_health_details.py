@@ -14,7 +14,6 @@ from ttsha.server.app import create_app
 from ttsha.server.service import Service
 from ttsha.store import AudioStore
 
-from ..monitor.conftest import pair  # noqa: F401 - the fixture: two nodes behind a real Nginx
 from ..server.conftest import SECRET, SERVE, FakeEngine, Monitor
 
 
@@ -26,7 +25,7 @@ def get_health(host: str, port: int, headers: dict | None = None) -> dict:
     return body
 
 
-def test_through_the_gateway_the_status_alone(pair):  # noqa: F811
+def test_through_the_gateway_the_status_alone(pair):
     config, nodes, gateway = pair
     assert get_health("127.0.0.1", gateway.port) == {"status": "ready"}
     # Nothing a client sends brings the internals back through the gateway.

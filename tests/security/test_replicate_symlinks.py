@@ -8,13 +8,11 @@ import threading
 
 import pytest
 
-from ttsha.replicate.daemon import Replicator
+from ttsha.replicate.daemon import Replicator, peer_for
 from ttsha.replicate.local import NotSendable, open_inside
 from ttsha.replicate.sync import scan_local, sync
-from ttsha.replicate.daemon import peer_for
 from ttsha.store import AudioStore
 
-from ..replicate.conftest import rep_config  # noqa: F401 - the fixture (a real sshd on loopback)
 from ..replicate.test_audio import arrived, put_results, wait_for
 
 
@@ -26,7 +24,7 @@ def secret(tmp_path):
     return path
 
 
-def test_inotify_path_does_not_follow_a_symlink_renamed_into_the_store(rep_config, secret):  # noqa: F811
+def test_inotify_path_does_not_follow_a_symlink_renamed_into_the_store(rep_config, secret):
     """The issue's attack: ln -s /etc/secret store/ab/.x.tmp && mv store/ab/.x.tmp store/ab/<id>.wav."""
     src, dst = rep_config.store.path, rep_config.replicate.remote_store
     store = AudioStore(src)
@@ -53,7 +51,7 @@ def test_inotify_path_does_not_follow_a_symlink_renamed_into_the_store(rep_confi
     assert not (dst / "cd").exists()
 
 
-def test_scan_path_sends_only_regular_files_inside_the_root(rep_config, secret):  # noqa: F811
+def test_scan_path_sends_only_regular_files_inside_the_root(rep_config, secret):
     src, dst = rep_config.store.path, rep_config.replicate.remote_store
     (src / "ab").mkdir()
     (src / "ab" / "real.wav").write_bytes(b"RIFF real")

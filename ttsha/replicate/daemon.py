@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyinotify
 
@@ -49,7 +50,7 @@ def peer_for(config: Config, root: str) -> Peer:
     if not name:
         raise TTSHAError("replicate.peer is not set: name the node that receives copies ([nodes.NAME])")
     node = config.nodes[name]
-    host = node.ssh_host or node.url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
+    host = node.ssh_host or urlsplit(node.url).hostname or ""
     return Peer(host, node.ssh_port, node.ssh_user, config.replicate.key_file, config.replicate.known_hosts, root,
                 bwlimit_kib=config.replicate.bwlimit)
 
