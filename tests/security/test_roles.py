@@ -157,3 +157,32 @@ def test_doctor_checks_the_secret(tmp_path):
     assert check_secret(replace(cfg, monitor=MonitorConfig(secret_file=path))).status == FAIL
     path.chmod(0o600)
     assert check_secret(replace(cfg, monitor=MonitorConfig(secret_file=path))).status == OK
+
+
+def test_against_a_live_monitor_forged_roles_never_win(pair):
+    """The issue's race: a header repeated 50 times a second won 97 of 99 role reads."""
+    import threading
+    import time
+
+    from ttsha.alert import Alerter
+    from ttsha.monitor.daemon import Monitor as LiveMonitor
+
+    config, nodes, _ = pair
+    monitor = LiveMonitor(config, alerter=Alerter(config.alert))
+    thread = threading.Thread(target=monitor.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (health(nodes["a"]).get("role"), health(nodes["b"]).get("role")) != (
+                "primary", "backup"):
+            time.sleep(0.05)
+        reads = []
+        for i in range(100):
+            health(nodes["b"], {ROLE_HEADER: "primary"})
+            if i % 5 == 0:
+                reads.append(health(nodes["b"])["role"])
+        assert reads == ["backup"] * 20
+        assert health(nodes["b"])["role_claims"]["rejected"]["unsigned role"] >= 100
+    finally:
+        monitor.stop()
+        thread.join(10)
