@@ -238,6 +238,29 @@ include {include};
 {api_http}server {{
     listen {listen};
     client_max_body_size {body};
+
+    # Nginx's own refusals as JSON, like every error of ttsha (answers from
+    # the nodes pass through untouched: proxy_intercept_errors is off).
+    # URIs, not named locations: errors met while reading the request line
+    # or headers can only be redirected to a URI.
+    error_page 413 /ttsha_error/413;
+    error_page 414 /ttsha_error/414;
+    error_page 494 =431 /ttsha_error/431;
+    location = /ttsha_error/413 {{
+        internal;
+        default_type application/json;
+        return 413 '{{"error": "request_entity_too_large", "message": "the request body is larger than {body} bytes"}}';
+    }}
+    location = /ttsha_error/414 {{
+        internal;
+        default_type application/json;
+        return 414 '{{"error": "uri_too_long", "message": "the request URI is too long; send the text in a POST body"}}';
+    }}
+    location = /ttsha_error/431 {{
+        internal;
+        default_type application/json;
+        return 431 '{{"error": "request_header_fields_too_large", "message": "the request headers are too large"}}';
+    }}
 {api_server}
     location / {{
 {api_location}        proxy_pass http://{UPSTREAM_NAME};
