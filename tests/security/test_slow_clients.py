@@ -197,3 +197,20 @@ def test_parser_errors_are_json(server, request_bytes, status):
         assert json.loads(body)["error"]
     finally:
         s.close()
+
+
+def test_ordinary_requests_work_through_the_bounded_server(server):
+    """Streaming, a chunked request body and the OpenAI route, as under `ttsha serve`."""
+    srv = server()
+    port = srv.server_address[1]
+    resp, data = Client("127.0.0.1", port).synth(text="第一句。第二句。", stream=True)
+    assert resp.status == 200 and data[:4] == b"RIFF" and resp.getheader("Transfer-Encoding") == "chunked"
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/v1/audio/speech", body=iter([json.dumps({"model": "tts-1", "input": "你好"}).encode()]),
+                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}, encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read()[:4] == b"RIFF"
+    conn.close()
+    assert srv.reaped == 0
