@@ -17,13 +17,13 @@ from ttsha.replicate import daemon
 from ttsha.replicate.daemon import Replicator
 
 from ..monitor.conftest import free_port
-from ..server.conftest import SECRET, SERVE, FakeEngine, Monitor, Node
+from ..server.conftest import SECRET, SERVE, FakeEngine, Node, RoleSigner
 
 
 @pytest.fixture
 def node(tmp_path):
     node = Node(FakeEngine(), tmp_path / "store", SERVE, roles=RoleVerifier(SECRET, "a"))
-    node.monitor = Monitor()
+    node.monitor = RoleSigner()
     yield node
     node.close()
 

@@ -14,7 +14,7 @@ from ttsha.server.app import create_app
 from ttsha.server.service import Service
 from ttsha.store import AudioStore
 
-from ..server.conftest import SECRET, SERVE, FakeEngine, Monitor
+from ..server.conftest import SECRET, SERVE, FakeEngine, RoleSigner
 
 
 def get_health(host: str, port: int, headers: dict | None = None) -> dict:
@@ -52,7 +52,7 @@ def test_a_remote_caller_needs_the_monitors_signature(tmp_path):
         # A gateway tool (failover's checks, drills): signed, no role.
         tool = client.get("/health", environ_overrides=remote, headers=probe_headers(SECRET, "a", "gw")).get_json()
         assert "pid" in tool and tool["role"] is None
-        signed = client.get("/health", environ_overrides=remote, headers=Monitor().claim("primary")).get_json()
+        signed = client.get("/health", environ_overrides=remote, headers=RoleSigner().claim("primary")).get_json()
         assert signed["role"] == "primary" and "pid" in signed
         # The node itself on its own address (serve bound to 10.0.0.2, the replicator asking there).
         same_host = {"REMOTE_ADDR": "10.0.0.2", "SERVER_NAME": "10.0.0.2"}

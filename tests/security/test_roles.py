@@ -16,7 +16,7 @@ from ttsha.errors import ConfigError
 from ttsha.protocol import CLAIM_HEADER, ROLE_HEADER, RoleVerifier, load_secret, sign_claim
 from ttsha.replicate.daemon import Replicator
 
-from ..server.conftest import SECRET, SERVE, FakeEngine, Monitor, Node
+from ..server.conftest import SECRET, SERVE, FakeEngine, Node, RoleSigner
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def health(node: Node, headers: dict[str, str] | None = None) -> dict:
 
 def test_a_client_header_cannot_set_the_role(node):
     """The attack from the issue: curl -H 'X-TTSHA-Role: primary' made a standby primary."""
-    monitor = Monitor()
+    monitor = RoleSigner()
     assert health(node, monitor.claim("backup"))["role"] == "backup"
     for _ in range(50):
         health(node, {ROLE_HEADER: "primary"})
@@ -46,7 +46,7 @@ def test_a_client_header_cannot_set_the_role(node):
 
 @pytest.mark.parametrize("forge", ["wrong-secret", "other-node", "tampered-role", "old", "future", "malformed"])
 def test_forged_claims_are_ignored(node, forge):
-    monitor = Monitor()
+    monitor = RoleSigner()
     assert health(node, monitor.claim("backup"))["role"] == "backup"
     import time
 
@@ -66,7 +66,7 @@ def test_forged_claims_are_ignored(node, forge):
 
 
 def test_a_replayed_or_lower_epoch_claim_is_ignored(node):
-    monitor = Monitor()
+    monitor = RoleSigner()
     primary = monitor.claim("primary")
     assert health(node, primary)["role"] == "primary"
     backup = monitor.claim("backup")
@@ -82,7 +82,7 @@ def test_a_replayed_or_lower_epoch_claim_is_ignored(node):
 def test_without_a_secret_no_role_is_believed(tmp_path):
     node = Node(FakeEngine(), tmp_path / "store", SERVE)  # no verifier: no secret
     try:
-        body = health(node, Monitor().claim("primary"))
+        body = health(node, RoleSigner().claim("primary"))
         assert body["role"] is None
     finally:
         node.close()
@@ -165,10 +165,10 @@ def test_against_a_live_monitor_forged_roles_never_win(pair):
     import time
 
     from ttsha.alert import Alerter
-    from ttsha.monitor.daemon import Monitor as LiveMonitor
+    from ttsha.monitor.daemon import Monitor
 
     config, nodes, _ = pair
-    monitor = LiveMonitor(config, alerter=Alerter(config.alert))
+    monitor = Monitor(config, alerter=Alerter(config.alert))
     thread = threading.Thread(target=monitor.run, kwargs={"install_signals": False}, daemon=True)
     thread.start()
     try:

@@ -102,7 +102,7 @@ class Node:
 SECRET = b"0123456789abcdef0123456789abcdef"
 
 
-class Monitor:
+class RoleSigner:
     """Signs role claims as the gateway's monitor does, with a growing epoch."""
 
     def __init__(self, secret: bytes = SECRET, gateway: str = "gw") -> None:

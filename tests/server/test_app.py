@@ -12,7 +12,7 @@ import soundfile as sf
 
 from ttsha.protocol import RoleVerifier
 
-from .conftest import SECRET, Monitor
+from .conftest import SECRET, RoleSigner
 
 
 def body_json(data: bytes) -> dict:
@@ -233,7 +233,7 @@ def test_health_before_and_after_warm_up(make_node, fake_engine):
 
 def test_health_remembers_the_role_the_monitor_gives(make_node, fake_engine):
     node = make_node(fake_engine, roles=RoleVerifier(SECRET, "a"))
-    monitor = Monitor()
+    monitor = RoleSigner()
     resp, data = node.client.request("GET", "/health", headers=monitor.claim("primary"))
     assert resp.status == 200 and body_json(data)["role"] == "primary"
     node.client.request("GET", "/health", headers={"X-TTSHA-Role": "backup"})  # unsigned: ignored
