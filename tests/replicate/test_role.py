@@ -118,6 +118,31 @@ def test_models_loop_sends_at_once_when_the_node_becomes_primary(tmp_path, node,
     assert "primary" in replicator.stats["models_turn"]
 
 
+def test_a_new_term_as_primary_sends_even_if_the_loop_missed_the_backup_in_between(tmp_path, node, monkeypatch):
+    """primary -> backup -> primary between two checks (a switchover and back): a new epoch, so it sends."""
+    monkeypatch.setattr(daemon, "ROLE_CHECK_S", 0.5)
+    replicator = Replicator(config_for(tmp_path, node.port))
+    calls = []
+    monkeypatch.setattr(replicator, "sync_models", lambda: calls.append(time.monotonic()) or _Result())
+    tell(node, "primary")
+    thread = threading.Thread(target=replicator._models_loop, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 1
+        tell(node, "backup")
+        tell(node, "primary")  # well within one check interval
+        deadline = time.monotonic() + 5
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(calls) == 2
+    finally:
+        replicator.stop()
+        thread.join(5)
+
+
 class _Result:
     files_sent = bytes_sent = deleted = 0
 

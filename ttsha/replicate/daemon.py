@@ -67,23 +67,30 @@ def local_health_url(config: Config) -> tuple[str, int]:
 
 def local_role(config: Config, timeout: float = 2.0) -> str | None:
     """This node's role as the gateway's monitor last told its ``ttsha serve``
-    (in the probes), or None when unknown (serve down, no probe for
+    (in signed probes), or None when unknown (serve down, no valid probe for
     :data:`ROLE_FRESH_S`)."""
+    return local_claim(config, timeout)[0]
+
+
+def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, int | None]:
+    """(role, epoch) as :func:`local_role`; the epoch changes with every new
+    set of roles the monitor applies (ttsha.protocol)."""
     host, port = local_health_url(config)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", "/health")
         body = json.loads(conn.getresponse().read(65536))
     except (OSError, http.client.HTTPException, ValueError):
-        return None
+        return None, None
     finally:
         conn.close()
     if not isinstance(body, dict) or not isinstance(body.get("role"), str):
-        return None
+        return None, None
     told_at = body.get("role_at")
     if not isinstance(told_at, (int, float)) or time.time() - told_at > ROLE_FRESH_S:
-        return None
-    return body["role"]
+        return None, None
+    epoch = body.get("role_epoch")
+    return body["role"], epoch if isinstance(epoch, int) else None
 
 
 class _Handler(pyinotify.ProcessEvent):
@@ -118,6 +125,7 @@ class Replicator:
         self._scan = threading.Event()
         self._scan.set()  # catch-up at start
         self.lags: list[float] = []
+        self._role_epoch: int | None = None  # of the last role read (see local_claim)
         self.stats: dict[str, Any] = {"files_sent": 0, "bytes_sent": 0, "last_error": "", "connected": False,
                                       "overflows": 0, "models": {}}
 
@@ -282,7 +290,7 @@ class Replicator:
             return True, 'models = "always"'
         if mode == "never":
             return False, 'models = "never"'
-        role = local_role(self.config)
+        role, self._role_epoch = local_claim(self.config)
         if role == PRIMARY:
             return True, "this node is the primary"
         if role is None:
@@ -300,6 +308,7 @@ class Replicator:
         interval = self.config.replicate.interval
         last_attempt: float | None = None
         was_turn: bool | None = None
+        sent_epoch: int | None = None
         while not self._stop.is_set():
             turn, why = self.models_turn()
             if turn != was_turn:
@@ -308,9 +317,10 @@ class Replicator:
                 log.log(level, "models sync %s: %s", "on" if turn else "paused", why)
             self.stats["models_turn"] = why
             due = last_attempt is None or time.monotonic() - last_attempt >= interval
-            # A node that just became the primary sends at once.
-            if turn and (due or not was_turn):
-                last_attempt = time.monotonic()
+            # A node that just became the primary sends at once: also when it
+            # was backup for a moment between two checks (a new epoch says so).
+            if turn and (due or not was_turn or self._role_epoch != sent_epoch):
+                last_attempt, sent_epoch = time.monotonic(), self._role_epoch
                 try:
                     if Path(self.config.replicate.local_models).is_dir():
                         result = self.sync_models()
