@@ -78,6 +78,141 @@ class Size(int):
 
 def _meta(help: str, *, choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None):
     return {"help": help, "choices": choices, "min": min, "max": max}
+def _meta(help: str, *, choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None,
+          check: str | None = None):
+    return {"help": help, "choices": choices, "min": min, "max": max, "check": check}
+
+
+# Values that reach Nginx, a command line or a URL are checked by full match
+# (re.fullmatch: a "$" would let a trailing newline through), so nothing in the
+# configuration can close a directive or add an argument.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\.?")
+_HOSTPORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\[\]:/\s]+):(?P<port>[0-9]{1,5})")
+_URL = re.compile(r"(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.]+\]|[^\[\]:/\s]+)(?::(?P<port>[0-9]{1,5}))?/?")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+#: Characters that could end or extend an Nginx directive, or a line.
+_NGINX_UNSAFE = re.compile(r"[\s;{}#'\"\\$]")
+
+
+def valid_host(host: str, *, bracketed: bool = False) -> bool:
+    """A DNS name, an IPv4 address or an IPv6 address (in brackets when ``bracketed``)."""
+    import ipaddress
+
+    if bracketed and host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+            return True
+        except ValueError:
+            return False
+    if not bracketed and ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+            return True
+        except ValueError:
+            return False
+    return _HOSTNAME.fullmatch(host) is not None
+
+
+def _port_ok(text: str | None) -> bool:
+    return text is None or (text.isdigit() and 1 <= int(text) <= 65535)
+
+
+def _check_host(value: str) -> str | None:
+    if value == "" or valid_host(value):
+        return None
+    return f"expected a host name or IP address, got {value!r}"
+
+
+def _check_hostport(value: str) -> str | None:
+    if value == "":
+        return None
+    match = _HOSTPORT.fullmatch(value)
+    if not match or not valid_host(match["host"], bracketed=True):
+        return f"expected host:port, got {value!r}"
+    if not _port_ok(match["port"]):
+        return f"port must be 1-65535, got {value!r}"
+    return None
+
+
+def _check_listen(value: str) -> str | None:
+    if value.isdigit():
+        return None if _port_ok(value) else f"port must be 1-65535, got {value!r}"
+    if value.startswith("*:"):
+        value = "0.0.0.0" + value[1:]
+    if value == "":
+        return "expected [host:]port"
+    return _check_hostport(value)
+
+
+def _check_url(value: str, *, empty: bool = False) -> str | None:
+    if empty and value == "":
+        return None
+    match = _URL.fullmatch(value)
+    if not match or not valid_host(match["host"], bracketed=True):
+        return f"expected http://host:port, got {value!r}"
+    if not _port_ok(match["port"]):
+        return f"port must be 1-65535, got {value!r}"
+    return None
+
+
+def _check_webhook(value: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"[\x00-\x20\x7f]", value):
+        return f"expected an http(s) URL, got {value!r}"
+    try:
+        parts.port
+    except ValueError:
+        return f"port must be 1-65535, got {value!r}"
+    return None if valid_host(parts.hostname) else f"expected an http(s) URL, got {value!r}"
+
+
+def _check_name(value: str) -> str | None:
+    if value == "" or _NODE_NAME.fullmatch(value):
+        return None
+    return f"expected a name of letters, digits, '.', '_' and '-', got {value!r}"
+
+
+def _check_rate(value: str) -> str | None:
+    match = re.fullmatch(r"([0-9]{1,6})r/[sm]", value)
+    return None if match and int(match[1]) > 0 else f"expected a rate such as \"10r/s\" or \"600r/m\", got {value!r}"
+
+
+def _check_user(value: str) -> str | None:
+    return None if _USER.fullmatch(value) else f"expected a user name, got {value!r}"
+
+
+def _check_nginx_path(value: Path) -> str | None:
+    if _NGINX_UNSAFE.search(str(value)):
+        return f"is written into the Nginx configuration: no spaces, quotes, ';', '{{', '}}', '#', '$' or '\\', got {str(value)!r}"
+    return None
+
+
+def _check_argv(value: list) -> str | None:
+    for arg in value:
+        if re.search(r"[\x00\n\r]", arg):
+            return f"arguments cannot contain NUL or line breaks, got {arg!r}"
+    return None
+
+
+_CHECKS = {
+    "host": _check_host,
+    "hostport": _check_hostport,
+    "listen": _check_listen,
+    "url": _check_url,
+    "webhook": _check_webhook,
+    "user": _check_user,
+    "name": _check_name,
+    "rate": _check_rate,
+    "nginx_path": _check_nginx_path,
+    "argv": _check_argv,
+}
 
 
 def state_dir() -> Path:
@@ -124,7 +259,9 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = _field("127.0.0.1", "address 'serve' listens on (the local replicator asks it for the node's role)")
+    host: str = _field(
+        "127.0.0.1", "address 'serve' listens on (the local replicator asks it for the node's role)", check="host"
+    )
     port: int = _field(8900, "port 'serve' listens on", min=1, max=65535)
     workers: int = _field(2, "synthesis worker threads", min=1, max=64)
     queue_size: int = _field(
@@ -142,6 +279,13 @@ class ServeConfig:
     max_body_bytes: int = _field(65536, "largest request body accepted", min=1024, max=16 * 1024 * 1024)
     canary_interval: Duration = _field(Duration(30.0), "how often the health canary synthesizes")
     drain_timeout: Duration = _field(Duration(20.0), "how long SIGTERM waits for in-flight requests")
+    max_connections: int = _field(512, "connections served at once; beyond: an immediate 503", min=1, max=100000)
+    header_timeout: Duration = _field(Duration(10.0), "time a connection has to send its request line and headers")
+    body_timeout: Duration = _field(Duration(30.0), "time a request has to send the body it announced")
+    node: str = _field(
+        "", "this node's name in [nodes] (the monitor's role claims name it); empty: the table whose url "
+        "has serve's host and port", check="name"
+    )
 
 
 @dataclass(frozen=True)
@@ -155,17 +299,19 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    url: str = _field("http://127.0.0.1:8900", "base URL of the node's 'serve'")
-    address: str = _field("", "host:port Nginx proxies to; default: taken from url")
-    ssh_host: str = _field("", "SSH host for replication and drills; empty: local")
+    url: str = _field("http://127.0.0.1:8900", "base URL of the node's 'serve'", check="url")
+    address: str = _field("", "host:port Nginx proxies to; default: taken from url", check="hostport")
+    ssh_host: str = _field("", "SSH host for replication and drills; empty: local", check="host")
     ssh_port: int = _field(22, "SSH port", min=1, max=65535)
-    ssh_user: str = _field("ttsha", "SSH user")
+    ssh_user: str = _field("ttsha", "SSH user", check="user")
     start_command: list = _field(
         ["systemctl", "start", "ttsha-serve.service", "ttsha-replicate.service"],
         "how a drill starts the node's 'serve' (and, after a crash, its replicator) again (on the node)",
+        check="argv",
     )
     power_on_command: list = _field(
-        [], "crash: run on the drill's host to power the node on again (e.g. a BMC); empty: wait for its sshd"
+        [], "crash: run on the drill's host to power the node on again (e.g. a BMC); empty: wait for its sshd",
+        check="argv",
     )
     store: Path | None = _field(None, "the node's audio store, whose filesystem disk-full fills; default: [store] path")
     sudo: bool = _field(False, "run a drill's privileged commands (start_command, nft, crash) through 'sudo -n'")
@@ -194,19 +340,32 @@ class MonitorConfig:
     fence_command: list = _field(
         ["ss", "-K", "-H", "-t", "dst", "{host}", "dport", "=", "{port}"],
         "how to fence a node: {host} (an IP address) and {port} of its upstream address are filled in",
+        check="argv",
     )
+    secret_file: Path | None = _field(
+        None, "shared secret (mode 0600) that signs the roles the monitor gives nodes; the same file on the "
+        "gateway and every node; empty: no node believes a role"
+    )
+    gateway_id: str = _field("", "this gateway's name in signed role claims; empty: the host name", check="name")
 
 
 @dataclass(frozen=True)
 class NginxConfig:
-    listen: str = _field("127.0.0.1:8080", "address the gateway listens on")
-    upstream_file: Path = _field(Path("/etc/nginx/ttsha-upstream.conf"), "upstream include the monitor rewrites")
-    site_file: Path = _field(Path("/etc/nginx/conf.d/ttsha.conf"), "site config written by 'nginx render'")
-    test_command: list = _field(["nginx", "-t"], "command that validates the configuration")
-    reload_command: list = _field(["nginx", "-s", "reload"], "command that reloads Nginx")
+    listen: str = _field("127.0.0.1:8080", "address the gateway listens on", check="listen")
+    upstream_file: Path = _field(Path("/etc/nginx/ttsha-upstream.conf"), "upstream include the monitor rewrites",
+                                check="nginx_path")
+    site_file: Path = _field(Path("/etc/nginx/conf.d/ttsha.conf"), "site config written by 'nginx render'",
+                            check="nginx_path")
+    test_command: list = _field(["nginx", "-t"], "command that validates the configuration", check="argv")
+    reload_command: list = _field(["nginx", "-s", "reload"], "command that reloads Nginx", check="argv")
     proxy_connect_timeout: Duration = _field(Duration(0.5), "Nginx proxy_connect_timeout")
     proxy_read_timeout: Duration = _field(Duration(60.0), "Nginx proxy_read_timeout (synthesis can be slow)")
     proxy_next_upstream_tries: int = _field(2, "attempts per request across nodes", min=1, max=10)
+    api_keys_file: Path | None = _field(
+        None, "API keys the gateway requires (lines 'NAME KEY [RATE]', mode 0600); empty: no key needed"
+    )
+    api_rate: str = _field("10r/s", "requests per second (r/s) or minute (r/m) per API key", check="rate")
+    api_burst: int = _field(20, "requests above the rate an API key may queue before 429", min=0, max=100000)
 
 
 @dataclass(frozen=True)
@@ -261,7 +420,7 @@ class DrillConfig:
 
 @dataclass(frozen=True)
 class AlertConfig:
-    webhook_url: str = _field("", "where alerts are POSTed; empty: log only")
+    webhook_url: str = _field("", "where alerts are POSTed; empty: log only", check="webhook")
     format: str = _field("json", "payload format", choices=("json", "wecom"))
     min_interval: Duration = _field(Duration(60.0), "at most one alert per event kind per interval")
     retries: int = _field(3, "delivery attempts", min=0, max=20)
@@ -450,6 +609,11 @@ def _convert(value: Any, hint: Any, meta: dict[str, Any], where: str) -> Any:
     choices = meta.get("choices")
     if choices and result not in choices:
         raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {result!r}")
+    check = meta.get("check")
+    if check:
+        problem = _CHECKS[check](result)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     low, high = meta.get("min"), meta.get("max")
     if low is not None and result < low:
         raise ConfigError(f"{where}: must be at least {low}, got {result!r}")
@@ -483,15 +647,16 @@ def _check(config: Config, where: str) -> None:
     if not config.nodes:
         raise ConfigError(f"{where}: nodes: at least one [nodes.NAME] table is required")
     for name, node in config.nodes.items():
-        if not re.match(r"^[A-Za-z0-9_.-]+$", name):
-            raise ConfigError(f"{where}: nodes.{name}: node names may use letters, digits, '.', '_' and '-'")
-        if not re.match(r"^https?://[^/\s]+/?$", node.url):
-            raise ConfigError(f"{where}: nodes.{name}.url: expected http://host:port, got {node.url!r}")
+        if not _NODE_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: nodes.{name!r}: node names may use letters, digits, '.', '_' and '-' "
+                              "(at most 63, starting with a letter or digit)")
         if not node.start_command:
             raise ConfigError(f"{where}: nodes.{name}.start_command: must name a command")
     drill = config.drill
     if drill.mix_new + drill.mix_hot + drill.mix_fetch <= 0:
         raise ConfigError(f"{where}: drill.mix_new: at least one of mix_new, mix_hot and mix_fetch must be above 0")
+    if config.serve.node and config.serve.node not in config.nodes:
+        raise ConfigError(f"{where}: serve.node: {config.serve.node!r} is not one of the [nodes] tables")
     if config.replicate.peer and config.replicate.peer not in config.nodes:
         raise ConfigError(f"{where}: replicate.peer: {config.replicate.peer!r} is not one of the [nodes] tables")
     _check_vrrp(config, where)

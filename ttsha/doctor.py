@@ -162,6 +162,23 @@ def check_ssh(config: Config) -> list[Check]:
     return checks
 
 
+def check_secret(config: Config) -> Check:
+    """The shared secret that signs roles (ttsha.protocol)."""
+    from .errors import ConfigError
+    from .protocol import load_secret
+
+    if config.monitor.secret_file is None:
+        if "nodes" not in config.present:
+            return Check("role secret", SKIP, "no [nodes] tables in the configuration")
+        return Check("role secret", WARN, "[monitor] secret_file is not set: no node believes a role",
+                     "see ttsha(1), SECURITY")
+    try:
+        load_secret(config.monitor.secret_file)
+    except ConfigError as exc:
+        return Check("role secret", FAIL, exc.message, "see ttsha(1), SECURITY")
+    return Check("role secret", OK, str(config.monitor.secret_file))
+
+
 def run(config: Config) -> list[Check]:
     """All checks, in the order the table shows them."""
     return [
@@ -174,4 +191,5 @@ def run(config: Config) -> list[Check]:
         check_nginx(config),
         *check_nodes(config),
         *check_ssh(config),
+        check_secret(config),
     ]

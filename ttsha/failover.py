@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 REPLICATION_STATE_MAX_AGE_S = 15.0
 
 
-def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any], dict[str, str]]:
+def get_json(url: str, timeout: float = 2.0,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
     """GET ``url``: (status, JSON body or {}, lower-case headers); status 0 when unreachable."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     try:
-        conn.request("GET", parts.path or "/", headers={"Connection": "close"})
+        conn.request("GET", parts.path or "/", headers={"Connection": "close", **(headers or {})})
         resp = conn.getresponse()
         raw = resp.read(1 << 20)
         headers = {k.lower(): v for k, v in resp.getheaders()}
@@ -54,8 +55,16 @@ def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any], dict[
 
 
 def node_health(config: Config, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The node's ``/health`` body (whatever its status), or None when it does not answer."""
-    status, body, _ = get_json(config.nodes[name].url.rstrip("/") + "/health", timeout)
+    """The node's ``/health`` body (whatever its status), or None when it does not answer.
+
+    Signed like the monitor's probes (ttsha.protocol), so that a node on
+    another host shows its details (replication, pid) to this gateway tool.
+    """
+    from .protocol import default_gateway_id, load_secret, probe_headers
+
+    claim = probe_headers(load_secret(config.monitor.secret_file), name,
+                          config.monitor.gateway_id or default_gateway_id())
+    status, body, _ = get_json(config.nodes[name].url.rstrip("/") + "/health", timeout, claim)
     return body if status else None
 
 

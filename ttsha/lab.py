@@ -179,6 +179,8 @@ fall = 2
 rise = 3
 state_file = "{layout.root}/monitor.json"
 control_socket = "{layout.root}/monitor.sock"
+# Signs the roles the monitor gives the nodes (written by `ttsha lab up`, mode 0600).
+secret_file = "{layout.root}/monitor.secret"
 
 [nginx]
 listen = "{GATEWAY_HOST}:{layout.gateway_port}"
@@ -418,6 +420,10 @@ class Lab:
         atomic_write(self.root / "lab.json", json.dumps({
             "node_ports": ports, "gateway_port": layout.gateway_port, "ssh_port": layout.ssh_port,
             "store_mounts": list(layout.store_mounts)}), sync_dir=False)
+        if not (self.root / "monitor.secret").exists():
+            from .protocol import generate_secret
+
+            generate_secret(self.root / "monitor.secret")
         write_config(layout, nginx)
         self._write_ssh(layout, keygen)
         subprocess.run(self._ttsha("nginx", "render", "--prefix", str(layout.gateway), "--force"), check=True,

@@ -23,6 +23,7 @@ Why the proxy settings look the way they do:
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,19 +32,144 @@ from urllib.parse import urlsplit
 from .config import Config, NginxConfig, NodeConfig
 from .errors import TTSHAError
 from .fsutil import atomic_write
+# The role vocabulary lives in .protocol (nodes import it without gateway code).
+from .protocol import (  # noqa: F401 - re-exported: gateway code imports roles from here
+    ACTIVE, BACKUP, CLAIM_HEADER, DOWN, GATEWAY_HEADER, PRIMARY, ROLE_HEADER, ROLES,
+)
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_NAME = "ttsha_backend"
-PRIMARY, BACKUP, DOWN, ACTIVE = "primary", "backup", "down", "active"
-ROLES = frozenset({PRIMARY, BACKUP, DOWN, ACTIVE})
-#: The monitor's probes tell each node the role it has in the upstream; the
-#: gateway strips this header from client requests so nobody else can.
-ROLE_HEADER = "X-TTSHA-Role"
 
 
 class NginxError(TTSHAError):
     """Nginx refused a configuration or could not be reloaded."""
+
+
+#: Anything that could end a directive, open a block, start a comment or a
+#: variable, or break a line. The config is validated at load; this is the
+#: second line of defence, so no code path can render a directive from data.
+_UNSAFE = re.compile(r"[\s;{}#'\"\\$`]|\A\Z")
+
+
+def _safe(value: object, what: str) -> str:
+    """``value`` as one Nginx token, or NginxError when it could render a directive."""
+    text = str(value)
+    if _UNSAFE.search(text):
+        raise NginxError(f"refusing to render {what} {text!r} into the Nginx configuration")
+    return text
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    key: str
+    rate: str
+
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+#: RFC 6750 token characters, at least 16 of them.
+_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,256}=*")
+_RATE = re.compile(r"[0-9]{1,6}r/[sm]")
+
+
+def load_api_keys(path: Path, default_rate: str) -> list[ApiKey]:
+    """``[nginx] api_keys_file``: one ``NAME KEY [RATE]`` per line, ``#`` comments.
+
+    The file holds secrets: refused when others can read it (the rendered
+    site that carries them is written with mode 0600 too).
+    """
+    import os
+    import stat
+
+    from .errors import ConfigError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"nginx.api_keys_file: cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "r", encoding="utf-8") as f:
+        st = os.fstat(f.fileno())
+        if st.st_mode & 0o077:
+            raise ConfigError(f"nginx.api_keys_file: {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                              f"others must not read it: chmod 600 {path}")
+        lines = f.read().splitlines()
+    keys: list[ApiKey] = []
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        where = f"nginx.api_keys_file: {path}:{number}"
+        if len(fields) not in (2, 3):
+            raise ConfigError(f"{where}: expected NAME KEY [RATE]")
+        name, key, rate = fields[0], fields[1], fields[2] if len(fields) == 3 else default_rate
+        if not _KEY_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a key's name may use letters, digits, '.', '_' and '-'")
+        if not _KEY.fullmatch(key):
+            raise ConfigError(f"{where}: a key needs 16 or more of A-Z a-z 0-9 . _ ~ + / - (e.g. openssl rand -hex 24)")
+        if not _RATE.fullmatch(rate) or int(rate.split("r/")[0]) == 0:
+            raise ConfigError(f"{where}: expected a rate such as 10r/s or 600r/m, got {rate!r}")
+        if any(k.name == name or k.key == key for k in keys):
+            raise ConfigError(f"{where}: the name or key of line {number} is used twice")
+        keys.append(ApiKey(name, key, rate))
+    if not keys:
+        raise ConfigError(f"nginx.api_keys_file: {path} holds no key")
+    return keys
+
+
+def _render_api_keys(config: Config) -> tuple[str, str, str]:
+    """(http-context maps and zones, directives for ``location /``, server-level error pages)."""
+    ng = config.nginx
+    if ng.api_keys_file is None:
+        return "", "", ""
+    keys = load_api_keys(ng.api_keys_file, ng.api_rate)
+    rates = sorted({k.rate for k in keys})
+    http = [
+        "# API keys ([nginx] api_keys_file): the key's name, or empty. Clients send",
+        "# 'Authorization: Bearer KEY' as OpenAI clients do. This file holds the keys: mode 0600.",
+        "map $http_authorization $ttsha_api_client {",
+        '    default "";',
+        *(f'    "Bearer {_safe(k.key, "API key")}" {_safe(k.name, "API key name")};' for k in keys),
+        "}",
+        "# A request needs a key, except the status-only /health and the page at /.",
+        'map "$ttsha_api_client:$uri" $ttsha_api_denied {',
+        "    default 0;",
+        '    "~^:(?!/health$|/$)" 1;',
+        "}",
+    ]
+    limits = []
+    for i, rate in enumerate(rates):
+        # One zone per rate; each key is its own bucket in the zone of its rate.
+        http.append(f"map $ttsha_api_client $ttsha_api_rate{i} {{")
+        http.append('    default "";')
+        http += [f"    {k.name} {k.name};" for k in keys if k.rate == rate]
+        http.append("}")
+        http.append(f"limit_req_zone $ttsha_api_rate{i} zone=ttsha_api{i}:1m rate={_safe(rate, 'rate')};")
+        burst = f" burst={ng.api_burst} nodelay" if ng.api_burst else ""  # Nginx refuses burst=0
+        limits.append(f"        limit_req zone=ttsha_api{i}{burst};")
+    location = "\n".join([
+        "        if ($ttsha_api_denied) {",
+        "            return 401;",
+        "        }",
+        *limits,
+        "        limit_req_status 429;",
+    ]) + "\n"
+    server = """
+    # 401 and 429 as JSON, like every error of ttsha.
+    error_page 401 @ttsha_unauthorized;
+    error_page 429 @ttsha_limited;
+    location @ttsha_unauthorized {
+        default_type application/json;
+        add_header WWW-Authenticate 'Bearer realm="ttsha"' always;
+        return 401 '{"error": "unauthorized", "message": "a valid API key is required: Authorization: Bearer KEY"}';
+    }
+    location @ttsha_limited {
+        default_type application/json;
+        add_header Retry-After 1 always;
+        return 429 '{"error": "rate_limited", "message": "too many requests for this API key; retry later"}';
+    }
+"""
+    return "\n".join(http) + "\n\n", location, server
 
 
 def node_address(node: NodeConfig) -> str:
@@ -51,8 +177,12 @@ def node_address(node: NodeConfig) -> str:
     if node.address:
         return node.address
     parts = urlsplit(node.url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.hostname}:{port}"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # out of range; the config check refuses it, this keeps a traceback out
+        raise NginxError(f"invalid port in node url {node.url!r}") from None
+    host = parts.hostname or ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def gateway_url(nginx: NginxConfig) -> str:
@@ -71,7 +201,7 @@ def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generat
     """
     lines = [
         "# Written by ttsha monitor; do not edit: the next switchover rewrites it.",
-        f'map "" $ttsha_generation {{ default "{generation}"; }}',
+        f'map "" $ttsha_generation {{ default "{_safe(generation, "generation")}"; }}',
         f"upstream {UPSTREAM_NAME} {{",
     ]
     for name, node in nodes.items():
@@ -82,7 +212,8 @@ def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generat
             BACKUP: "backup",
             DOWN: "down",
         }[role]
-        lines.append(f"    server {node_address(node)} {params};  # {name}: {role}")
+        address = _safe(node_address(node), f"nodes.{name} address")
+        lines.append(f"    server {address} {params};  # {_safe(name, 'node name')}: {role}")
     lines += ["    keepalive 16;", "}", ""]
     return "\n".join(lines)
 
@@ -95,24 +226,55 @@ def render_site(config: Config, upstream_file: Path | None = None) -> str:
     """The gateway's ``server`` block (http context), including the upstream file."""
     ng = config.nginx
     body = max(config.serve.max_body_bytes, 1024)
+    include = _safe(upstream_file or ng.upstream_file, "nginx.upstream_file")
+    listen = _safe(ng.listen, "nginx.listen")
+    api_http, api_location, api_server = _render_api_keys(config)
     return f"""# Rendered by `ttsha nginx render`; regenerate rather than edit.
-# Gateway for the ttsha pair. The monitor rewrites only {upstream_file or ng.upstream_file}.
+# Gateway for the ttsha pair. The monitor rewrites only {include}.
 # In the main context of nginx.conf, also set:
 #   worker_shutdown_timeout 30s;  # streams cannot pile up old workers after reloads
-include {upstream_file or ng.upstream_file};
+include {include};
 
-server {{
-    listen {ng.listen};
+{api_http}server {{
+    listen {listen};
     client_max_body_size {body};
 
+    # Nginx's own refusals as JSON, like every error of ttsha (answers from
+    # the nodes pass through untouched: proxy_intercept_errors is off).
+    # URIs, not named locations: errors met while reading the request line
+    # or headers can only be redirected to a URI.
+    error_page 413 /ttsha_error/413;
+    error_page 414 /ttsha_error/414;
+    error_page 494 =431 /ttsha_error/431;
+    location = /ttsha_error/413 {{
+        internal;
+        default_type application/json;
+        return 413 '{{"error": "request_entity_too_large", "message": "the request body is larger than {body} bytes"}}';
+    }}
+    location = /ttsha_error/414 {{
+        internal;
+        default_type application/json;
+        return 414 '{{"error": "uri_too_long", "message": "the request URI is too long; send the text in a POST body"}}';
+    }}
+    location = /ttsha_error/431 {{
+        internal;
+        default_type application/json;
+        return 431 '{{"error": "request_header_fields_too_large", "message": "the request headers are too large"}}';
+    }}
+{api_server}
     location / {{
-        proxy_pass http://{UPSTREAM_NAME};
+{api_location}        proxy_pass http://{UPSTREAM_NAME};
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        # Only the monitor tells a node its role (an empty value drops the header).
+        # Only the monitor tells a node its role (an empty value drops the header);
+        # nodes also verify its signature (ttsha.protocol).
         proxy_set_header {ROLE_HEADER} "";
+        proxy_set_header {CLAIM_HEADER} "";
+        # Marks the request as proxied (a client cannot remove it): nodes show
+        # /health details only to the monitor and to direct loopback callers.
+        proxy_set_header {GATEWAY_HEADER} 1;
         # A dead node must not stall requests: fail fast, then retry elsewhere.
         proxy_connect_timeout {_seconds(ng.proxy_connect_timeout)};
         proxy_send_timeout 10s;
@@ -157,16 +319,17 @@ def render_article_baseline(config: Config, primary: str, standby: str) -> tuple
     passive checks only (max_fails=2 fail_timeout=10s), Nginx's default
     retry policy (a failed POST is not retried) and default timeouts."""
     nodes = config.nodes
+    addresses = [_safe(node_address(nodes[n]), f"nodes.{n} address") for n in (primary, standby)]
     upstream = (
         f'map "" $ttsha_generation {{ default "article"; }}\n'
         f"upstream {UPSTREAM_NAME} {{\n"
-        f"    server {node_address(nodes[primary])} max_fails=2 fail_timeout=10s;\n"
-        f"    server {node_address(nodes[standby])} backup;\n"
+        f"    server {addresses[0]} max_fails=2 fail_timeout=10s;\n"
+        f"    server {addresses[1]} backup;\n"
         "}\n"
     )
-    site = f"""include {config.nginx.upstream_file};
+    site = f"""include {_safe(config.nginx.upstream_file, "nginx.upstream_file")};
 server {{
-    listen {config.nginx.listen};
+    listen {_safe(config.nginx.listen, "nginx.listen")};
     location / {{
         proxy_pass http://{UPSTREAM_NAME};
         proxy_set_header Host $host;

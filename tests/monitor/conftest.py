@@ -14,6 +14,7 @@ import pytest
 from ttsha.config import Config, MonitorConfig, NginxConfig, NodeConfig
 from ttsha.lab import wait_port
 from ttsha.nginx import render_main, render_site
+from ttsha.protocol import generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -65,8 +66,9 @@ class Gateway:
 class NodeProcess:
     """A fake-engine ``serve`` process that can be killed for real."""
 
-    def __init__(self, host: str, port: int, store: Path) -> None:
+    def __init__(self, host: str, port: int, store: Path, secret: Path | None = None, name: str = "") -> None:
         self.host, self.port, self.store = host, port, store
+        self.secret, self.name = secret, name
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -75,7 +77,8 @@ class NodeProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.server.fake_node", self.host, str(self.port), str(self.store)],
+            [sys.executable, "-m", "tests.server.fake_node", self.host, str(self.port), str(self.store),
+             *([str(self.secret), self.name] if self.secret else [])],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -99,9 +102,11 @@ class NodeProcess:
 def pair(tmp_path):
     """Two fake-engine node processes on 127.0.0.2 and 127.0.0.3, a real Nginx in front, and the config."""
     binary = need("nginx", "nginx")
+    secret = tmp_path / "monitor.secret"
+    generate_secret(secret)
     nodes_live = {
-        "a": NodeProcess("127.0.0.2", free_port("127.0.0.2"), tmp_path / "store-a"),
-        "b": NodeProcess("127.0.0.3", free_port("127.0.0.3"), tmp_path / "store-b"),
+        "a": NodeProcess("127.0.0.2", free_port("127.0.0.2"), tmp_path / "store-a", secret, "a"),
+        "b": NodeProcess("127.0.0.3", free_port("127.0.0.3"), tmp_path / "store-b", secret, "b"),
     }
     for node in nodes_live.values():
         node.start()
@@ -116,7 +121,7 @@ def pair(tmp_path):
             for name, node in nodes_live.items()
         },
         monitor=MonitorConfig(interval=0.1, fast_interval=0.05, fall=2, rise=2, state_file=tmp_path / "monitor.json",
-                              control_socket=tmp_path / "monitor.sock"),
+                              control_socket=tmp_path / "monitor.sock", secret_file=secret),
         nginx=NginxConfig(
             listen=f"127.0.0.1:{gw_port}",
             upstream_file=prefix / "ttsha-upstream.conf",

@@ -329,17 +329,17 @@ def test_durable_put_writes_syncs_and_renames_or_syncs_in_place(rep_config):
     try:
         lane = peer.channel()
         rels = [f"{second[:2]}/{second}.json", f"{second[:2]}/{second}.wav"]
-        sent = peer.put_durable([(src / rel, rel) for rel in rels], [lane])
+        sent = peer.put_durable([(src, rel) for rel in rels], [lane])
         assert sent == sum((src / rel).stat().st_size for rel in rels)
         assert on_peer(rep_config, second) and not list(dst.rglob(".*.tmp"))
         assert int((dst / rels[1]).stat().st_mtime) == int((src / rels[1]).stat().st_mtime)  # the echo check's key
         # Copied already by the queue path: only synced where it is, nothing sent again.
         rels = [f"{first[:2]}/{first}.json", f"{first[:2]}/{first}.wav"]
         for rel in rels:
-            peer.put(src / rel, rel)
-        assert peer.put_durable([(src / rel, rel) for rel in rels], [lane], frozenset(rels)) == 0
+            peer.put(src, rel)
+        assert peer.put_durable([(src, rel) for rel in rels], [lane], frozenset(rels)) == 0
         # A file believed there but gone is an error, never an acknowledgement.
         with pytest.raises(OSError):
-            peer.put_durable([(src / "zz" / "gone.json", "zz/gone.json")], [lane], frozenset({"zz/gone.json"}))
+            peer.put_durable([(src, "zz/gone.json")], [lane], frozenset({"zz/gone.json"}))
     finally:
         peer.close()

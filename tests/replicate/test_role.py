@@ -10,34 +10,40 @@ from dataclasses import replace
 import pytest
 
 from ttsha.cli import main
-from ttsha.config import to_toml
-from ttsha.config import Config, NodeConfig, ReplicateConfig, ServeConfig
+from ttsha.config import Config, MonitorConfig, NodeConfig, ReplicateConfig, ServeConfig, to_toml
+from ttsha.protocol import RoleVerifier
 from ttsha.replicate import daemon
 from ttsha.replicate.daemon import Replicator
 
 from ..monitor.conftest import free_port
-from ..server.conftest import SERVE, FakeEngine, Node
+from ..server.conftest import SECRET, SERVE, FakeEngine, Node, RoleSigner
 
 
 @pytest.fixture
 def node(tmp_path):
-    node = Node(FakeEngine(), tmp_path / "store", SERVE)
+    node = Node(FakeEngine(), tmp_path / "store", SERVE, roles=RoleVerifier(SECRET, "a"))
+    node.monitor = RoleSigner()
     yield node
     node.close()
 
 
 def tell(node: Node, role: str) -> None:
-    """What the monitor's probe does."""
+    """What the monitor's probe does (a signed claim)."""
     conn = http.client.HTTPConnection(node.host, node.port, timeout=5)
-    conn.request("GET", "/health", headers={"X-TTSHA-Role": role})
+    conn.request("GET", "/health", headers=node.monitor.claim(role))
     conn.getresponse().read()
     conn.close()
 
 
 def config_for(tmp_path, port: int, models: str = "primary") -> Config:
     (tmp_path / "models").mkdir(exist_ok=True)
+    secret = tmp_path / "secret"
+    if not secret.exists():
+        secret.write_bytes(SECRET)
+        secret.chmod(0o600)
     return Config(
         serve=ServeConfig(host="127.0.0.1", port=port),
+        monitor=MonitorConfig(secret_file=secret),
         nodes={"a": NodeConfig(url=f"http://127.0.0.1:{port}"), "b": NodeConfig(url="http://127.0.0.3:8900")},
         replicate=ReplicateConfig(peer="b", models=models, local_models=tmp_path / "models",
                                   queue_file=tmp_path / "queue.sqlite", interval=3600.0),
@@ -109,6 +115,31 @@ def test_models_loop_sends_at_once_when_the_node_becomes_primary(tmp_path, node,
         replicator.stop()
         thread.join(5)
     assert "primary" in replicator.stats["models_turn"]
+
+
+def test_a_new_term_as_primary_sends_even_if_the_loop_missed_the_backup_in_between(tmp_path, node, monkeypatch):
+    """primary -> backup -> primary between two checks (a switchover and back): a new epoch, so it sends."""
+    monkeypatch.setattr(daemon, "ROLE_CHECK_S", 0.5)
+    replicator = Replicator(config_for(tmp_path, node.port))
+    calls = []
+    monkeypatch.setattr(replicator, "sync_models", lambda: calls.append(time.monotonic()) or _Result())
+    tell(node, "primary")
+    thread = threading.Thread(target=replicator._models_loop, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 1
+        tell(node, "backup")
+        tell(node, "primary")  # well within one check interval
+        deadline = time.monotonic() + 5
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(calls) == 2
+    finally:
+        replicator.stop()
+        thread.join(5)
 
 
 class _Result:

@@ -14,6 +14,7 @@ from werkzeug.serving import make_server
 from ttsha.config import ServeConfig
 from ttsha.engine.base import Engine, EngineInfo
 from ttsha.errors import EngineError
+from ttsha.protocol import RoleVerifier, sign_claim
 from ttsha.server.app import create_app
 from ttsha.server.service import Service
 from ttsha.store import AudioStore
@@ -74,18 +75,19 @@ class Client:
         conn.close()
         return resp, data
 
-    def synth(self, params=None, **kw):
-        return self.request("POST", "/v1/synthesize" + ("?" + urlencode(params) if params else ""), body=kw)
+    def synth(self, params=None, timeout: float = 60, **kw):
+        return self.request("POST", "/v1/synthesize" + ("?" + urlencode(params) if params else ""), body=kw,
+                            timeout=timeout)
 
 
 class Node:
     """A Service + App on a real werkzeug server on an ephemeral loopback port."""
 
     def __init__(self, engine: Engine, store_dir, serve: ServeConfig, start: bool = True, host: str = "127.0.0.1",
-                 acks=None) -> None:
+                 acks=None, roles: RoleVerifier | None = None) -> None:
         self.engine = engine
         self.host = host
-        self.service = Service(serve, engine, AudioStore(store_dir), acks=acks)
+        self.service = Service(serve, engine, AudioStore(store_dir), acks=acks, roles=roles)
         self.app = create_app(self.service)
         self.server = make_server(host, 0, self.app, threaded=True)
         self.port = self.server.server_address[1]
@@ -104,6 +106,21 @@ class Node:
         self.service.stop(timeout=5)
 
 
+#: The shared secret of the tests' monitor and nodes (ttsha.protocol).
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+class RoleSigner:
+    """Signs role claims as the gateway's monitor does, with a growing epoch."""
+
+    def __init__(self, secret: bytes = SECRET, gateway: str = "gw") -> None:
+        self.secret, self.gateway, self.epoch = secret, gateway, 1000
+
+    def claim(self, role: str, node: str = "a", epoch: int | None = None) -> dict[str, str]:
+        self.epoch += 1
+        return sign_claim(self.secret, role, node, self.gateway, self.epoch if epoch is None else epoch)
+
+
 SERVE = ServeConfig(workers=2, queue_size=4, max_chars=200, max_body_bytes=4096, canary_interval=3600.0)
 
 
@@ -116,8 +133,8 @@ def fake_engine():
 def make_node(tmp_path):
     nodes = []
 
-    def make(engine, start=True, **serve):
-        node = Node(engine, tmp_path / f"store{len(nodes)}", replace(SERVE, **serve), start=start)
+    def make(engine, start=True, roles=None, **serve):
+        node = Node(engine, tmp_path / f"store{len(nodes)}", replace(SERVE, **serve), start=start, roles=roles)
         nodes.append(node)
         return node
 

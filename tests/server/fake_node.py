@@ -1,6 +1,6 @@
 """A ``serve`` process with the fake engine, so tests can ``kill -9`` a real process.
 
-    python -m tests.server.fake_node HOST PORT STORE_DIR
+    python -m tests.server.fake_node HOST PORT STORE_DIR [SECRET_FILE NODE_NAME]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
+from ttsha.protocol import RoleVerifier, load_secret
 from ttsha.server.app import create_app
 from ttsha.server.service import Service
 from ttsha.store import AudioStore
@@ -19,8 +20,8 @@ from ttsha.store import AudioStore
 from .conftest import SERVE, FakeEngine
 
 
-def main(host: str, port: int, store: Path) -> None:
-    service = Service(SERVE, FakeEngine(), AudioStore(store))
+def main(host: str, port: int, store: Path, secret: Path | None = None, name: str | None = None) -> None:
+    service = Service(SERVE, FakeEngine(), AudioStore(store), roles=RoleVerifier(load_secret(secret), name))
     server = make_server(host, port, create_app(service), threaded=True)
     service.start()
     stop = threading.Event()
@@ -32,4 +33,4 @@ def main(host: str, port: int, store: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), *([Path(sys.argv[4]), sys.argv[5]] if len(sys.argv) > 5 else []))

@@ -11,7 +11,10 @@ from urllib.parse import quote
 import pytest
 import soundfile as sf
 
+from ttsha.protocol import RoleVerifier
+
 from ..packaging.test_monitoring import referenced_metrics
+from .conftest import SECRET, RoleSigner
 
 
 def body_json(data: bytes) -> dict:
@@ -94,7 +97,7 @@ def test_pcm_format(fake_node):
         ({"text": ""}, 400, "empty_text"),
         ({"text": "   "}, 400, "empty_text"),
         ({}, 400, "empty_text"),
-        ({"text": 42}, 400, "empty_text"),
+        ({"text": 42}, 400, "bad_text"),
         ({"text": "好" * 201}, 400, "text_too_long"),
         ({"text": "!!!"}, 400, "nothing_to_say"),
         ({"text": "你好", "voice": "carol"}, 400, "unknown_voice"),
@@ -230,12 +233,16 @@ def test_health_before_and_after_warm_up(make_node, fake_engine):
     assert health["role"] is None and health["role_at"] is None  # no monitor has probed yet
 
 
-def test_health_remembers_the_role_the_monitor_gives(fake_node):
-    resp, data = fake_node.client.request("GET", "/health", headers={"X-TTSHA-Role": "primary"})
+def test_health_remembers_the_role_the_monitor_gives(make_node, fake_engine):
+    node = make_node(fake_engine, roles=RoleVerifier(SECRET, "a"))
+    monitor = RoleSigner()
+    resp, data = node.client.request("GET", "/health", headers=monitor.claim("primary"))
     assert resp.status == 200 and body_json(data)["role"] == "primary"
-    fake_node.client.request("GET", "/health", headers={"X-TTSHA-Role": "in charge"})  # not a role: ignored
-    health = body_json(fake_node.client.request("GET", "/health")[1])
+    node.client.request("GET", "/health", headers={"X-TTSHA-Role": "backup"})  # unsigned: ignored
+    node.client.request("GET", "/health", headers={**monitor.claim("primary"), "X-TTSHA-Role": "in charge"})
+    health = body_json(node.client.request("GET", "/health")[1])
     assert health["role"] == "primary" and health["role_at"] > 0
+    assert health["role_claims"]["accepted"] == 1 and sum(health["role_claims"]["rejected"].values()) == 2
 
 
 @pytest.mark.parametrize("output, reason", [("silence", "silent"), ("nan", "NaN")])

@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     except TTSHAError as exc:
         from rich.console import Console
 
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {exc.message}", markup=True)
+        from .output import error_line
+
+        # The message holds user and config text: printed literally, never as markup.
+        Console(stderr=True, highlight=False, soft_wrap=True).print(error_line(exc.message))
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

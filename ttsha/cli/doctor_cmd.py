@@ -22,7 +22,7 @@ def doctor(ctx: Context) -> None:
     Example:
       ttsha --config /etc/ttsha/ttsha.toml doctor
     """
-    from .output import table_console
+    from .output import literal, table_console
     from rich.table import Table
 
     results = checks.run(ctx.config)
@@ -31,7 +31,7 @@ def doctor(ctx: Context) -> None:
         table.add_column(column)
     for check in results:
         style = _STYLE.get(check.status, "")
-        table.add_row(check.name, f"[{style}]{check.status}[/]", check.detail, check.hint)
+        table.add_row(literal(check.name), literal(check.status, style), literal(check.detail), literal(check.hint))
     # Piped output (logs, CI) is not wrapped at 80 columns: hints stay on one line.
     table_console().print(table)
     if any(check.status == checks.FAIL for check in results):

@@ -50,6 +50,8 @@ def render(ctx: Context, prefix: Path | None, to_stdout: bool, force: bool) -> N
         click.echo(site, nl=False)
         return
     written = []
+    # With API keys the site holds them: readable by the Nginx master (root) only.
+    site_mode = 0o600 if cfg.nginx.api_keys_file is not None else 0o644
     try:
         if prefix is not None:
             prefix = prefix.resolve()
@@ -58,10 +60,10 @@ def render(ctx: Context, prefix: Path | None, to_stdout: bool, force: bool) -> N
                 # Workers run as an unprivileged user when the master is root.
                 (prefix / "tmp" / sub).chmod(0o1777)
             atomic_write(prefix / "nginx.conf", render_main(cfg, prefix))
-            atomic_write(prefix / "ttsha-site.conf", site)
+            atomic_write(prefix / "ttsha-site.conf", site, mode=site_mode)
             written += [prefix / "nginx.conf", prefix / "ttsha-site.conf"]
         else:
-            atomic_write(cfg.nginx.site_file, site)
+            atomic_write(cfg.nginx.site_file, site, mode=site_mode)
             written.append(cfg.nginx.site_file)
         upstream = cfg.nginx.upstream_file
         if force or not upstream.exists():
@@ -116,14 +118,14 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
-    from .output import table_console
+    from .output import literal, table_console
     from rich.markup import escape
     from rich.table import Table
 
     now = time.time()
     age = now - data.get("updated_at", 0)
     console = table_console()
-    table = Table(title=f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)")
+    table = Table(title=literal(f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)"))
     for column in ("node", "role", "health", "since", "probe", "model", "replication", "last error"):
         table.add_column(column)
     styles = {"up": "green", "down": "bold red", "unknown": "yellow"}
@@ -145,8 +147,9 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
                 replication += ", acks sync"
         else:
             replication = "-"
-        table.add_row(name, node.get("role", "?"), f"[{styles.get(node['status'], '')}]{node['status']}[/]",
-                      since, probe, model, replication, node.get("last_error") or "")
+        table.add_row(literal(name), literal(node.get("role", "?")),
+                      literal(node["status"], styles.get(node["status"], "")),
+                      since, probe, literal(model), replication, literal(node.get("last_error") or ""))
     console.print(table)
     events = data.get("events", [])[-n_events:]
     if events:
@@ -154,5 +157,6 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
         for column in ("when", "event", "node", "detail"):
             ev.add_column(column)
         for e in events:
-            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], e["node"], e["detail"])
+            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), literal(e["kind"]), literal(e["node"]),
+                       literal(e["detail"]))
         console.print(ev)

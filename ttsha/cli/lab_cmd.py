@@ -125,13 +125,14 @@ def power_on(root: Path, name: str) -> None:
 
 
 def _print_status(lab_) -> None:
-    from .output import table_console
+    from .output import literal, table_console
     from rich.table import Table
 
-    table = Table(title=f"ttsha lab in {lab_.root}")
+    table = Table(title=literal(f"ttsha lab in {lab_.root}"))
     for column in ("process", "pid", "running", "endpoint", "health", "log"):
         table.add_column(column)
     for name, entry in lab_.status().items():
-        table.add_row(name, str(entry["pid"]), "yes" if entry["running"] else "[red]no[/]", entry.get("endpoint", ""),
-                      entry.get("health", ""), entry["log"])
+        table.add_row(literal(name), str(entry["pid"]), literal("yes") if entry["running"] else literal("no", "red"),
+                      literal(entry.get("endpoint", "")),
+                      literal(entry.get("health", "")), literal(entry["log"]))
     table_console().print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -13,9 +14,11 @@ from . import Context, pass_ctx
 @click.group(invoke_without_command=True)
 @click.option("--once", type=click.Choice(["models", "audio"]), help="Run one job to completion instead of the daemon.")
 @click.option("--dry-run", is_flag=True, help="With --once: list what would change (rsync -i style), change nothing.")
+@click.option("--force", is_flag=True,
+              help="With --once models: send (and delete on the peer) even when this node is not the primary.")
 @click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), help="Audio store (default: [store] path).")
 @click.pass_context
-def replicate(click_ctx: click.Context, once: str | None, dry_run: bool, store_dir: Path | None) -> None:
+def replicate(click_ctx: click.Context, once: str | None, dry_run: bool, force: bool, store_dir: Path | None) -> None:
     """Replicate the model cache (every [replicate] interval) and the audio
     store (in real time, via inotify) to [replicate] peer over one verified
     SSH connection. Nothing queued is lost across restarts or peer outages.
@@ -39,12 +42,12 @@ def replicate(click_ctx: click.Context, once: str | None, dry_run: bool, store_d
     if once is None:
         raise click.exceptions.Exit(replicator.run())
     if once == "models":
-        _once_models(replicator, dry_run)
+        _once_models(replicator, dry_run, force)
     else:
         _once_audio(replicator, dry_run)
 
 
-def _once_models(replicator, dry_run: bool) -> None:
+def _once_models(replicator, dry_run: bool, force: bool) -> None:
     from rich.progress import Progress
 
     if dry_run:
@@ -55,12 +58,13 @@ def _once_models(replicator, dry_run: bool) -> None:
         return
     turn, why = replicator.models_turn()  # a dry run changes nothing: it may look from any node
     if not turn:
-        if why.startswith("role unknown"):
-            click.echo(f"warning: {why}; sending anyway (first sync?)", err=True)
-        else:
-            raise Refused(f"not sending models from this node: {why}. Run it on the primary, "
-                          'or set [replicate] models = "always" to send from here regardless.')
-    with Progress(transient=True, disable=not click.get_text_stream("stderr").isatty()) as progress:
+        # Only a node the monitor made primary (a signed claim) pushes with deletes: a stale cache
+        # sent from anywhere else would remove the primary's newer files.
+        if not force:
+            raise Refused(f"not sending models from this node: {why}. Run it on the primary, add --force "
+                          'to send once regardless, or set [replicate] models = "always".')
+        click.echo(f"warning: {why}; sending anyway (--force)", err=True)
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("models", total=None)
         result = replicator.sync_models(progress=lambda change, sent: progress.update(task, completed=sent))
     click.echo(f"models: {result.files_sent} files sent ({result.bytes_sent} bytes), {result.deleted} deleted, "

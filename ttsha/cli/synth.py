@@ -137,13 +137,14 @@ def voices(ctx: Context, engine_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(info), ensure_ascii=False, indent=2))
         return
-    from .output import table_console
+    from .output import literal, table_console
     from rich.table import Table
 
-    table = Table(title=f"engine {info.engine} ({info.model_id}, version {info.model_version}, {info.sample_rate} Hz)")
+    table = Table(title=literal(f"engine {info.engine} ({info.model_id}, version {info.model_version}, "
+                                f"{info.sample_rate} Hz)"))
     table.add_column("voice")
     table.add_column("emotions")
     for name in info.voices:
         label = f"{name} (default)" if name == info.default_voice else name
-        table.add_row(label, ", ".join(info.emotions))
+        table.add_row(literal(label), literal(", ".join(info.emotions)))
     table_console().print(table)

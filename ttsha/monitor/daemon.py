@@ -35,7 +35,8 @@ from .. import systemd
 from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
-from ..nginx import DOWN, ROLE_HEADER, NginxError, UpstreamController, node_address
+from ..nginx import NginxError, UpstreamController, node_address
+from ..protocol import DOWN, ROLE_HEADER, default_gateway_id, load_secret, sign_claim
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
@@ -63,18 +64,20 @@ class Probe:
 
 
 def probe(url: str, connect_timeout: float, read_timeout: float,
-          role: str | None = None) -> tuple[bool, dict[str, Any] | None, str]:
-    """One ``GET /health``: (eligible, body, reason). ``role`` tells the node
-    what it is in the live upstream (its replicator acts on it)."""
+          claim: dict[str, str] | None = None) -> tuple[bool, dict[str, Any] | None, str]:
+    """One ``GET /health``: (eligible, body, reason). ``claim`` (signed
+    headers, see :mod:`ttsha.protocol`) tells the node what it is in the live
+    upstream (its replicator acts on it)."""
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
+    try:
+        conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
+    except ValueError as exc:  # a port out of range (the config check refuses it at load)
+        return False, None, f"invalid url {url!r}: {exc}"
     try:
         conn.connect()
         conn.sock.settimeout(read_timeout)
-        headers = {"Connection": "close"}
-        if role:
-            headers[ROLE_HEADER] = role
+        headers = {"Connection": "close", **(claim or {})}
         conn.request("GET", "/health", headers=headers)
         resp = conn.getresponse()
         raw = resp.read(65536)
@@ -143,6 +146,13 @@ class Monitor:
         self._last_state_write = 0.0
         self._replication: dict[str, Any] = {}
         self._fenced: dict[str, dict[str, Any]] = {}
+        # Roles go to the nodes signed (ttsha.protocol); without a secret no node would believe them.
+        self._secret = load_secret(mc.secret_file)
+        self.gateway_id = mc.gateway_id or default_gateway_id()
+        self._role_epoch = 0
+        if self._secret is None:
+            log.warning("no [monitor] secret_file: nodes are not told their roles, so models = \"primary\" "
+                        "sends from no node (see ttsha(1), SECURITY)")
 
     # -- probing ---------------------------------------------------------
     def _probe_loop(self, name: str) -> None:
@@ -152,7 +162,13 @@ class Monitor:
             started = time.monotonic()
             applied = self._applied_roles  # replaced, never mutated: safe to read here
             role = applied.get(name) if applied else None
-            ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, role)
+            epoch = self._role_epoch
+            try:
+                claim = sign_claim(self._secret, role or "", name, self.gateway_id, epoch) if self._secret else None
+                ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, claim)
+            except Exception as exc:  # a probe thread that dies leaves its node's state frozen
+                log.exception("probe of %s failed unexpectedly; probing on", name)
+                ok, info, error = False, None, f"{type(exc).__name__}: {exc}"
             latency = (time.monotonic() - started) * 1000
             self.inbox.put(Probe(name, ok, time.time(), latency, info, error))
             state = self.decider.states[name]
@@ -227,6 +243,8 @@ class Monitor:
             self.alerter.send(Alert("nginx_failed", f"nginx rejected the upstream change: {exc}", "critical", started))
             return False
         previous = self._applied_roles or {}
+        # A new epoch with every new set of roles: nodes ignore older ones (ttsha.protocol).
+        self._role_epoch = max(self._role_epoch + 1, time.time_ns() // 1_000_000)
         self._applied_roles = roles
         if self.config.monitor.fence:
             for name, role in roles.items():

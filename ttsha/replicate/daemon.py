@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyinotify
 
@@ -27,9 +28,10 @@ from .. import systemd
 from ..config import Config
 from ..errors import TTSHAError
 from ..fsutil import atomic_write
-from ..nginx import ACTIVE, PRIMARY
+from ..protocol import ACTIVE, PRIMARY
 from . import ack
 from .durable import AckSender, OnPeer, PathLocks
+from .local import NotSendable, stat_inside
 from .queue import DurableQueue
 from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
 from .transport import HostKeyRefused, Peer
@@ -56,7 +58,7 @@ def peer_for(config: Config, root: str) -> Peer:
     if not name:
         raise TTSHAError("replicate.peer is not set: name the node that receives copies ([nodes.NAME])")
     node = config.nodes[name]
-    host = node.ssh_host or node.url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
+    host = node.ssh_host or urlsplit(node.url).hostname or ""
     return Peer(host, node.ssh_port, node.ssh_user, config.replicate.key_file, config.replicate.known_hosts, root,
                 bwlimit_kib=config.replicate.bwlimit)
 
@@ -73,23 +75,30 @@ def local_health_url(config: Config) -> tuple[str, int]:
 
 def local_role(config: Config, timeout: float = 2.0) -> str | None:
     """This node's role as the gateway's monitor last told its ``ttsha serve``
-    (in the probes), or None when unknown (serve down, no probe for
+    (in signed probes), or None when unknown (serve down, no valid probe for
     :data:`ROLE_FRESH_S`)."""
+    return local_claim(config, timeout)[0]
+
+
+def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, int | None]:
+    """(role, epoch) as :func:`local_role`; the epoch changes with every new
+    set of roles the monitor applies (ttsha.protocol)."""
     host, port = local_health_url(config)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", "/health")
         body = json.loads(conn.getresponse().read(65536))
     except (OSError, http.client.HTTPException, ValueError):
-        return None
+        return None, None
     finally:
         conn.close()
     if not isinstance(body, dict) or not isinstance(body.get("role"), str):
-        return None
+        return None, None
     told_at = body.get("role_at")
     if not isinstance(told_at, (int, float)) or time.time() - told_at > ROLE_FRESH_S:
-        return None
-    return body["role"]
+        return None, None
+    epoch = body.get("role_epoch")
+    return body["role"], epoch if isinstance(epoch, int) else None
 
 
 class _Handler(pyinotify.ProcessEvent):
@@ -125,6 +134,7 @@ class Replicator:
         self._scan.set()  # catch-up at start
         self.lags: list[float] = []
         self._due_in: float | None = None  # seconds until a held-back file is due
+        self._role_epoch: int | None = None  # of the last role read (see local_claim)
         self.stats: dict[str, Any] = {"files_sent": 0, "bytes_sent": 0, "last_error": "", "connected": False,
                                       "overflows": 0, "models": {}}
         #: The live connection of the audio loop, shared with the acknowledgement path.
@@ -227,22 +237,25 @@ class Replicator:
 
     def _send_one(self, peer: Peer, item) -> int | None:
         """Send one queued file; None when there was nothing to send."""
-        local = self.store / item.rel
         try:
             # Results are immutable and content-addressed, so nodes can
             # replicate to each other: a file that came from the peer is
             # already there (same size and mtime) and is not sent back.
             with self.locks.hold([item.rel]):  # never beside the acknowledgement path on one file
-                st = local.stat()
+                st = stat_inside(self.store, item.rel)
                 there = peer.stat(item.rel)
                 if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
                     self.on_peer.add(item.rel, st)
                     self.queue.done(item)
                     return None
-                nbytes = peer.put(local, item.rel)
+                nbytes = peer.put(self.store, item.rel)
                 self.on_peer.add(item.rel, st)
         except FileNotFoundError:
             self.queue.done(item)  # removed locally (gc) before it could be sent
+            return None
+        except NotSendable as exc:  # a symlink renamed into the store, say: never followed
+            log.warning("not sending %s", exc)
+            self.queue.done(item)
             return None
         except Exception:
             self.queue.failed(item)
@@ -320,13 +333,16 @@ class Replicator:
             return True, 'models = "always"'
         if mode == "never":
             return False, 'models = "never"'
-        role = local_role(self.config)
+        role, self._role_epoch = local_claim(self.config)
         if role == PRIMARY:
             return True, "this node is the primary"
         if role is None:
+            if self.config.monitor.secret_file is None:
+                return False, ("role unknown: [monitor] secret_file is not set, so no node believes a role "
+                               "from the monitor (see ttsha(1), SECURITY)")
             host, port = local_health_url(self.config)
-            return False, (f"role unknown: no recent role from the local ttsha serve at {host}:{port} "
-                           f"(not up, or no probe from the monitor for {ROLE_FRESH_S:.0f} s)")
+            return False, (f"role unknown: no recent signed role from the local ttsha serve at {host}:{port} "
+                           f"(not up, or no valid probe from the monitor for {ROLE_FRESH_S:.0f} s)")
         if role == ACTIVE:
             return False, 'active-active has no primary: set models = "always" on the node whose cache is the source'
         return False, f"this node is {role} in the gateway; models flow from the primary"
@@ -335,6 +351,7 @@ class Replicator:
         interval = self.config.replicate.interval
         last_attempt: float | None = None
         was_turn: bool | None = None
+        sent_epoch: int | None = None
         while not self._stop.is_set():
             turn, why = self.models_turn()
             if turn != was_turn:
@@ -343,9 +360,10 @@ class Replicator:
                 log.log(level, "models sync %s: %s", "on" if turn else "paused", why)
             self.stats["models_turn"] = why
             due = last_attempt is None or time.monotonic() - last_attempt >= interval
-            # A node that just became the primary sends at once.
-            if turn and (due or not was_turn):
-                last_attempt = time.monotonic()
+            # A node that just became the primary sends at once: also when it
+            # was backup for a moment between two checks (a new epoch says so).
+            if turn and (due or not was_turn or self._role_epoch != sent_epoch):
+                last_attempt, sent_epoch = time.monotonic(), self._role_epoch
                 try:
                     if Path(self.config.replicate.local_models).is_dir():
                         result = self.sync_models()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .ack import MAX_PATHS
+from .local import stat_inside
 from .sync import sidecar_first
 from .transport import UnsafePath, safe_relative
 
@@ -186,9 +187,9 @@ class AckSender:
         try:
             lanes = self.lanes()
             with self.locks.hold(rels):
-                stats = {rel: (self.store / rel).stat() for rel in rels}
+                stats = {rel: stat_inside(self.store, rel) for rel in rels}
                 present = frozenset(rel for rel in rels if self.on_peer.has(rel, stats[rel]))
-                lanes[0].put_durable([(self.store / rel, rel) for rel in rels], lanes[1:], present)
+                lanes[0].put_durable([(self.store, rel) for rel in rels], lanes[1:], present)
                 for rel in rels:
                     self.on_peer.add(rel, stats[rel])
             self.stats["sent"] += len(rels) - len(present)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import paramiko
 
+from .local import NotSendable, stat_inside
 from .transport import Peer, RemoteEntry, safe_relative
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,6 @@ def selected(rel: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
 def scan_local(root: Path, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> dict[str, LocalEntry]:
     """Regular files under ``root``; temp files of writers in progress are left out."""
     root = Path(root)
-    real_root = root.resolve()
     found: dict[str, LocalEntry] = {}
     include, exclude = list(include), list(exclude)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -90,13 +90,11 @@ def scan_local(root: Path, include: Iterable[str] = (), exclude: Iterable[str] =
                 continue
             path = Path(dirpath) / name
             try:
-                if path.is_symlink():
-                    target = path.resolve()
-                    if real_root not in target.parents:
-                        log.warning("skipping symlink %s: it points outside %s", rel, root)
-                        continue
-                st = path.stat()
-            except (FileNotFoundError, RuntimeError):
+                st = stat_inside(root, rel)  # the one rule (.local): regular files inside the root
+            except FileNotFoundError:
+                continue
+            except NotSendable:
+                log.warning("skipping %s: only regular files inside %s are sent", rel, root)
                 continue
             if stat.S_ISREG(st.st_mode):
                 found[safe_relative(rel)] = LocalEntry(path, st.st_size, int(st.st_mtime), stat.S_IMODE(st.st_mode))
@@ -175,9 +173,12 @@ def sync(
         for change in group:
             if change.op == SEND:
                 try:
-                    sent = channel.put(local[change.rel].path, change.rel)
+                    sent = channel.put(root, change.rel)
                 except FileNotFoundError:
                     log.info("%s vanished before it could be sent", change.rel)
+                    continue
+                except NotSendable as exc:
+                    log.warning("not sending %s", exc)
                     continue
                 with lock:
                     result.bytes_sent += sent

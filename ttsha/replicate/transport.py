@@ -189,23 +189,30 @@ class Peer:
             return None
         return RemoteEntry(attr.st_size, int(attr.st_mtime), stat.S_IMODE(attr.st_mode))
 
-    def put(self, local: Path, rel: str) -> int:
-        """Copy ``local`` to ``rel`` atomically: dot-temp name, mode and mtime set, then rename.
+    def put(self, root: Path, rel: str) -> int:
+        """Copy ``root/rel`` to ``rel`` atomically: dot-temp name, mode and mtime set, then rename.
 
-        A reader on the peer sees the old file or the whole new one, never a
-        partial one. Returns the bytes sent.
+        Only a regular file inside ``root`` is read (:mod:`.local`: no
+        symlink followed). A reader on the peer sees the old file or the
+        whole new one, never a partial one. Returns the bytes sent.
         """
+        from .local import open_inside
+
         target = self.remote(rel)
         directory, name = posixpath.split(target)
-        self.makedirs(posixpath.dirname(safe_relative(rel)))
-        temp = posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp")
-        st = local.stat()
-        if st.st_size <= SMALL_FILE and not self.bwlimit:
-            return self._put_small(local, temp, target, st)
+        source, st = open_inside(root, rel)
+        with source:
+            self.makedirs(posixpath.dirname(safe_relative(rel)))
+            temp = posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp")
+            if st.st_size <= SMALL_FILE and not self.bwlimit:
+                return self._put_small(source, temp, target, st)
+            return self._put_large(source, temp, target, st)
+
+    def _put_large(self, src, temp: str, target: str, st: os.stat_result) -> int:
         sent = 0
         started = time.monotonic()
         try:
-            with open(local, "rb") as src, self.sftp.open(temp, "wb") as dst:
+            with self.sftp.open(temp, "wb") as dst:
                 dst.set_pipelined(True)
                 while True:
                     block = src.read(CHUNK)
@@ -228,7 +235,7 @@ class Peer:
             raise
         return sent
 
-    def _put_small(self, local: Path, temp: str, target: str, st: os.stat_result) -> int:
+    def _put_small(self, src, temp: str, target: str, st: os.stat_result) -> int:
         """:meth:`put` for a small file in three round trips instead of six.
 
         paramiko's file object waits for each request in turn (open, write,
@@ -239,7 +246,7 @@ class Peer:
         renamed into place. (paramiko's request helpers are private but are
         what its own SFTPFile uses; tests/replicate checks the result with rsync.)
         """
-        data = local.read_bytes()
+        data = src.read()
         sftp = self.sftp
         attrs = SFTPAttributes()
         try:
@@ -268,7 +275,7 @@ class Peer:
 
     def put_durable(self, files: list[tuple[Path, str]], channels: list[Peer] | None = None,
                     present: frozenset[str] = frozenset()) -> int:
-        """Make ``files`` (local path, relative path) survive a crash of the peer.
+        """Make ``files`` (local root, path relative to it) survive a crash of the peer.
 
         Each goes to a dot-temp name, mode and times set, ``fsync@openssh.com``,
         closed; only once every one of them is on the peer's disk are they
@@ -294,15 +301,20 @@ class Peer:
                 directories.append(directory)
         directories = list(dict.fromkeys(directories))
         work = []  # (lane, temp or None when present, target, data, st)
-        for i, (local, rel) in enumerate(files):
+        from .local import open_inside
+
+        for i, (root, rel) in enumerate(files):
             target = self.remote(rel)
             directory, name = posixpath.split(target)
             lane = lanes[i % len(lanes)]
             if rel in present:
                 work.append((lane, None, target, b"", None))
             else:
+                source, st = open_inside(root, rel)  # the one rule (.local): regular files inside the root
+                with source:
+                    data = source.read()
                 work.append((lane, posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp"), target,
-                             local.read_bytes(), local.stat()))
+                             data, st))
         renames = [(temp, target) for _, temp, target, _, _ in work if temp is not None]
         # 1. Open every temp file (on its lane), every file already there and
         # every directory (read-only: sftp-server opens it with open(2), and an

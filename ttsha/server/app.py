@@ -22,13 +22,13 @@ import threading
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import FileWrapper
 
 from ..errors import EngineError, InputError, StoreError
-from ..nginx import ROLE_HEADER, ROLES
+from ..protocol import GATEWAY_HEADER
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .page import PAGE
 from .pool import Overloaded
@@ -46,6 +46,9 @@ FILE_BLOCK_BYTES = 256 * 1024
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
 )
+#: Keys ttsha's own route accepts in a JSON body (others are refused: a
+#: misspelt or unsupported option must not be silently ignored).
+SYNTHESIZE_KEYS = frozenset({"text", "voice", "emotion", "speed", "format", "stream"})
 
 
 class ApiError(HTTPException):
@@ -109,6 +112,8 @@ class App:
             response = getattr(self, f"on_{endpoint}")(request, **args)
         except ApiError as exc:
             response = exc.get_response()
+        except RequestRedirect as exc:  # //v1//voices and the like: JSON, with the Location
+            response = ApiError(exc.code, "moved", f"see {exc.new_url}", {"Location": exc.new_url}).get_response()
         except HTTPException as exc:
             response = ApiError(exc.code or 500, _slug(exc.name), exc.description or exc.name).get_response()
             if exc.code == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
@@ -144,10 +149,15 @@ class App:
         return Response(PAGE, mimetype="text/html")
 
     def on_health(self, request: Request) -> Response:
-        role = request.headers.get(ROLE_HEADER)
-        if role in ROLES:
-            self.service.note_role(role)
-        status, body = self.service.health()
+        verdict = self.service.roles.verify(request.headers)
+        if verdict.claim is not None:
+            self.service.note_role(verdict.claim)
+        # Internals (pid, replicator errors) only for the monitor (a signed
+        # probe) and direct loopback callers (the replicator, an operator);
+        # the gateway marks what it proxies, and clients cannot remove that.
+        local = _loopback(request.remote_addr) or request.remote_addr == request.environ.get("SERVER_NAME")
+        details = verdict.authenticated or (local and GATEWAY_HEADER not in request.headers)
+        status, body = self.service.health(details=details)
         return _json(body, status)
 
     def on_metrics(self, request: Request) -> Response:
@@ -169,13 +179,17 @@ class App:
         )
 
     def on_synthesize(self, request: Request) -> Response:
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             data: dict[str, Any] = dict(request.args)
             if "speed" in data:
                 data["speed"] = _number(data["speed"], "speed")
             data["stream"] = request.args.get("stream") in ("1", "true", "yes")
         else:
             data = self._json_body(request)
+            unknown = sorted(set(data) - SYNTHESIZE_KEYS)
+            if unknown:
+                raise ApiError(400, "unknown_keys", f"unknown keys: {', '.join(unknown)}; "
+                               f"accepted: {', '.join(sorted(SYNTHESIZE_KEYS))}")
             if request.args.get("stream") in ("1", "true", "yes"):
                 data["stream"] = True
         fmt = data.get("format", "wav")
@@ -226,6 +240,11 @@ class App:
             raise ApiError(404, "not_found", f"no audio with id {rid!r}")
         return self._audio_response(request, stored, "wav", cached=True)
 
+    @staticmethod
+    def _gone(stored) -> ApiError:
+        # `ttsha gc` (or a retention sweep) removed it between lookup and open.
+        return ApiError(404, "not_found", f"audio {stored.id!r} was removed; request it again")
+
     # -- helpers ---------------------------------------------------------
     def _ready_engine(self):
         if self.service.readiness.status in ("starting", "failed"):
@@ -233,14 +252,22 @@ class App:
         return self.service.engine.info
 
     def _json_body(self, request: Request) -> dict[str, Any]:
-        raw = request.get_data(cache=False)  # RequestEntityTooLarge past max_body_bytes
+        limit = self.service.serve.max_body_bytes
+        if request.environ.get("wsgi.input_terminated"):
+            raw = _read_capped(request.environ["wsgi.input"], limit)  # chunked: no Content-Length to check
+        else:
+            raw = request.get_data(cache=False)  # RequestEntityTooLarge past max_body_bytes
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ApiError(400, "invalid_utf8", "the request body is not UTF-8") from None
         try:
             data = json.loads(text)
-        except ValueError as exc:
+            # JSON may escape lone surrogates (\ud800) that no UTF-8 text can hold.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "invalid_unicode", "the request body holds a lone surrogate (\\udXXX)") from None
+        except (ValueError, RecursionError) as exc:
             raise ApiError(400, "invalid_json", f"the request body is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "the request body must be a JSON object")
@@ -288,19 +315,23 @@ class App:
             "X-Cache": "HIT" if cached else "MISS",
             "X-Sample-Rate": str(stored.meta.get("sample_rate", "")),
         }
-        if fmt == "pcm":
-            with open(stored.path, "rb") as f:
-                pcm = f.read()[WAV_HEADER_BYTES:]
-            response = Response(pcm, mimetype="audio/L16")
-        else:
-            response = send_file(
-                stored.path,
-                request.environ,
-                mimetype="audio/wav",
-                conditional=True,
-                etag=stored.id,
-                max_age=86400,
-            )
+        try:
+            if fmt == "pcm":
+                with open(stored.path, "rb") as f:
+                    pcm = f.read()[WAV_HEADER_BYTES:]
+                response = Response(pcm, mimetype="audio/L16")
+            else:
+                # Once open, a removal cannot hurt: the open file is sent whole.
+                response = send_file(
+                    stored.path,
+                    request.environ,
+                    mimetype="audio/wav",
+                    conditional=True,
+                    etag=stored.id,
+                    max_age=86400,
+                )
+        except FileNotFoundError:
+            raise self._gone(stored) from None
         response.headers.update(headers)
         return response
 
@@ -332,10 +363,37 @@ def _wide_file_wrapper(file, buffer_size: int = FILE_BLOCK_BYTES) -> FileWrapper
 
 
 def _number(value: str, name: str) -> float:
+    import math
+
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise ApiError(400, f"bad_{name}", f"{name} must be a number, got {value!r}") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise ApiError(400, f"bad_{name}", f"{name} must be a number, got {value!r}")
+    return number
+
+
+def _read_capped(stream, limit: int) -> bytes:
+    """A chunked body, or 413 once it passes ``limit`` (never truncated)."""
+    parts, size = [], 0
+    while True:
+        block = stream.read(min(65536, limit + 1 - size))
+        if not block:
+            return b"".join(parts)
+        parts.append(block)
+        size += len(block)
+        if size > limit:
+            raise ApiError(413, "request_entity_too_large", f"the request body is larger than {limit} bytes")
+
+
+def _loopback(address: str | None) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _slug(name: str) -> str:

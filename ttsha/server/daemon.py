@@ -15,8 +15,6 @@ import signal
 import threading
 from pathlib import Path
 
-from werkzeug.serving import make_server
-
 from .. import systemd
 from ..alert import Alert, Alerter
 from ..config import Config, load
@@ -24,8 +22,10 @@ from ..engine import create_engine
 from ..errors import TTSHAError
 from ..replicate import ack
 from ..replicate.ack import AckGate
+from ..protocol import RoleVerifier, load_secret
 from ..store import AudioStore
 from .app import create_app
+from .http import BoundedWSGIServer
 from .service import STUCK_AFTER_S, Service
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,33 @@ def _ack_gate(config: Config) -> AckGate:
         alerter = Alerter(config.alert)
         alert = lambda kind, message, severity: alerter.send(Alert(kind, message, severity))  # noqa: E731
     return AckGate(mode, config.replicate.ack_timeout, ack.AckClient(ack.socket_path(config)), alert)
+def node_name(config: Config, host: str, port: int) -> str | None:
+    """This node's name in [nodes]: ``[serve] node``, else the one table whose
+    url has this host and port (None when that is not exactly one)."""
+    from urllib.parse import urlsplit
+
+    if config.serve.node:
+        return config.serve.node
+    found = []
+    for name, node in config.nodes.items():
+        parts = urlsplit(node.url)
+        node_port = parts.port or (443 if parts.scheme == "https" else 80)
+        if node_port == port and parts.hostname == host:
+            found.append(name)
+    return found[0] if len(found) == 1 else None
+
+
+def role_verifier(config: Config, host: str, port: int) -> RoleVerifier:
+    """Which role claims this node believes (see :mod:`ttsha.protocol`)."""
+    secret = load_secret(config.monitor.secret_file)
+    name = node_name(config, host, port)
+    if secret is None:
+        log.warning("no [monitor] secret_file: this node believes no role from the monitor, so its replicator "
+                    "sends no models with models = \"primary\" (see ttsha(1), SECURITY)")
+    elif name is None:
+        log.warning("cannot tell which [nodes] table this node is (%s:%d): set [serve] node; until then no role "
+                    "claim is believed", host, port)
+    return RoleVerifier(secret, name)
 
 
 class ServeDaemon:
@@ -50,15 +77,17 @@ class ServeDaemon:
         engine = create_engine(config.engine, workers=config.serve.workers)
         # The replicator on this node (if any) writes its state beside its queue.
         replication = Path(config.replicate.queue_file).with_suffix(".json")
-        self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config))
+        self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config),
+                               roles=role_verifier(config, host, port))
         self.app = create_app(self.service)
         self._stop = threading.Event()
         self._reload = threading.Event()
         try:
-            self.server = make_server(host, port, self.app, threaded=True)
+            sc = config.serve
+            self.server = BoundedWSGIServer(host, port, self.app, max_connections=sc.max_connections,
+                                            header_timeout=sc.header_timeout, body_timeout=sc.body_timeout)
         except OSError as exc:
             raise TTSHAError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self.server.daemon_threads = True
 
     @property
     def address(self) -> tuple[str, int]:

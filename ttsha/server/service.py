@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -23,6 +24,7 @@ from ..audio import to_pcm16, wav_bytes, wav_header
 from ..config import ServeConfig
 from ..engine import Engine
 from ..errors import EngineError, InputError, StoreError
+from ..protocol import Claim, RoleVerifier
 from ..replicate.ack import DEGRADED, AckGate
 from ..store import AudioStore, StoredResult, normalize_key_text, result_id
 from .metrics import Metrics
@@ -123,7 +125,8 @@ class Service:
     """Synthesis through a bounded worker pool into the content-addressed store."""
 
     def __init__(self, serve: ServeConfig, engine: Engine, store: AudioStore,
-                 replication_state: Path | None = None, acks: AckGate | None = None) -> None:
+                 replication_state: Path | None = None, acks: AckGate | None = None,
+                 roles: RoleVerifier | None = None) -> None:
         self.serve = serve
         #: With ``[replicate] ack = "standby"``: new results are answered once the peer holds them.
         self.acks = acks
@@ -143,6 +146,9 @@ class Service:
         #: This node's role as the gateway's monitor last said in a probe, and when.
         self.role: str | None = None
         self.role_at: float | None = None
+        #: Which role claims this node believes (signed by the monitor; none without a secret).
+        self.roles = roles or RoleVerifier(None, None)
+        self.role_claim: Claim | None = None
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -183,15 +189,24 @@ class Service:
     # -- requests --------------------------------------------------------
     def validate(self, text: Any, voice: Any, emotion: Any, speed: Any) -> SynthRequest:
         """Check a request against limits and the loaded engine; fill defaults."""
-        if text is None or not isinstance(text, str) or not text.strip():
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}", code="bad_text")
+        if text is None or not text.strip():
             raise InputError("text is empty", code="empty_text")
         if len(text) > self.serve.max_chars:
             raise InputError(f"text has {len(text)} characters, the limit is {self.serve.max_chars}", code="text_too_long")
         for name, value in (("voice", voice), ("emotion", emotion)):
             if value is not None and not isinstance(value, str):
                 raise InputError(f"{name} must be a string", code=f"bad_{name}")
-        if isinstance(speed, bool):
+        if isinstance(speed, bool) or isinstance(speed, (list, dict)):
             raise InputError("speed must be a number", code="bad_speed")
+        if speed is not None:
+            try:
+                number = float(speed)
+            except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer
+                raise InputError(f"speed must be a number, got {str(speed)[:40]!r}", code="bad_speed") from None
+            if not math.isfinite(number):
+                raise InputError("speed must be a finite number", code="bad_speed")
         voice, emotion, speed = self.engine.resolve(voice or None, emotion or None, speed)
         info = self.engine.info
         rid = result_id(
@@ -362,17 +377,19 @@ class Service:
             return {**(cached or {}), "ack": self.acks.describe()}
         return cached
 
-    def note_role(self, role: str) -> None:
-        """Remember the role the monitor gave this node (its probes say it):
-        the replicator on this node sends models only from the primary."""
-        if role != self.role:
-            log.info("role=%s (from the monitor)", role)
-        self.role, self.role_at = role, time.time()
+    def note_role(self, claim: Claim) -> None:
+        """Remember the role the monitor gave this node (a verified claim in
+        its probe): the replicator on this node sends models only from the primary."""
+        if claim.role != self.role:
+            log.info("role=%s (from the monitor %s, epoch %d)", claim.role, claim.gateway, claim.epoch)
+        self.role, self.role_at, self.role_claim = claim.role, time.time(), claim
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        """``/health``: answered from memory."""
+    def health(self, details: bool = True) -> tuple[int, dict[str, Any]]:
+        """``/health``: answered from memory; without ``details`` the status alone."""
         r = self.readiness
         body: dict[str, Any] = {"status": r.status}
+        if not details:
+            return (200 if r.status == "ready" else 503), body
         if r.status != "ready":
             body["reason"] = r.reason
         if self.engine._info is not None:
@@ -393,6 +410,9 @@ class Service:
                 "seconds_per_char": round(self.pool.admission.seconds_per_unit, 5),
                 "wait_s": round(self.pool.estimate(0), 3),
             },
+            role_epoch=self.role_claim.epoch if self.role_claim else None,
+            role_gateway=self.role_claim.gateway if self.role_claim else None,
+            role_claims=self.roles.stats(),
         )
         replication = self.replication()
         if replication is not None:
