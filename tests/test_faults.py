@@ -355,16 +355,19 @@ def test_crash_over_ssh_takes_the_sshd_down_and_power_on_brings_it_back(tmp_path
                 sshd.binary, "-D", "-f", str(sshd.config), "-E", str(sshd.root / "sshd.log")]
     config = _ssh_config(tmp_path, sshd, node_port, power_on_command=power_on)
     fault = Fault(config, "a", "crash")
-    fault.preflight()
-    fault.inject()
-    assert victim.wait(5) == -9
-    assert sshd.proc.wait(5) == -9  # the node's sshd died with it
-    assert not _connects("127.0.0.1", sshd.port)
-    fault.restore()
-    assert (tmp_path / "started over ssh").exists()  # start_command ran over SSH once sshd was back
-    fault.close()
-    for pid in subprocess.run(["pgrep", "-f", str(sshd.config)], capture_output=True, text=True).stdout.split():
-        os.kill(int(pid), 9)  # the sshd our power_on_command started
+    try:
+        fault.preflight()
+        fault.inject()
+        assert victim.wait(5) == -9
+        assert sshd.proc.wait(5) == -9  # the node's sshd died with it
+        assert not _connects("127.0.0.1", sshd.port)
+        fault.restore()
+        assert (tmp_path / "started over ssh").exists()  # start_command ran over SSH once sshd was back
+    finally:
+        fault.close()
+        # The sshd our power_on_command started is the test's to stop, whatever happened above.
+        for pid in subprocess.run(["pgrep", "-f", str(sshd.config)], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), 9)
 
 
 def test_ssh_fault_refuses_a_changed_host_key(tmp_path, sshd_running, victim, node_port):
