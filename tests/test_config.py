@@ -155,3 +155,17 @@ def test_admission_and_store_floor_keys_are_validated(tmp_path, text, fragment):
     ok = write(tmp_path, '[store]\nmin_free = "1GiB"\n[serve]\ndeadline = "15s"\n')
     cfg = config.load(ok)
     assert cfg.store.min_free == 2**30 and cfg.serve.deadline == pytest.approx(15.0)
+
+
+def test_an_empty_peer_is_the_one_other_node():
+    nodes = {"a": {"url": "http://192.0.2.11:8900"}, "b": {"url": "http://192.0.2.12:8900"}}
+    cfg = config.parse({"serve": {"host": "192.0.2.11", "port": 8900}, "nodes": nodes})
+    assert config.this_node(cfg) == "a" and config.replication_peer(cfg) == "b"
+    named = config.parse({"serve": {"node": "b"}, "nodes": nodes})
+    assert config.replication_peer(named) == "a"
+    explicit = config.parse({"serve": {"node": "b"}, "nodes": nodes, "replicate": {"peer": "b"}})
+    assert config.replication_peer(explicit) == "b"
+    # Not one of the nodes, or three nodes: no single "other" node, so nothing is named.
+    assert config.replication_peer(config.parse({"nodes": nodes})) is None
+    three = config.parse({"serve": {"node": "a"}, "nodes": {**nodes, "c": {"url": "http://192.0.2.13:8900"}}})
+    assert config.replication_peer(three) is None

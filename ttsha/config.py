@@ -370,7 +370,7 @@ class NginxConfig:
 
 @dataclass(frozen=True)
 class ReplicateConfig:
-    peer: str = _field("", "node that receives copies; empty: the current standby")
+    peer: str = _field("", "node that receives copies; empty: the one [nodes] table that is not this node")
     known_hosts: Path = _field(Path("/etc/ttsha/known_hosts"), "verified SSH host keys")
     key_file: Path = _field(Path("/etc/ttsha/id_ed25519"), "SSH private key (mode 0600)")
     remote_store: Path = _field(Path("/var/lib/ttsha/audio"), "audio store on the peer")
@@ -717,6 +717,35 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     config = Config(**values, source=source, present=frozenset(data))
     _check(config, where)
     return config
+
+
+def this_node(config: Config, host: str | None = None, port: int | None = None) -> str | None:
+    """This host's name in [nodes]: ``[serve] node``, else the one table whose url
+    has ``host`` and ``port`` (default: ``[serve]``'s); None when that is not exactly one."""
+    from urllib.parse import urlsplit
+
+    if config.serve.node:
+        return config.serve.node
+    host = config.serve.host if host is None else host
+    port = config.serve.port if port is None else port
+    found = []
+    for name, node in config.nodes.items():
+        parts = urlsplit(node.url)
+        node_port = parts.port or (443 if parts.scheme == "https" else 80)
+        if node_port == port and parts.hostname == host:
+            found.append(name)
+    return found[0] if len(found) == 1 else None
+
+
+def replication_peer(config: Config) -> str | None:
+    """The node that receives this node's copies: ``[replicate] peer``, else, when
+    it is empty, the one node in [nodes] that is not this one (None: there is no
+    such single node, so nothing is replicated)."""
+    if config.replicate.peer:
+        return config.replicate.peer
+    me = this_node(config)
+    others = [name for name in config.nodes if name != me]
+    return others[0] if me is not None and len(others) == 1 else None
 
 
 def load(path: Path | None = None) -> Config:

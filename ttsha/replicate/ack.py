@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import Config, replication_peer
 from ..errors import TTSHAError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def socket_path(config: Config) -> Path:
 
 def mode(config: Config) -> str:
     """``"standby"`` or ``"local"``: without a peer there is nothing to wait for."""
-    return config.replicate.ack if config.replicate.peer else "local"
+    return config.replicate.ack if replication_peer(config) else "local"
 
 
 class AckUnavailable(TTSHAError):

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pyinotify
 
 from .. import systemd
-from ..config import Config
+from ..config import Config, replication_peer
 from ..errors import TTSHAError
 from ..fsutil import atomic_write
 from ..protocol import ACTIVE, PRIMARY
@@ -53,10 +53,11 @@ ACK_MARGIN_S = 0.2
 
 
 def peer_for(config: Config, root: str) -> Peer:
-    """A Peer for ``[replicate] peer`` rooted at ``root`` on that node."""
-    name = config.replicate.peer
+    """A Peer for the replication peer (:func:`~ttsha.config.replication_peer`) rooted at ``root`` on that node."""
+    name = replication_peer(config)
     if not name:
-        raise TTSHAError("replicate.peer is not set: name the node that receives copies ([nodes.NAME])")
+        raise TTSHAError("no replication peer: set replicate.peer, or name this node ([serve] node, or a [nodes] "
+                         "url with [serve] host and port) among exactly two [nodes] tables")
     node = config.nodes[name]
     host = node.ssh_host or urlsplit(node.url).hostname or ""
     return Peer(host, node.ssh_port, node.ssh_user, config.replicate.key_file, config.replicate.known_hosts, root,
@@ -449,7 +450,7 @@ class Replicator:
                 threads.append(threading.Thread(target=self.acks.run, name="acks", daemon=True))
         for thread in threads:
             thread.start()
-        systemd.ready(f"replicating {self.store} to {self.config.replicate.peer}")
+        systemd.ready(f"replicating {self.store} to {replication_peer(self.config)}")
         interval = systemd.watchdog_interval() or 5.0
         while not self._stop.wait(interval):
             if threads[0].is_alive():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import systemd
 from ..alert import Alert, Alerter
-from ..config import Config, load
+from ..config import Config, load, this_node
 from ..engine import create_engine
 from ..errors import TTSHAError
 from ..replicate import ack
@@ -39,26 +39,12 @@ def _ack_gate(config: Config) -> AckGate:
         alerter = Alerter(config.alert)
         alert = lambda kind, message, severity: alerter.send(Alert(kind, message, severity))  # noqa: E731
     return AckGate(mode, config.replicate.ack_timeout, ack.AckClient(ack.socket_path(config)), alert)
-def node_name(config: Config, host: str, port: int) -> str | None:
-    """This node's name in [nodes]: ``[serve] node``, else the one table whose
-    url has this host and port (None when that is not exactly one)."""
-    from urllib.parse import urlsplit
-
-    if config.serve.node:
-        return config.serve.node
-    found = []
-    for name, node in config.nodes.items():
-        parts = urlsplit(node.url)
-        node_port = parts.port or (443 if parts.scheme == "https" else 80)
-        if node_port == port and parts.hostname == host:
-            found.append(name)
-    return found[0] if len(found) == 1 else None
 
 
 def role_verifier(config: Config, host: str, port: int) -> RoleVerifier:
     """Which role claims this node believes (see :mod:`ttsha.protocol`)."""
     secret = load_secret(config.monitor.secret_file)
-    name = node_name(config, host, port)
+    name = this_node(config, host, port)
     if secret is None:
         log.warning("no [monitor] secret_file: this node believes no role from the monitor, so its replicator "
                     "sends no models with models = \"primary\" (see ttsha(1), SECURITY)")
