@@ -38,6 +38,20 @@ from .fsutil import atomic_write
 log = logging.getLogger(__name__)
 
 NODE_HOSTS = {"primary": "127.0.0.2", "standby": "127.0.0.3"}
+
+
+def node_cpus(name: str) -> list[str]:
+    """``taskset`` prefix giving each node a CPU of its own, as separate hosts would have.
+
+    Without it, a node restarting after a drill's fault (torch import, model
+    load, warm-up) takes CPU from the standby that is carrying all the
+    traffic, which no real pair sees. With a single CPU nothing is pinned.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    taskset = shutil.which("taskset")
+    if len(cpus) < 2 or taskset is None:
+        return []
+    return [taskset, "-c", str(cpus[list(NODE_HOSTS).index(name) % len(cpus)])]
 GATEWAY_HOST = "127.0.0.1"
 
 
@@ -337,7 +351,7 @@ class Lab:
         layout = self.layout()
         store = layout.node_dir(name) / "audio"
         store.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)), "serve",
+        command = [*node_cpus(name), sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)), "serve",
                    "--host", NODE_HOSTS[name], "--port", str(layout.node_ports[name]), "--store", str(store)]
         return self._spawn(name, command)
 
@@ -347,7 +361,8 @@ class Lab:
         if running is not None and _alive(running):
             return running
         layout = self.layout()
-        return self._spawn(f"replicate-{name}", [sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)),
+        return self._spawn(f"replicate-{name}", [*node_cpus(name), sys.executable, "-m", "ttsha", "--config",
+                                                 str(self.node_config(name)),
                                                  "replicate", "--store", str(layout.node_dir(name) / "audio")])
 
     def power_on(self, name: str) -> int:
