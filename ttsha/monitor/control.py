@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import logging
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import PeerUnreachable, TTSHAError
+from ..localsocket import LineServer, NoAnswer, ask
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 64 * 1024
 
 
 class GatewayBusy(TTSHAError):
@@ -87,97 +84,21 @@ def lock_path(socket_path: Path) -> Path:
     return Path(str(socket_path) + ".lock")
 
 
-class ControlServer:
-    """Accepts requests on ``path`` and answers each with ``handle(request)``."""
+class ControlServer(LineServer):
+    """The monitor's end: answers each request with ``handle(request)``."""
 
     def __init__(self, path: Path, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.path = Path(path)
-        self.handle = handle
-        self._sock: socket.socket | None = None
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The caller holds the gateway lock, so a socket file left here is stale.
-        self.path.unlink(missing_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(str(self.path))
-        finally:
-            os.umask(old)
-        sock.listen(8)
-        sock.settimeout(0.5)
-        self._sock = sock
-        threading.Thread(target=self._accept_loop, name="control", daemon=True).start()
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            try:
-                line = _read_line(conn)
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("expected a JSON object")
-                reply = self.handle(request)
-            except (ValueError, OSError) as exc:
-                reply = {"ok": False, "error": f"bad request: {exc}"}
-            try:
-                conn.sendall(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
-            except OSError as exc:
-                log.warning("control client went away: %s", exc)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self.path.unlink(missing_ok=True)
-
-
-def _read_line(conn: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_REQUEST:
-            raise ValueError("message too long")
-    return data
+        super().__init__(path, handle, name="control", backlog=8, conn_timeout=10.0)
 
 
 def call(path: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one request to the monitor; :class:`PeerUnreachable` when none listens."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    """Send one request to the monitor; :class:`PeerUnreachable` when none listens or answers."""
     try:
-        sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        raise PeerUnreachable(f"no monitor listens on {path}") from None
-    except OSError as exc:
-        sock.close()
-        raise PeerUnreachable(f"cannot reach the monitor on {path}: {exc.strerror or exc}") from None
-    with sock:
-        try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            reply = json.loads(_read_line(sock) or b"null")
-        except (OSError, ValueError) as exc:
-            raise PeerUnreachable(f"the monitor on {path} did not answer: {exc}") from None
-    if not isinstance(reply, dict):
-        raise PeerUnreachable(f"the monitor on {path} sent no answer")
-    return reply
+        return ask(path, request, timeout)
+    except NoAnswer as exc:
+        if exc.absent:
+            raise PeerUnreachable(f"no monitor listens on {path}") from None
+        raise PeerUnreachable(f"the monitor on {path} did not answer: {exc.reason}") from None
 
 
 def monitor_running(socket_path: Path) -> bool:

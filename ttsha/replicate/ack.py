@@ -21,10 +21,7 @@ This module imports neither paramiko nor the web server: both sides use it.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -33,10 +30,10 @@ from typing import Any
 
 from ..config import Config, replication_peer
 from ..errors import TTSHAError
+from ..localsocket import LineServer, NoAnswer, ask
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024
 #: At most this many paths in one request (a result is a sidecar and an audio file).
 MAX_PATHS = 16
 SYNC, DEGRADED, LOCAL = "sync", "degraded", "local"
@@ -62,76 +59,13 @@ class AckUnavailable(TTSHAError):
     """The replicator did not confirm: not running, not connected, failed or too slow."""
 
 
-# -- the wire ------------------------------------------------------------------
-def _read_line(conn: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_LINE:
-            raise ValueError("message too long")
-    return data
-
-
-class AckServer:
+# -- the wire (ttsha.localsocket) ----------------------------------------------
+class AckServer(LineServer):
     """The replicator's end: answers each request with ``handle(request)``."""
 
     def __init__(self, path: Path, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.path = Path(path)
-        self.handle = handle
-        self._sock: socket.socket | None = None
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.unlink(missing_ok=True)  # one replicator per queue (it holds the queue's lock)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # 0600: only this user (serve and replicate run as one) may ask
-        try:
-            sock.bind(str(self.path))
-        except OSError as exc:
-            sock.close()
-            raise TTSHAError(f"cannot listen on {self.path}: {exc.strerror or exc}") from None
-        finally:
-            os.umask(old)
-        sock.listen(64)
-        sock.settimeout(0.5)
-        self._sock = sock
-        threading.Thread(target=self._accept_loop, name="ack-accept", daemon=True).start()
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), name="ack", daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            try:
-                request = json.loads(_read_line(conn))
-                if not isinstance(request, dict):
-                    raise ValueError("expected a JSON object")
-                reply = self.handle(request)
-            except (ValueError, OSError) as exc:
-                reply = {"ok": False, "error": f"bad request: {exc}"}
-            try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass  # serve gave up waiting: its deadline passed
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            self.path.unlink(missing_ok=True)
+        # Many request threads of serve may wait at once; none waits long.
+        super().__init__(path, handle, name="ack", backlog=64, conn_timeout=5.0)
 
 
 class AckClient:
@@ -142,30 +76,14 @@ class AckClient:
 
     def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """The replicator's reply; :class:`AckUnavailable` when there is none in time."""
-        deadline = time.monotonic() + timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(max(0.001, timeout))
-            try:
-                sock.connect(str(self.path))
-            except (FileNotFoundError, ConnectionRefusedError):
+            return ask(self.path, request, timeout)
+        except NoAnswer as exc:
+            if exc.absent:
                 raise AckUnavailable(f"the replicator is not running (nothing listens on {self.path})") from None
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            line = _read_line(sock)
-        except TimeoutError:
-            raise AckUnavailable(f"no answer from the replicator within {1000 * timeout:.0f} ms") from None
-        except (OSError, ValueError) as exc:
-            raise AckUnavailable(f"the replicator on {self.path} did not answer: {exc}") from None
-        finally:
-            sock.close()
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict):
-            raise AckUnavailable(f"the replicator on {self.path} closed without an answer")
-        return reply
+            if exc.timed_out:
+                raise AckUnavailable(f"no answer from the replicator within {1000 * timeout:.0f} ms") from None
+            raise AckUnavailable(f"the replicator on {self.path} did not answer: {exc.reason}") from None
 
     def ack(self, paths: list[str], timeout: float) -> float:
         """Ask for ``paths`` (relative to the store) on the peer, durably; seconds the replicator took."""
