@@ -326,6 +326,10 @@ class MonitorConfig:
     fast_interval: Duration = _field(Duration(0.2), "probe interval while a node is changing state")
     connect_timeout: Duration = _field(Duration(0.3), "probe connect timeout")
     read_timeout: Duration = _field(Duration(0.5), "probe read timeout")
+    slow_probe: Duration = _field(
+        Duration(0.2), "a probe answered slower than this counts as failed (a node that stalls while it answers), "
+        "and a probe waits no longer; 0: no limit"
+    )
     fall: int = _field(2, "consecutive failures before a node is DOWN", min=1, max=100)
     rise: int = _field(3, "consecutive successes before a node is UP", min=1, max=100)
     failback: str = _field("manual", "'manual' or 'after:<duration>'")

@@ -64,10 +64,12 @@ class Probe:
 
 
 def probe(url: str, connect_timeout: float, read_timeout: float,
-          claim: dict[str, str] | None = None) -> tuple[bool, dict[str, Any] | None, str]:
+          claim: dict[str, str] | None = None, slow_after: float = 0.0) -> tuple[bool, dict[str, Any] | None, str]:
     """One ``GET /health``: (eligible, body, reason). ``claim`` (signed
     headers, see :mod:`ttsha.protocol`) tells the node what it is in the live
-    upstream (its replicator acts on it)."""
+    upstream (its replicator acts on it). An answer slower than ``slow_after``
+    seconds (0: no limit) is a failure: ``/health`` answers from memory, so a
+    node that takes that long is stalling (a gray failure) even while it answers."""
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     try:
@@ -76,11 +78,18 @@ def probe(url: str, connect_timeout: float, read_timeout: float,
         return False, None, f"invalid url {url!r}: {exc}"
     try:
         conn.connect()
-        conn.sock.settimeout(read_timeout)
+        # An answer later than slow_after fails the probe anyway: no point waiting longer for it.
+        conn.sock.settimeout(min(read_timeout, slow_after) if slow_after else read_timeout)
         headers = {"Connection": "close", **(claim or {})}
+        started = time.monotonic()
         conn.request("GET", "/health", headers=headers)
         resp = conn.getresponse()
         raw = resp.read(65536)
+        took = time.monotonic() - started
+    except TimeoutError as exc:
+        if slow_after and slow_after < read_timeout and conn.sock is not None:
+            return False, None, f"slow: no answer within {1000 * slow_after:.0f} ms"
+        return False, None, f"{type(exc).__name__}: {exc}"
     except (OSError, http.client.HTTPException) as exc:
         return False, None, f"{type(exc).__name__}: {exc}"
     finally:
@@ -90,6 +99,9 @@ def probe(url: str, connect_timeout: float, read_timeout: float,
     except ValueError:
         return False, None, f"HTTP {resp.status}, not JSON"
     status = body.get("status") if isinstance(body, dict) else None
+    if slow_after and took > slow_after:
+        return False, body if isinstance(body, dict) else None, \
+            f"slow: /health took {1000 * took:.0f} ms (over {1000 * slow_after:.0f} ms)"
     if resp.status == 200 and status == "ready":
         return True, body, ""
     return False, body if isinstance(body, dict) else None, f"HTTP {resp.status} {status or ''}".strip()
@@ -165,7 +177,7 @@ class Monitor:
             epoch = self._role_epoch
             try:
                 claim = sign_claim(self._secret, role or "", name, self.gateway_id, epoch) if self._secret else None
-                ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, claim)
+                ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, claim, mc.slow_probe)
             except Exception as exc:  # a probe thread that dies leaves its node's state frozen
                 log.exception("probe of %s failed unexpectedly; probing on", name)
                 ok, info, error = False, None, f"{type(exc).__name__}: {exc}"
