@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import threading
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
 log = logging.getLogger(__name__)
+
+#: Probe intervals vary by this fraction either way.
+PROBE_JITTER = 0.2
 
 MAX_EVENTS = 200
 
@@ -185,6 +189,10 @@ class Monitor:
             self.inbox.put(Probe(name, ok, time.time(), latency, info, error))
             state = self.decider.states[name]
             interval = mc.fast_interval if state.changing or not ok else mc.interval
+            # Jittered by up to a fifth: probes in lockstep with a periodic stall
+            # on the node (a duty-cycled CPU, a cron job) would always land in
+            # the same phase of it and never see it.
+            interval *= 1.0 + random.uniform(-PROBE_JITTER, PROBE_JITTER)
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     # -- decisions -------------------------------------------------------
