@@ -189,6 +189,8 @@ interval = "500ms"
 fast_interval = "100ms"
 connect_timeout = "200ms"
 read_timeout = "500ms"
+# Every node is on this machine: /health answers in a few ms, so 100 ms is slow.
+slow_probe = "100ms"
 fall = 2
 rise = 3
 state_file = "{layout.root}/monitor.json"
