@@ -28,8 +28,8 @@ import http.client
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -40,8 +40,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ttsha.config import to_toml
-from ttsha.config import load
+from ttsha.config import load, to_toml
 from ttsha.lab import NODE_HOSTS, Lab, descendants
 
 PAIRS = 30

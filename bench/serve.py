@@ -51,7 +51,7 @@ def _post(conn: http.client.HTTPConnection, text: str) -> int:
     return resp.status
 
 
-def _wav_size(node: "ServeProcess", text: str) -> int:
+def _wav_size(node: ServeProcess, text: str) -> int:
     conn = node.conn()
     conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -96,7 +96,7 @@ class ServeProcess:
         self.tmp.cleanup()
 
 
-def overhead_pairs(node: "ServeProcess", threads: int, pairs: int = PAIRS) -> dict:
+def overhead_pairs(node: ServeProcess, threads: int, pairs: int = PAIRS) -> dict:
     """The same kind of texts through HTTP and directly, alternating one by
     one (order flipped every pair) so that a noisy machine affects both alike.
     The direct loop runs in its own process too (as the server does), so both

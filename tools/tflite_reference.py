@@ -31,6 +31,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 import numpy as np  # noqa: E402
 
+
 def _buffer_span(model_bytes: bytes, tensor_name: str) -> tuple[int, int]:
     """Byte offset and length of the buffer backing the named constant tensor."""
     import flatbuffers

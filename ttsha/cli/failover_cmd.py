@@ -156,8 +156,9 @@ def run_drill(config: Config, options, as_json: bool, report_file: Path | None, 
 
 def print_report(report) -> None:
     """The drill report as rich tables."""
-    from .output import literal, table_console
     from rich.table import Table
+
+    from .output import literal, table_console
 
     console = table_console()
     t = report.traffic

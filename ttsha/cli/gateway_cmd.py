@@ -118,9 +118,10 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
-    from .output import literal, table_console
     from rich.markup import escape
     from rich.table import Table
+
+    from .output import literal, table_console
 
     now = time.time()
     age = now - data.get("updated_at", 0)

@@ -125,8 +125,9 @@ def power_on(root: Path, name: str) -> None:
 
 
 def _print_status(lab_) -> None:
-    from .output import literal, table_console
     from rich.table import Table
+
+    from .output import literal, table_console
 
     table = Table(title=literal(f"ttsha lab in {lab_.root}"))
     for column in ("process", "pid", "running", "endpoint", "health", "log"):

@@ -137,8 +137,9 @@ def voices(ctx: Context, engine_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(info), ensure_ascii=False, indent=2))
         return
-    from .output import literal, table_console
     from rich.table import Table
+
+    from .output import literal, table_console
 
     table = Table(title=literal(f"engine {info.engine} ({info.model_id}, version {info.model_version}, "
                                 f"{info.sample_rate} Hz)"))

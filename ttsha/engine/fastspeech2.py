@@ -277,7 +277,7 @@ class FastSpeech2(nn.Module):
         return mel_before, mel_after, durations
 
     @classmethod
-    def from_tflite(cls, model: TFLiteModel) -> "FastSpeech2":
+    def from_tflite(cls, model: TFLiteModel) -> FastSpeech2:
         """Build the network with the shapes and weights found in ``model``."""
         table = model.const_inputs(model.find_one("GATHER", "embeddings/Gather"))[0]
         positions = model.const_inputs(model.find_one("DEQUANTIZE", "embeddings/position_embeddings"))[0]

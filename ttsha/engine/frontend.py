@@ -249,7 +249,7 @@ class PhoneMapper:
     skipped: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_file(cls, path: Path) -> "PhoneMapper":
+    def from_file(cls, path: Path) -> PhoneMapper:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             symbols = {str(k): int(v) for k, v in data["symbol_to_id"].items()}

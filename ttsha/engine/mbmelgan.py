@@ -18,7 +18,6 @@ from torch.nn import functional as F
 from ..errors import EngineError
 from .tflite_reader import Op, TFLiteModel, conv1d_weight
 
-
 #: Mel frames of context on each side of a part (see :meth:`MBMelGAN.in_parts`):
 #: more than the generator's receptive field plus the PQMF filter's length.
 CONTEXT_FRAMES = 24
@@ -163,7 +162,7 @@ class MBMelGAN(nn.Module):
         return F.conv1d(up, self.synthesis_filter)[0, 0]
 
     @classmethod
-    def from_tflite(cls, model: TFLiteModel) -> "MBMelGAN":
+    def from_tflite(cls, model: TFLiteModel) -> MBMelGAN:
         """Rebuild the generator and PQMF from the operators of ``model``."""
         convs = [op for op in model.ops if op.kind == "CONV_2D"]
         tconvs = [op for op in model.ops if op.kind == "TRANSPOSE_CONV"]

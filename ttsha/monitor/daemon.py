@@ -36,7 +36,7 @@ from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
-from ..protocol import DOWN, ROLE_HEADER, default_gateway_id, load_secret, sign_claim
+from ..protocol import DOWN, default_gateway_id, load_secret, sign_claim
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 

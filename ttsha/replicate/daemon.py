@@ -103,7 +103,7 @@ def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, int |
 
 
 class _Handler(pyinotify.ProcessEvent):
-    def my_init(self, replicator: "Replicator") -> None:  # pyinotify's constructor hook
+    def my_init(self, replicator: Replicator) -> None:  # pyinotify's constructor hook
         self.replicator = replicator
 
     def process_IN_CLOSE_WRITE(self, event) -> None:

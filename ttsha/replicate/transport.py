@@ -89,7 +89,7 @@ class Peer:
         self._fresh_dirs: set[str] = set()  # created here, their names not yet synced in their parents
 
     # -- connection ------------------------------------------------------
-    def connect(self) -> "Peer":
+    def connect(self) -> Peer:
         client = ssh.connect(self.host, self.port, self.user, self.key_file, self.known_hosts, self.timeout)
         transport = client.get_transport()
         transport.default_window_size = WINDOW
@@ -97,7 +97,7 @@ class Peer:
         self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=32768)
         return self
 
-    def channel(self) -> "Peer":
+    def channel(self) -> Peer:
         """Another SFTP channel over the same SSH connection (for concurrent transfers)."""
         twin = Peer(self.host, self.port, self.user, self.key_file, self.known_hosts, self.root,
                     self.bwlimit // 1024, self.timeout)

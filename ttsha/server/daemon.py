@@ -20,9 +20,9 @@ from ..alert import Alert, Alerter
 from ..config import Config, load, this_node
 from ..engine import create_engine
 from ..errors import TTSHAError
+from ..protocol import RoleVerifier, load_secret
 from ..replicate import ack
 from ..replicate.ack import AckGate
-from ..protocol import RoleVerifier, load_secret
 from ..store import AudioStore
 from .app import create_app
 from .http import BoundedWSGIServer
