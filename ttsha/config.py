@@ -13,6 +13,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,6 @@ class Size(int):
     """Bytes, written in TOML as ``"512MiB"``, ``"2GB"`` or a number."""
 
 
-def _meta(help: str, *, choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None):
-    return {"help": help, "choices": choices, "min": min, "max": max}
 def _meta(help: str, *, choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None,
           check: str | None = None):
     return {"help": help, "choices": choices, "min": min, "max": max, "check": check}
@@ -167,7 +166,7 @@ def _check_webhook(value: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"[\x00-\x20\x7f]", value):
         return f"expected an http(s) URL, got {value!r}"
     try:
-        parts.port
+        _ = parts.port  # the property raises ValueError for a port out of range
     except ValueError:
         return f"port must be 1-65535, got {value!r}"
     return None if valid_host(parts.hostname) else f"expected an http(s) URL, got {value!r}"
@@ -201,7 +200,7 @@ def _check_argv(value: list) -> str | None:
     return None
 
 
-_CHECKS = {
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "host": _check_host,
     "hostport": _check_hostport,
     "listen": _check_listen,

@@ -472,7 +472,7 @@ class Lab:
             log.warning("not root: the lab's stores share a filesystem with everything else, so the disk-full "
                         "fault will refuse (run 'ttsha lab up' as root for a filesystem per store)")
             return ()
-        mounted = []
+        mounted: list[str] = []
         for name in NODE_HOSTS:
             store = layout.node_dir(name) / "audio"
             store.mkdir(parents=True, exist_ok=True)

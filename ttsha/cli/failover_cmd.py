@@ -101,6 +101,7 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
     from .. import failover as fo
 
     config = ctx.config
+    assert target is not None  # without --drill, --to was required above
     plan = fo.plan(config, target, force=force, wait=wait_s)
     if dry_run:
         for line in plan.describe(config):

@@ -70,6 +70,8 @@ def probe(url: str, connect_timeout: float, read_timeout: float,
     upstream (its replicator acts on it)."""
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    if not parts.hostname:  # the config check refuses it at load
+        return False, None, f"invalid url {url!r}: no host"
     try:
         conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
     except ValueError as exc:  # a port out of range (the config check refuses it at load)
@@ -107,7 +109,7 @@ def fence_commands(command: list[str], address: str) -> list[list[str]]:
     try:
         ips = {str(ipaddress.ip_address(host))}
     except ValueError:
-        ips = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        ips = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     argvs = []
     for ip in sorted(ips):
         shown = f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
@@ -184,7 +186,7 @@ class Monitor:
             self._record(event)
         roles = self.decider.roles()
         applied = roles is not None and roles != self._applied_roles
-        if applied:
+        if roles is not None and applied:
             self._apply(roles, result.at)
         if events or applied or time.monotonic() - self._last_state_write > 2.0:
             self.write_state()
@@ -226,7 +228,9 @@ class Monitor:
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         self._record(event)
-        if not self._apply(self.decider.roles(), now):
+        roles = self.decider.roles()
+        assert roles is not None  # set_primary accepted an up node, so there is a primary to route to
+        if not self._apply(roles, now):
             self.decider.undo_switchover(old)
             self.write_state()
             return {"ok": False, "error": f"nginx refused the change: {self.nginx_status.get('error')}"}

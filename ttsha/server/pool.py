@@ -213,7 +213,7 @@ class SynthesisPool:
             future: Future = Future()
             if key is not None:
                 self._inflight[key] = future
-                future.add_done_callback(lambda _f, k=key: self._forget(k))
+                future.add_done_callback(lambda _f: self._forget(key))
             self._queue.put(_Job(priority, next(self._seq), fn, future, key, units))
         return future
 
