@@ -189,7 +189,8 @@ def _check_user(value: str) -> str | None:
 
 def _check_nginx_path(value: Path) -> str | None:
     if _NGINX_UNSAFE.search(str(value)):
-        return f"is written into the Nginx configuration: no spaces, quotes, ';', '{{', '}}', '#', '$' or '\\', got {str(value)!r}"
+        return ("is written into the Nginx configuration: no spaces, quotes, ';', '{', '}', '#', '$' or '\\', "
+                f"got {str(value)!r}")
     return None
 
 
@@ -676,7 +677,9 @@ def _check_vrrp(config: Config, where: str) -> None:
         try:
             ipaddress.ip_address(gateway.address)
         except ValueError:
-            raise ConfigError(f"{where}: gateways.{name}.address: expected an IP address, got {gateway.address!r}") from None
+            raise ConfigError(
+                f"{where}: gateways.{name}.address: expected an IP address, got {gateway.address!r}"
+            ) from None
         if gateway.address in addresses:
             raise ConfigError(f"{where}: gateways.{name}.address: {gateway.address} is named twice")
         addresses.add(gateway.address)

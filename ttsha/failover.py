@@ -117,8 +117,8 @@ class Plan:
         return [c for c in self.checks if not c.ok]
 
     def describe(self, config: Config) -> list[str]:
-        lines = [f"switch the primary from {self.source or 'none'} to {self.target} "
-                 f"({'asking the running monitor' if self.via == 'monitor' else 'no monitor runs: directly, under its lock'})"]
+        how = "asking the running monitor" if self.via == "monitor" else "no monitor runs: directly, under its lock"
+        lines = [f"switch the primary from {self.source or 'none'} to {self.target} ({how})"]
         lines += [f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in self.checks]
         lines.append(f"  upstream {config.nginx.upstream_file} would route:")
         lines += ["    " + line.strip() for line in render_upstream(config.nodes, self.roles).splitlines()

@@ -319,7 +319,7 @@ include {include};
         return 200 "$ttsha_generation\n";
     }}
 }}
-"""
+"""  # noqa: E501 - Nginx directives, kept byte-for-byte as conf/nginx/ttsha.conf (a test compares them)
 
 
 def render_article_baseline(config: Config, primary: str, standby: str) -> tuple[str, str]:

@@ -39,7 +39,8 @@ _DRILL_OPTIONS = [
                  help="Drill fault (default: [drill] fault): kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the "
                  "serve process; isolate = drop packets to its port; crash = SIGKILL of serve, replicator and sshd "
                  "at once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle."),
-    click.option("--duration", callback=_duration, help="Drill: traffic duration, e.g. 60s (default: [drill] duration)."),
+    click.option("--duration", callback=_duration,
+                 help="Drill: traffic duration, e.g. 60s (default: [drill] duration)."),
     click.option("--rate", type=float, help="Drill: requests per second (default: [drill] rate)."),
     click.option("--load", type=float, help="Drill: measure the node's capacity first, then send this fraction of it "
                  "(e.g. 0.8; default: [drill] load)."),

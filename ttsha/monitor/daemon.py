@@ -137,7 +137,8 @@ class Monitor:
         self.config = config
         mc = config.monitor
         self.nginx = UpstreamController(config.nginx, config.nodes)
-        self.decider = Decider(config.nodes, mc.mode, mc.fall, mc.rise, mc.failback, primary=self.nginx.current_primary())
+        self.decider = Decider(config.nodes, mc.mode, mc.fall, mc.rise, mc.failback,
+                               primary=self.nginx.current_primary())
         self.alerter = alerter or Alerter(config.alert)
         # Probe results and control commands: only the main loop touches the Decider.
         self.inbox: queue.Queue[Probe | Command] = queue.Queue()
@@ -196,11 +197,13 @@ class Monitor:
         entry = asdict(event)
         self.events.append(entry)
         del self.events[:-MAX_EVENTS]
-        severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical", "model_mismatch": "warning",
-                    "fence_failed": "warning"}
-        log.log(logging.INFO if event.kind in ("node_up", "probe_failed") else logging.WARNING, "event=%s node=%s %s", event.kind, event.node, event.detail)
+        severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical",
+                    "model_mismatch": "warning", "fence_failed": "warning"}
+        level = logging.INFO if event.kind in ("node_up", "probe_failed") else logging.WARNING
+        log.log(level, "event=%s node=%s %s", event.kind, event.node, event.detail)
         if event.kind in severity:
-            self.alerter.send(Alert(event.kind, f"{event.kind} {event.node}: {event.detail}", severity[event.kind], event.at))
+            self.alerter.send(Alert(event.kind, f"{event.kind} {event.node}: {event.detail}", severity[event.kind],
+                                    event.at))
 
     # -- control socket ----------------------------------------------------
     def control(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

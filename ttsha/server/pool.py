@@ -92,7 +92,8 @@ class Admission:
             return
         rate = seconds / units
         # The first measurement (the warm-up) replaces the built-in guess.
-        self.seconds_per_unit = rate if self.observed == 0 else (1 - self.weight) * self.seconds_per_unit + self.weight * rate
+        self.seconds_per_unit = (rate if self.observed == 0
+                                 else (1 - self.weight) * self.seconds_per_unit + self.weight * rate)
         self.observed += 1
 
     def forget(self) -> None:
