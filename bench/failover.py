@@ -126,14 +126,14 @@ def plot(result: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, sharey=True)
     for ax, (name, title) in zip(axes, (("ttsha", "ttsha: gateway config + monitor"),
-                                        ("article", "article's setup: passive checks, no POST retry"))):
+                                        ("article", "article's setup: passive checks, no POST retry")), strict=True):
         rep = result["faults"]["kill"][name]
         ok = [(at, lat * 1000) for at, status, lat in rep["samples"] if status == 200]
         bad = [(at, lat * 1000) for at, status, lat in rep["samples"] if status != 200]
         if ok:
-            ax.scatter(*zip(*ok), s=9, color="tab:blue", label="200")
+            ax.scatter(*zip(*ok, strict=True), s=9, color="tab:blue", label="200")
         if bad:
-            ax.scatter(*zip(*bad), s=40, marker="x", color="tab:red", label=f"failed ({len(bad)})")
+            ax.scatter(*zip(*bad, strict=True), s=40, marker="x", color="tab:red", label=f"failed ({len(bad)})")
         ax.axvline(0, color="black", linewidth=1)
         ax.text(0.05, 0.92, "kill -9", transform=ax.get_xaxis_transform())
         for key, style in (("marked_down", ":"), ("reload_done", "--")):

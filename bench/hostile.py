@@ -136,7 +136,8 @@ def table(r: dict) -> list[str]:
     return [
         "| metric | measured | target |",
         "|---|---|---|",
-        f"| /health p50 / p99 / max, idle node ({i['n']} probes) | {i['p50']:.2f} / {i['p99']:.2f} / {i['max']:.2f} ms | |",
+        f"| /health p50 / p99 / max, idle node ({i['n']} probes) "
+        f"| {i['p50']:.2f} / {i['p99']:.2f} / {i['max']:.2f} ms | |",
         f"| /health p50 / p99 / max, {CLIENTS} clients POSTing {DIGITS}-digit strings ({a['n']} probes) | "
         f"{a['p50']:.2f} / {a['p99']:.2f} / {a['max']:.2f} ms | p99 < 50 ms |",
         f"| the attack's POSTs in {ATTACK_S:.0f} s | {posts} | no 500 |",

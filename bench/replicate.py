@@ -68,7 +68,8 @@ def measure(rate: float = 20.0, seconds: float = 10.0, burst: int = 1000, tree_f
                                         queue_file=work / "stream.sqlite"))
         (work / "stream-remote").mkdir(parents=True)
         replicator = Replicator(cfg, store_dir)
-        thread = threading.Thread(target=replicator.run, kwargs={"install_signals": False, "models": False}, daemon=True)
+        thread = threading.Thread(target=replicator.run, kwargs={"install_signals": False, "models": False},
+                                  daemon=True)
         thread.start()
         time.sleep(1.0)
         store = AudioStore(store_dir)
@@ -108,7 +109,7 @@ def measure(rate: float = 20.0, seconds: float = 10.0, burst: int = 1000, tree_f
                 times[name].append(ours(target) if name == "ttsha" else _rsync(burst_dir, target, layout))
         results["burst_ttsha_s"] = statistics.median(times["ttsha"])
         results["burst_rsync_s"] = statistics.median(times["rsync"])
-        results["burst_ratio"] = statistics.median(t / r for t, r in zip(times["ttsha"], times["rsync"]))
+        results["burst_ratio"] = statistics.median(t / r for t, r in zip(times["ttsha"], times["rsync"], strict=True))
         results["burst_rounds"] = rounds
         results["burst_files"] = burst
 
@@ -145,7 +146,8 @@ def table(r: dict) -> list[str]:
         "|---|---|---|---|---|",
         f"| audio lag p50 / p99, {r['stream_files']} files at 20 results/s | {1000 * lag['p50']:.0f} / "
         f"{1000 * lag['p99']:.0f} ms | - | - | p99 < 500 ms |",
-        f"| burst of {r['burst_files']} small files (median of {r['burst_rounds']} rounds) | {r['burst_ttsha_s']:.2f} s | "
+        f"| burst of {r['burst_files']} small files (median of {r['burst_rounds']} rounds) "
+        f"| {r['burst_ttsha_s']:.2f} s | "
         f"{r['burst_rsync_s']:.2f} s | {r['burst_ratio']:.2f} | <= 2 |",
         f"| no-change sync, {r['tree_files']} files | {r['nochange_ttsha_s']:.2f} s | {r['nochange_rsync_s']:.2f} s | "
         f"{r['nochange_ttsha_s'] / r['nochange_rsync_s']:.2f} | <= 1.5 |",

@@ -28,8 +28,8 @@ import http.client
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -40,8 +40,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ttsha.config import to_toml
-from ttsha.config import load
+from ttsha.config import load, to_toml
 from ttsha.lab import NODE_HOSTS, Lab, descendants
 
 PAIRS = 30
@@ -240,7 +239,8 @@ def measure(pairs: int = PAIRS) -> dict:
             pairs=pairs,
             miss_local_p50_ms=1000 * statistics.median(times["local"]),
             miss_standby_p50_ms=1000 * statistics.median(times["standby"]),
-            added_p50_ms=1000 * statistics.median(s - l for s, l in zip(times["standby"], times["local"])),
+            added_p50_ms=1000 * statistics.median(
+                s - loc for s, loc in zip(times["standby"], times["local"], strict=True)),
             synthesis_ms=1000 * synth["local"],
             ack_wait_ms=1000 * ack_s,
             ack_p50_le_ms=1000 * _ack_median_bucket(ports["standby"], buckets_before),

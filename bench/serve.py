@@ -45,15 +45,17 @@ def _free_port() -> int:
 
 
 def _post(conn: http.client.HTTPConnection, text: str) -> int:
-    conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"})
+    conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(),
+                 headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     resp.read()
     return resp.status
 
 
-def _wav_size(node: "ServeProcess", text: str) -> int:
+def _wav_size(node: ServeProcess, text: str) -> int:
     conn = node.conn()
-    conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"})
+    conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(),
+                 headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     return len(resp.read())
 
@@ -96,7 +98,7 @@ class ServeProcess:
         self.tmp.cleanup()
 
 
-def overhead_pairs(node: "ServeProcess", threads: int, pairs: int = PAIRS) -> dict:
+def overhead_pairs(node: ServeProcess, threads: int, pairs: int = PAIRS) -> dict:
     """The same kind of texts through HTTP and directly, alternating one by
     one (order flipped every pair) so that a noisy machine affects both alike.
     The direct loop runs in its own process too (as the server does), so both
@@ -229,7 +231,8 @@ def floor_server(port: int, size: int) -> None:
 
 def _start_floor(size: int) -> tuple[subprocess.Popen, int]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", "floor", str(port), str(size)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", "floor", str(port), str(size)],
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -354,7 +357,8 @@ def table(r: dict) -> list[str]:
     return [
         "| metric | measured | target |",
         "|---|---|---|",
-        f"| cache-hit latency p50 / p99 ({r['hits']} requests) | {r['hit_p50_ms']:.2f} / {r['hit_p99_ms']:.2f} ms | p99 < 5 ms |",
+        f"| cache-hit latency p50 / p99 ({r['hits']} requests) "
+        f"| {r['hit_p50_ms']:.2f} / {r['hit_p99_ms']:.2f} ms | p99 < 5 ms |",
         f"| baseline: same werkzeug server, trivial app, same {r['wav_bytes']} bytes | "
         f"{r['floor_p50_ms']:.2f} / {r['floor_p99_ms']:.2f} ms | ratio p50 {r['hit_p50_ms'] / r['floor_p50_ms']:.2f} |",
         f"| streaming: first audio bytes of a {r['paragraph_chars']}-character paragraph, median / max of 5 | "

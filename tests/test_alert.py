@@ -59,7 +59,8 @@ def wait(predicate, timeout=10.0):
 
 def test_json_payload(hook):
     alerter = Alerter(AlertConfig(webhook_url=hook.url), source="gw1", backoff=0.01)
-    assert alerter.send(Alert("switchover", "switchover standby: primary -> standby", "warning", data={"to": "standby"}))
+    assert alerter.send(Alert("switchover", "switchover standby: primary -> standby", "warning",
+                              data={"to": "standby"}))
     assert wait(lambda: hook.received)
     body = hook.received[0]
     assert body["kind"] == "switchover" and body["source"] == "gw1" and body["data"] == {"to": "standby"}

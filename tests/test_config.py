@@ -101,7 +101,8 @@ def test_unreadable_and_non_utf8(tmp_path):
         config.load(bad)
 
 
-@pytest.mark.parametrize("value, seconds", [("250ms", 0.25), ("2s", 2), ("5m", 300), ("1h", 3600), ("7d", 604800), (3, 3.0)])
+@pytest.mark.parametrize("value, seconds",
+                         [("250ms", 0.25), ("2s", 2), ("5m", 300), ("1h", 3600), ("7d", 604800), (3, 3.0)])
 def test_parse_duration(value, seconds):
     assert config.parse_duration(value) == pytest.approx(seconds)
 
@@ -134,7 +135,8 @@ def test_shipped_config_shows_the_defaults():
             assert got == value, f"{section}.{key}: conf says {got!r}, default is {value!r}"
 
 
-@pytest.mark.parametrize("value, size", [("512MiB", 512 * 2**20), ("2GB", 2 * 10**9), ("1.5 KiB", 1536), (4096, 4096), ("0", 0)])
+@pytest.mark.parametrize("value, size",
+                         [("512MiB", 512 * 2**20), ("2GB", 2 * 10**9), ("1.5 KiB", 1536), (4096, 4096), ("0", 0)])
 def test_parse_size(value, size):
     assert config.parse_size(value) == size
 

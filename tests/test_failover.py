@@ -18,7 +18,8 @@ from .monitor.test_gateway import Traffic, start_monitor, wait_for
 
 def primary_in_upstream(config) -> str:
     text = config.nginx.upstream_file.read_text()
-    return next(line.rsplit("#", 1)[1].split(":")[0].strip() for line in text.splitlines() if line.endswith(": primary"))
+    return next(line.rsplit("#", 1)[1].split(":")[0].strip() for line in text.splitlines()
+                if line.endswith(": primary"))
 
 
 def test_switchover_through_the_monitor_fails_no_request(pair, tmp_path):  # noqa: F811
@@ -99,7 +100,8 @@ def test_replication_must_be_caught_up(pair, tmp_path, monkeypatch):  # noqa: F8
     assert not check.ok and "not connected" in check.detail and "Connection refused" in check.detail
     # Results answered without the standby's acknowledgement: refused until it has caught up.
     degraded = {"queue_depth": 0, "connected": True, "age_s": 0.5,
-                "ack": {"mode": "standby", "state": "degraded", "reason": "no answer from the replicator within 500 ms"}}
+                "ack": {"mode": "standby", "state": "degraded",
+                        "reason": "no answer from the replicator within 500 ms"}}
     states = iter([degraded, degraded, {**degraded, "ack": {"mode": "standby", "state": "sync"}}])
     check = failover._replication_caught_up(config, "a", wait=0)
     assert not check.ok and "degraded" in check.detail and "500 ms" in check.detail
@@ -112,7 +114,8 @@ def write_config(config, tmp_path):
     ng = config.nginx
     text = (f"{nodes}[monitor]\nstate_file = \"{tmp_path}/monitor.json\"\ncontrol_socket = \"{tmp_path}/m.sock\"\n"
             f"[nginx]\nlisten = \"{ng.listen}\"\nupstream_file = \"{ng.upstream_file}\"\n"
-            f"test_command = {json.dumps(list(ng.test_command))}\nreload_command = {json.dumps(list(ng.reload_command))}\n")
+            f"test_command = {json.dumps(list(ng.test_command))}\n"
+            f"reload_command = {json.dumps(list(ng.reload_command))}\n")
     path = tmp_path / "ttsha.toml"
     path.write_text(text)
     return path

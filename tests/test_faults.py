@@ -86,7 +86,8 @@ def node_port():
 @pytest.fixture
 def victim(procs, node_port, tmp_path):
     """A process that owns the node's port and whose argv is exactly a ttsha serve command."""
-    return procs.start("--config", str(tmp_path / "node.toml"), "serve", "--host", "127.0.0.2", "--port", str(node_port))
+    return procs.start("--config", str(tmp_path / "node.toml"), "serve", "--host", "127.0.0.2",
+                       "--port", str(node_port))
 
 
 def local_config(tmp_path, port: int = 8900, **node) -> Config:
@@ -135,7 +136,8 @@ def test_refuses_a_listener_whose_path_merely_contains_ttsha(tmp_path, procs, no
     clone = tmp_path / "ttsha"
     (clone / "tools").mkdir(parents=True)
     shutil.copy(procs.script, clone / "tools" / "listen.py")
-    argv = [sys.executable, str(clone / "tools" / "listen.py"), "serve", "--host", "127.0.0.2", "--port", str(node_port)]
+    argv = [sys.executable, str(clone / "tools" / "listen.py"), "serve", "--host", "127.0.0.2",
+            "--port", str(node_port)]
     other = procs.start(argv=argv, cwd=clone)
     fault = Fault(local_config(tmp_path, node_port), "a", "kill", other.pid)
     with pytest.raises(Refused, match="not exactly one ttsha serve command"):
@@ -162,8 +164,10 @@ def test_a_reused_pid_is_not_signalled(tmp_path, victim, node_port):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["/usr/bin/python3", "/usr/bin/ttsha", "--config", "/etc/ttsha/ttsha.toml", "serve"], ("serve", "/etc/ttsha/ttsha.toml")),
-    (["/opt/venv/bin/python", "-u", "-m", "ttsha", "-vv", "--config=/x.toml", "replicate", "--store", "s"], ("replicate", "/x.toml")),
+    (["/usr/bin/python3", "/usr/bin/ttsha", "--config", "/etc/ttsha/ttsha.toml", "serve"],
+     ("serve", "/etc/ttsha/ttsha.toml")),
+    (["/opt/venv/bin/python", "-u", "-m", "ttsha", "-vv", "--config=/x.toml", "replicate", "--store", "s"],
+     ("replicate", "/x.toml")),
     (["ttsha", "serve", "--port", "8900"], ("serve", None)),
     (["python3", "-m", "pytest", "/home/me/ttsha/tests"], None),
     (["less", "/var/log/ttsha/serve.log"], None),

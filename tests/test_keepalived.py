@@ -54,7 +54,8 @@ def test_render_is_a_nopreempt_unicast_pair_with_hooks(link):
     assert f"192.0.2.100/24 dev {link}" in text and "priority 150" in text
     assert f'script "{TTSHA} --config /etc/ttsha/ttsha.toml keepalived check"' in text
     for state in ("MASTER", "BACKUP", "FAULT", "STOP"):
-        assert f'notify_{state.lower()} "{TTSHA} --config /etc/ttsha/ttsha.toml keepalived notify --gateway gw-a {state}"' in text
+        notify = f"{TTSHA} --config /etc/ttsha/ttsha.toml keepalived notify --gateway gw-a {state}"
+        assert f'notify_{state.lower()} "{notify}"' in text
     other = keepalived.render(config, "gw-b", ttsha_bin=TTSHA)
     assert "unicast_src_ip 192.0.2.9" in other and "        192.0.2.10\n" in other and "priority 100" in other
 

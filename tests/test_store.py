@@ -9,7 +9,8 @@ import pytest
 from ttsha.errors import StoreError
 from ttsha.store import AudioStore, normalize_key_text, result_id
 
-BASE = dict(engine="embedded", model_version="v1", voice="baker", emotion="neutral", speed=1.0, sample_rate=24000, text="你好")
+BASE = dict(engine="embedded", model_version="v1", voice="baker", emotion="neutral", speed=1.0, sample_rate=24000,
+            text="你好")
 
 
 def test_ids_are_stable_and_depend_on_every_parameter():
@@ -17,7 +18,8 @@ def test_ids_are_stable_and_depend_on_every_parameter():
     assert rid == result_id(**BASE) and AudioStore.valid_id(rid)
     assert result_id(**{**BASE, "text": " 你好 "}) == rid  # whitespace is not content
     assert result_id(**{**BASE, "text": "你好　"}) == rid  # nor full-width spaces
-    for key, value in [("engine", "sambert"), ("model_version", "v2"), ("voice", "x"), ("emotion", "sad"), ("speed", 1.1), ("sample_rate", 16000), ("text", "您好")]:
+    for key, value in [("engine", "sambert"), ("model_version", "v2"), ("voice", "x"), ("emotion", "sad"),
+                       ("speed", 1.1), ("sample_rate", 16000), ("text", "您好")]:
         assert result_id(**{**BASE, key: value}) != rid, key
 
 

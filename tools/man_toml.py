@@ -29,7 +29,8 @@ def main() -> None:
         "One TOML file with a table per subsystem. Every key has a default that runs on one machine;",
         "unknown keys, wrong types and bad values are errors naming the file and the key",
         "(check a file with \\fBttsha config check\\fR \\fIFILE\\fR).",
-        'Durations are strings such as \\fB"250ms"\\fR, \\fB"2s"\\fR, \\fB"5m"\\fR, \\fB"7d"\\fR, or numbers of seconds.',
+        'Durations are strings such as \\fB"250ms"\\fR, \\fB"2s"\\fR, \\fB"5m"\\fR, \\fB"7d"\\fR, '
+        'or numbers of seconds.',
         'Sizes are strings such as \\fB"512MiB"\\fR, \\fB"2GB"\\fR, or numbers of bytes.',
         "Paths shown under \\fI/var/lib/ttsha\\fR default to systemd's StateDirectory, to",
         "\\fI/var/lib/ttsha\\fR for root, else to \\fI~/.local/state/ttsha\\fR.",
@@ -56,7 +57,8 @@ def main() -> None:
             help_text = g.metadata.get("help", "")
             choices = g.metadata.get("choices")
             extra = f" One of: {', '.join(map(str, choices))}." if choices else ""
-            lines += [".TP", f".B {g.name}", esc(f"{help_text[0].upper()}{help_text[1:]}.{extra}") + f" Default: \\fB{esc(str(value))}\\fR."]
+            lines += [".TP", f".B {g.name}",
+                      esc(f"{help_text[0].upper()}{help_text[1:]}.{extra}") + f" Default: \\fB{esc(str(value))}\\fR."]
     lines += [".SH FILES", ".I /etc/ttsha/ttsha.toml", ".SH SEE ALSO", ".BR ttsha (1)"]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -31,6 +31,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 import numpy as np  # noqa: E402
 
+
 def _buffer_span(model_bytes: bytes, tensor_name: str) -> tuple[int, int]:
     """Byte offset and length of the buffer backing the named constant tensor."""
     import flatbuffers
@@ -86,7 +87,7 @@ class Reference:
             np.array([f0], np.float32),
             np.array([energy], np.float32),
         ]
-        for detail, value in zip(inputs, values):
+        for detail, value in zip(inputs, values, strict=True):
             it.set_tensor(detail["index"], value)
         it.invoke()
         # Graph outputs, in order: mel_before, mel_after, durations, f0, energy.
@@ -115,7 +116,8 @@ def make_fixtures(asset_dir: Path, ids_json: Path, out: Path) -> None:
     for name, case in cases.items():
         result = ref.mel(case["ids"], case.get("speed", 1.0), case.get("f0", 1.0), case.get("energy", 1.0))
         arrays[f"{name}.ids"] = np.array(case["ids"], np.int32)
-        arrays[f"{name}.ratios"] = np.array([case.get("speed", 1.0), case.get("f0", 1.0), case.get("energy", 1.0)], np.float32)
+        ratios = [case.get("speed", 1.0), case.get("f0", 1.0), case.get("energy", 1.0)]
+        arrays[f"{name}.ratios"] = np.array(ratios, np.float32)
         arrays[f"{name}.mel_after"] = result["mel_after"].astype(np.float16)
         arrays[f"{name}.durations"] = result["durations"].astype(np.int32)
     first = next(iter(cases))

@@ -13,6 +13,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,6 @@ class Size(int):
     """Bytes, written in TOML as ``"512MiB"``, ``"2GB"`` or a number."""
 
 
-def _meta(help: str, *, choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None):
-    return {"help": help, "choices": choices, "min": min, "max": max}
 def _meta(help: str, *, choices: tuple[Any, ...] | None = None, min: float | None = None, max: float | None = None,
           check: str | None = None):
     return {"help": help, "choices": choices, "min": min, "max": max, "check": check}
@@ -167,7 +166,7 @@ def _check_webhook(value: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"[\x00-\x20\x7f]", value):
         return f"expected an http(s) URL, got {value!r}"
     try:
-        parts.port
+        _ = parts.port  # the property raises ValueError for a port out of range
     except ValueError:
         return f"port must be 1-65535, got {value!r}"
     return None if valid_host(parts.hostname) else f"expected an http(s) URL, got {value!r}"
@@ -190,7 +189,8 @@ def _check_user(value: str) -> str | None:
 
 def _check_nginx_path(value: Path) -> str | None:
     if _NGINX_UNSAFE.search(str(value)):
-        return f"is written into the Nginx configuration: no spaces, quotes, ';', '{{', '}}', '#', '$' or '\\', got {str(value)!r}"
+        return ("is written into the Nginx configuration: no spaces, quotes, ';', '{', '}', '#', '$' or '\\', "
+                f"got {str(value)!r}")
     return None
 
 
@@ -201,7 +201,7 @@ def _check_argv(value: list) -> str | None:
     return None
 
 
-_CHECKS = {
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "host": _check_host,
     "hostport": _check_hostport,
     "listen": _check_listen,
@@ -681,7 +681,9 @@ def _check_vrrp(config: Config, where: str) -> None:
         try:
             ipaddress.ip_address(gateway.address)
         except ValueError:
-            raise ConfigError(f"{where}: gateways.{name}.address: expected an IP address, got {gateway.address!r}") from None
+            raise ConfigError(
+                f"{where}: gateways.{name}.address: expected an IP address, got {gateway.address!r}"
+            ) from None
         if gateway.address in addresses:
             raise ConfigError(f"{where}: gateways.{name}.address: {gateway.address} is named twice")
         addresses.add(gateway.address)

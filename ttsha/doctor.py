@@ -97,7 +97,8 @@ def check_model_dir(config: Config) -> Check:
         return Check("sambert model dir", SKIP, "engine is embedded")
     path = config.engine.model_dir
     if not (path / "configuration.json").is_file():
-        return Check("sambert model dir", FAIL, f"{path}: no configuration.json", "copy the model with 'ttsha replicate --once models'")
+        return Check("sambert model dir", FAIL, f"{path}: no configuration.json",
+                     "copy the model with 'ttsha replicate --once models'")
     return Check("sambert model dir", OK, str(path))
 
 
@@ -107,7 +108,8 @@ def check_store(config: Config) -> Check:
         if _writable(path):
             return Check("audio store", WARN, f"{path} does not exist yet",
                          "ttsha serve creates it on start (its parent is writable)")
-        return Check("audio store", FAIL, f"{path} does not exist and cannot be created", "create it or set [store] path")
+        return Check("audio store", FAIL, f"{path} does not exist and cannot be created",
+                     "create it or set [store] path")
     if not path.is_dir():
         return Check("audio store", FAIL, f"{path} is not a directory", "set [store] path to a directory")
     if _writable(path):

@@ -37,6 +37,8 @@ def get_json(url: str, timeout: float = 2.0,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
     """GET ``url``: (status, JSON body or {}, lower-case headers); status 0 when unreachable."""
     parts = urlsplit(url)
+    if not parts.hostname:  # node URLs are checked at config load; a URL from elsewhere may lack one
+        raise UsageError(f"no host in URL {url!r}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     try:
         conn.request("GET", parts.path or "/", headers={"Connection": "close", **(headers or {})})
@@ -115,8 +117,8 @@ class Plan:
         return [c for c in self.checks if not c.ok]
 
     def describe(self, config: Config) -> list[str]:
-        lines = [f"switch the primary from {self.source or 'none'} to {self.target} "
-                 f"({'asking the running monitor' if self.via == 'monitor' else 'no monitor runs: directly, under its lock'})"]
+        how = "asking the running monitor" if self.via == "monitor" else "no monitor runs: directly, under its lock"
+        lines = [f"switch the primary from {self.source or 'none'} to {self.target} ({how})"]
         lines += [f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in self.checks]
         lines.append(f"  upstream {config.nginx.upstream_file} would route:")
         lines += ["    " + line.strip() for line in render_upstream(config.nodes, self.roles).splitlines()
@@ -168,7 +170,7 @@ def plan(config: Config, target: str, force: bool = False, wait: float = 10.0) -
     source = current_primary(config)
     result = Plan(source, target, via, force=force)
     health = node_health(config, target)
-    ready = bool(health) and health.get("status") == "ready"
+    ready = health is not None and health.get("status") == "ready"
     result.checks.append(Check("target healthy", ready, f"{target} /health: "
                                + ((health or {}).get("status") or "no answer")))
     if source and source != target:

@@ -320,7 +320,7 @@ class Fault:
             assert self.target is not None
             self.shell.helper("signal", str(self.target["pid"]), str(self.target["start"]), "SIGCONT")
         elif self.kind == "slow":
-            assert self.target is not None
+            assert self.target is not None and self._slow is not None  # the None case is the branch above
             self.shell.helper("unslow", str(self._slow["helper"]), str(self._slow["helper_start"]),
                               str(self.target["pid"]), str(self.target["start"]))
         elif self.kind == "crash":

@@ -231,10 +231,12 @@ load = 0.8
     back = text.replace('peer = "standby"', 'peer = "primary"')
     back = back.replace(f'host = "{NODE_HOSTS["primary"]}"\nport = {layout.node_ports["primary"]}\n',
                         f'host = "{NODE_HOSTS["standby"]}"\nport = {layout.node_ports["standby"]}\n')
-    back = back.replace(f'remote_store = "{layout.root}/standby/audio"', f'remote_store = "{layout.root}/primary/audio"')
-    back = back.replace(f'remote_models = "{layout.root}/standby/models"', f'remote_models = "{layout.root}/primary/models"')
-    back = back.replace(f'local_models = "{layout.root}/primary/models"', f'local_models = "{layout.root}/standby/models"')
-    back = back.replace(f'queue_file = "{layout.root}/primary/replicate.sqlite"', f'queue_file = "{layout.root}/standby/replicate.sqlite"')
+    root = layout.root
+    back = back.replace(f'remote_store = "{root}/standby/audio"', f'remote_store = "{root}/primary/audio"')
+    back = back.replace(f'remote_models = "{root}/standby/models"', f'remote_models = "{root}/primary/models"')
+    back = back.replace(f'local_models = "{root}/primary/models"', f'local_models = "{root}/standby/models"')
+    back = back.replace(f'queue_file = "{root}/primary/replicate.sqlite"',
+                        f'queue_file = "{root}/standby/replicate.sqlite"')
     (layout.root / "ttsha-standby.toml").write_text(back, encoding="utf-8")
 
 
@@ -474,7 +476,7 @@ class Lab:
             log.warning("not root: the lab's stores share a filesystem with everything else, so the disk-full "
                         "fault will refuse (run 'ttsha lab up' as root for a filesystem per store)")
             return ()
-        mounted = []
+        mounted: list[str] = []
         for name in NODE_HOSTS:
             store = layout.node_dir(name) / "audio"
             store.mkdir(parents=True, exist_ok=True)
@@ -505,7 +507,8 @@ class Lab:
         ssh.mkdir(parents=True, exist_ok=True)
         for key in HOST_AND_CLIENT_KEYS:
             if not (ssh / key).exists():
-                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"ttsha-lab-{key}", "-f", str(ssh / key)],
+                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"ttsha-lab-{key}",
+                                "-f", str(ssh / key)],
                                check=True)
         os.chmod(ssh / "id_ed25519", 0o600)
         (ssh / "authorized_keys").write_text((ssh / "id_ed25519.pub").read_text())

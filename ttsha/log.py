@@ -31,8 +31,8 @@ def setup(verbose: int = 0, force_plain: bool = False) -> None:
     """Configure the root logger once: WARNING, INFO with -v, DEBUG with -vv."""
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if not force_plain and sys.stderr.isatty() and not under_journald():
         from rich.logging import RichHandler

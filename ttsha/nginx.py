@@ -32,9 +32,17 @@ from urllib.parse import urlsplit
 from .config import Config, NginxConfig, NodeConfig
 from .errors import TTSHAError
 from .fsutil import atomic_write
+
 # The role vocabulary lives in .protocol (nodes import it without gateway code).
 from .protocol import (  # noqa: F401 - re-exported: gateway code imports roles from here
-    ACTIVE, BACKUP, CLAIM_HEADER, DOWN, GATEWAY_HEADER, PRIMARY, ROLE_HEADER, ROLES,
+    ACTIVE,
+    BACKUP,
+    CLAIM_HEADER,
+    DOWN,
+    GATEWAY_HEADER,
+    PRIMARY,
+    ROLE_HEADER,
+    ROLES,
 )
 
 log = logging.getLogger(__name__)
@@ -311,7 +319,7 @@ include {include};
         return 200 "$ttsha_generation\n";
     }}
 }}
-"""
+"""  # noqa: E501 - Nginx directives, kept byte-for-byte as conf/nginx/ttsha.conf (a test compares them)
 
 
 def render_article_baseline(config: Config, primary: str, standby: str) -> tuple[str, str]:

@@ -102,7 +102,7 @@ def parent(pid: int) -> int:
 
 def _addresses(host: str) -> set[str]:
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except OSError:
         return set()
 
@@ -183,7 +183,10 @@ def find_serve(host: str, port: int) -> dict:
         found = ", ".join(f"{p} ({' '.join(_safe_cmdline(p))[:80]})" for p in sorted(owners))
         raise Refusal(f"the process listening on {host}:{port} is not exactly one ttsha serve command: {found}")
     info = _describe(serve[0])
-    info["config"] = ttsha_command(info["argv"])[1]
+    command = ttsha_command(info["argv"])
+    if command is None:  # it exited (or its pid was reused) since it was looked at above
+        raise Refusal(f"the ttsha serve process {serve[0]} listening on {host}:{port} went away")
+    info["config"] = command[1]
     return info
 
 

@@ -38,9 +38,9 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .errors import ConfigError
 
@@ -139,6 +139,12 @@ class Verdict:
     reason: str = ""
 
 
+class HeaderLookup(Protocol):
+    """A request's headers as :meth:`RoleVerifier.verify` reads them: a Mapping or werkzeug's Headers."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
 class RoleVerifier:
     """A node's side of the protocol: which claims it believes (thread-safe)."""
 
@@ -151,7 +157,7 @@ class RoleVerifier:
         self.rejected: dict[str, int] = {}
         self._logged: dict[str, float] = {}
 
-    def verify(self, headers: Mapping[str, str]) -> Verdict:
+    def verify(self, headers: HeaderLookup) -> Verdict:
         """Check a request's headers; count and log what is refused."""
         role = headers.get(ROLE_HEADER)
         raw = headers.get(CLAIM_HEADER)

@@ -66,7 +66,11 @@ def connect(host: str, port: int, user: str, key_file: Path, known_hosts: Path,
         raise PeerUnreachable(f"SSH to {user}@{host}:{port} failed: {exc}") from None
     except OSError as exc:
         raise PeerUnreachable(f"SSH to {host}:{port} failed: {exc.strerror or exc}") from None
-    client.get_transport().set_keepalive(15)
+    transport = client.get_transport()
+    if transport is None:  # connect() returned, so the transport exists; checked for the type
+        client.close()
+        raise PeerUnreachable(f"SSH to {user}@{host}:{port} failed: no transport")
+    transport.set_keepalive(15)
     return client
 
 

@@ -179,7 +179,8 @@ class AudioStore:
             finally:
                 path.unlink(missing_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot write to the audio store {self.root}: {exc.strerror or exc}", errno=exc.errno) from exc
+            raise StoreError(f"cannot write to the audio store {self.root}: {exc.strerror or exc}",
+                             errno=exc.errno) from exc
 
     def results(self) -> Iterator[tuple[str, list[Path]]]:
         """Every id with its files (audio and/or sidecar)."""

@@ -44,7 +44,8 @@ def test_render_full_prefix_passes_nginx_t(capsys, tmp_path, gw_config):
     assert "proxy_connect_timeout 500ms" in site and "client_max_body_size" in site
     main_conf = (tmp_path / "gw" / "nginx.conf").read_text()
     assert "worker_shutdown_timeout" in main_conf
-    subprocess.run([nginx, "-t", "-q", "-p", str(tmp_path / "gw"), "-c", str(tmp_path / "gw" / "nginx.conf")], check=True)
+    gw = tmp_path / "gw"
+    subprocess.run([nginx, "-t", "-q", "-p", str(gw), "-c", str(gw / "nginx.conf")], check=True)
     # An existing upstream file (the monitor's) is left alone without --force.
     (tmp_path / "gw" / "ttsha-upstream.conf").write_text(upstream.replace("backup", "down"))
     run(capsys, "--config", str(gw_config), "nginx", "render", "--prefix", str(tmp_path / "gw"))

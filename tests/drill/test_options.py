@@ -50,7 +50,8 @@ def test_resolve_the_traffic_from_config_and_options():
     assert (traffic.load, traffic.rate, traffic.concurrency) == (0.8, 7.0, 4)  # load wins; rate set once measured
     assert traffic.mix == Mix(0.5, 0.25, 0.0) and 100_000 <= traffic.seed < 1_000_000
     _, traffic = resolve(drill, DrillOptions(rate=3.0, seed=42, mix=Mix(1, 0, 0), duration=12.0))
-    assert (traffic.load, traffic.rate, traffic.seed, traffic.mix, traffic.duration) == (None, 3.0, 42, Mix(1, 0, 0), 12.0)
+    assert (traffic.load, traffic.rate, traffic.seed, traffic.mix, traffic.duration) == \
+        (None, 3.0, 42, Mix(1, 0, 0), 12.0)
     settings, traffic = resolve(parse({}).drill, DrillOptions(load=0.5, concurrency=16))
     assert (traffic.load, traffic.concurrency, settings.duration) == (0.5, 16, 30.0)
     _, traffic = resolve(parse({}).drill, DrillOptions())

@@ -6,8 +6,18 @@ import random
 
 import pytest
 
-from ttsha.drill.traffic import HOT_TEXTS, KINDS, Mix, capacity_text, new_seed, new_text, rate_for_load, schedule, \
-    seeded_text, tag
+from ttsha.drill.traffic import (
+    HOT_TEXTS,
+    KINDS,
+    Mix,
+    capacity_text,
+    new_seed,
+    new_text,
+    rate_for_load,
+    schedule,
+    seeded_text,
+    tag,
+)
 from ttsha.errors import UsageError
 
 

@@ -61,7 +61,8 @@ def test_synthesis_through_the_gateway(lab):
     import urllib.request
 
     layout = lab.layout()
-    req = urllib.request.Request(layout.gateway_url + "/v1/synthesize", data=json.dumps({"text": "网关测试。"}).encode(),
+    req = urllib.request.Request(layout.gateway_url + "/v1/synthesize",
+                                 data=json.dumps({"text": "网关测试。"}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.status == 200 and resp.read(4) == b"RIFF"
@@ -169,7 +170,7 @@ def test_planned_switchover_and_failback_fail_no_request(lab):
             assert {c["name"]: c["ok"] for c in outcome["checks"]} == {
                 "target healthy": True, "same model": True, "replication": True}
             n = len(traffic.results)
-            wait_for(lambda: len(traffic.results) >= n + 10, timeout=60, what="traffic after the switch")
+            wait_for(lambda n=n: len(traffic.results) >= n + 10, timeout=60, what="traffic after the switch")
             assert traffic.results[-1][2] == f"{NODE_HOSTS[target]}:{layout.node_ports[target]}"
     statuses = [status for _, status, _ in traffic.results]
     assert statuses.count(200) == len(statuses), [r for r in traffic.results if r[1] != 200]
@@ -329,7 +330,8 @@ def test_down_stops_only_what_up_started(tmp_path):
     root = tmp_path / "lab"
     assert ttsha("lab", "up", "--dir", str(root)).returncode == 0
     pids = json.loads((root / "pids.json").read_text())
-    assert set(pids) == {"primary", "standby", "nginx", "monitor", "sshd-primary", "sshd-standby", "replicate-primary", "replicate-standby"}
+    assert set(pids) == {"primary", "standby", "nginx", "monitor", "sshd-primary", "sshd-standby",
+                         "replicate-primary", "replicate-standby"}
     status = ttsha("lab", "status", "--dir", str(root))
     assert status.returncode == 0 and "ready" in status.stdout
     proc = ttsha("lab", "down", "--dir", str(root))
@@ -346,7 +348,7 @@ def test_drill_unit_exec_start_runs(lab):
     import shlex
 
     unit = Path(__file__).resolve().parents[2] / "systemd" / "ttsha-drill.service"
-    line = next(l for l in unit.read_text().splitlines() if l.startswith("ExecStart="))
+    line = next(text for text in unit.read_text().splitlines() if text.startswith("ExecStart="))
     argv = shlex.split(line.split("=", 1)[1])
     assert argv[:3] == ["/usr/bin/ttsha", "--config", "/etc/ttsha/ttsha.toml"]
     report = lab.root / "unit-report.json"

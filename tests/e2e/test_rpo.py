@@ -169,7 +169,7 @@ def test_no_acknowledged_result_is_lost_when_the_whole_primary_dies(lab):
         totals["acked"] += len(acked)
         totals["from_crashed"] += sum(1 for *_, upstream in acked if upstream == address)
         restore(lab, primary)
-        wait_for(lambda: health(layout.url(primary)) == "ready", 120, f"{primary} back")
+        wait_for(lambda primary=primary: health(layout.url(primary)) == "ready", 120, f"{primary} back")
     print(f"\n{totals['rounds']} crashes, {totals['acked']} acknowledged results "
           f"({totals['from_crashed']} from the node that crashed), none lost, {time.monotonic() - started:.0f} s")
     assert totals["from_crashed"] >= ROUNDS

@@ -37,7 +37,8 @@ def test_long_article_with_every_option(tmp_path):
         encoding="utf-8",
     )
     out = tmp_path / "article.wav"
-    proc = ttsha("synth", "--file", str(article), "--emotion", "calm", "--speed", "1.3", "--sample-rate", "16000", "-o", str(out))
+    proc = ttsha("synth", "--file", str(article), "--emotion", "calm", "--speed", "1.3", "--sample-rate", "16000",
+                 "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     info = sf.info(out)
     assert info.samplerate == 16000

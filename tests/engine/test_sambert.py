@@ -139,7 +139,8 @@ def test_resamples_to_the_reported_rate(standin, model_dir):
     assert len(audio.samples) == pytest.approx(8000, abs=2)
 
 
-@pytest.mark.parametrize("mode, message", [("raise", "kantts exploded"), ("garbage", "undecodable"), ("none", "no WAV")])
+@pytest.mark.parametrize("mode, message",
+                         [("raise", "kantts exploded"), ("garbage", "undecodable"), ("none", "no WAV")])
 def test_pipeline_failures_are_engine_errors(standin, model_dir, mode, message):
     engine = SambertEngine(model_dir)
     engine.load()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -122,7 +123,7 @@ def test_systemd_analyze_verify(unit, tmp_path):
 
 
 def _exec_start(unit: Path) -> list[str]:
-    line = next(l for l in unit.read_text().splitlines() if l.startswith("ExecStart="))
+    line = next(text for text in unit.read_text().splitlines() if text.startswith("ExecStart="))
     return shlex.split(line.split("=", 1)[1])
 
 
@@ -200,7 +201,7 @@ def test_man5_defaults_are_toml_an_admin_can_copy():
 
     section, checked = None, 0
     lines = MAN5.read_text(encoding="utf-8").splitlines()
-    for line, after in zip(lines, lines[1:]):
+    for line, after in itertools.pairwise(lines):
         if line.startswith('.SH "['):
             section = line[len('.SH "['):-2]
         elif line.startswith(".B ") and section and "Default: \\fB" in after:

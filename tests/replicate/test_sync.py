@@ -190,7 +190,8 @@ def test_trust_host_records_the_key_after_showing_it(rep_config, sshd_running, t
     known.write_text("")
     cfg = tmp_path / "ttsha.toml"
     cfg.write_text(to_toml(rep_config))
-    code = main(["--config", str(cfg), "replicate", "trust-host", "127.0.0.1", "--port", str(sshd_running.port), "--yes"])
+    code = main(["--config", str(cfg), "replicate", "trust-host", "127.0.0.1", "--port", str(sshd_running.port),
+                 "--yes"])
     err = capsys.readouterr().err
     fingerprint = paramiko.Ed25519Key.from_private_key_file(str(sshd_running.host_key)).fingerprint
     assert code == 0 and fingerprint in err

@@ -10,7 +10,6 @@ import threading
 import pytest
 
 
-
 def body_json(data: bytes) -> dict:
     return json.loads(data.decode())
 

@@ -10,8 +10,7 @@ import os
 import pytest
 
 from ttsha.cli import main
-from ttsha.config import to_toml
-from ttsha.config import Config, MonitorConfig, NodeConfig, ReplicateConfig, ServeConfig
+from ttsha.config import Config, MonitorConfig, NodeConfig, ReplicateConfig, ServeConfig, to_toml
 from ttsha.errors import ConfigError
 from ttsha.protocol import CLAIM_HEADER, ROLE_HEADER, RoleVerifier, load_secret, sign_claim
 from ttsha.replicate.daemon import Replicator

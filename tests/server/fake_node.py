@@ -33,4 +33,5 @@ def main(host: str, port: int, store: Path, secret: Path | None = None, name: st
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), *([Path(sys.argv[4]), sys.argv[5]] if len(sys.argv) > 5 else []))
+    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]),
+         *([Path(sys.argv[4]), sys.argv[5]] if len(sys.argv) > 5 else []))

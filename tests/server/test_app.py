@@ -205,7 +205,8 @@ def test_identical_requests_are_coalesced(make_node, fake_engine):
     fake_engine.gate.clear()
     before = fake_engine.calls
     statuses = []
-    threads = [threading.Thread(target=lambda: statuses.append(node.client.synth(text="同一句话")[0].status)) for _ in range(5)]
+    threads = [threading.Thread(target=lambda: statuses.append(node.client.synth(text="同一句话")[0].status))
+               for _ in range(5)]
     for t in threads:
         t.start()
     time.sleep(0.3)
@@ -226,7 +227,8 @@ def test_health_before_and_after_warm_up(make_node, fake_engine):
     resp, data = node.client.request("GET", "/health")
     health = body_json(data)
     assert resp.status == 200 and health["status"] == "ready"
-    for key in ("engine", "model_version", "voices", "pid", "queue_depth", "workers_busy", "last_synth_ok_at", "canary"):
+    for key in ("engine", "model_version", "voices", "pid", "queue_depth", "workers_busy", "last_synth_ok_at",
+                "canary"):
         assert key in health
     assert health["pid"] == os.getpid()  # the in-process server
     assert health["canary"]["ok"] is True
@@ -396,7 +398,8 @@ def test_stream_that_fails_midway_ends_without_the_last_chunk(make_node, fake_en
     assert b" 200 " in head.split(b"\r\n")[0] and b"chunked" in head.lower()
     assert b"RIFF" in body  # the header and the first sentence went out
     assert not body.endswith(b"0\r\n\r\n"), "a failed stream must not look complete"
-    rid = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n") if line.lower().startswith(b"x-audio-id"))
+    rid = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"x-audio-id"))
     assert node.service.store.get(rid) is None
     assert not list(node.service.store.root.rglob(f"{rid}*"))
     # The same text streamed when the engine works ends with the terminating chunk.

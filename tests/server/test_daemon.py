@@ -109,7 +109,8 @@ def test_sigterm_drains_a_request_in_flight(tmp_path):
 
         def long_request():
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"})
+            conn.request("POST", "/v1/synthesize", body=json.dumps({"text": text}).encode(),
+                         headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             result["status"], result["body"] = resp.status, resp.read()
 

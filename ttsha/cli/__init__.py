@@ -64,8 +64,18 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from . import (config_cmd, doctor_cmd, failover_cmd, gateway_cmd, init_cmd, keepalived_cmd, lab_cmd,
-                   replicate_cmd, serve_cmd, synth)
+    from . import (
+        config_cmd,
+        doctor_cmd,
+        failover_cmd,
+        gateway_cmd,
+        init_cmd,
+        keepalived_cmd,
+        lab_cmd,
+        replicate_cmd,
+        serve_cmd,
+        synth,
+    )
 
     cli.add_command(synth.synth)
     cli.add_command(synth.voices)

@@ -22,8 +22,9 @@ def doctor(ctx: Context) -> None:
     Example:
       ttsha --config /etc/ttsha/ttsha.toml doctor
     """
-    from .output import literal, table_console
     from rich.table import Table
+
+    from .output import literal, table_console
 
     results = checks.run(ctx.config)
     table = Table(title="ttsha doctor")

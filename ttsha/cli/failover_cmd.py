@@ -39,7 +39,8 @@ _DRILL_OPTIONS = [
                  help="Drill fault (default: [drill] fault): kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the "
                  "serve process; isolate = drop packets to its port; crash = SIGKILL of serve, replicator and sshd "
                  "at once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle."),
-    click.option("--duration", callback=_duration, help="Drill: traffic duration, e.g. 60s (default: [drill] duration)."),
+    click.option("--duration", callback=_duration,
+                 help="Drill: traffic duration, e.g. 60s (default: [drill] duration)."),
     click.option("--rate", type=float, help="Drill: requests per second (default: [drill] rate)."),
     click.option("--load", type=float, help="Drill: measure the node's capacity first, then send this fraction of it "
                  "(e.g. 0.8; default: [drill] load)."),
@@ -101,6 +102,7 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
     from .. import failover as fo
 
     config = ctx.config
+    assert target is not None  # without --drill, --to was required above
     plan = fo.plan(config, target, force=force, wait=wait_s)
     if dry_run:
         for line in plan.describe(config):
@@ -156,8 +158,9 @@ def run_drill(config: Config, options, as_json: bool, report_file: Path | None, 
 
 def print_report(report) -> None:
     """The drill report as rich tables."""
-    from .output import literal, table_console
     from rich.table import Table
+
+    from .output import literal, table_console
 
     console = table_console()
     t = report.traffic

@@ -118,9 +118,10 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
-    from .output import literal, table_console
     from rich.markup import escape
     from rich.table import Table
+
+    from .output import literal, table_console
 
     now = time.time()
     age = now - data.get("updated_at", 0)
@@ -139,7 +140,8 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
             replication = (f"queue {rep.get('queue_depth')}, lag p99 "
                            + ("-" if lag is None else f"{1000 * lag:.0f} ms")
                            + ("" if rep.get("connected") else ", disconnected"))
-            acks = rep.get("ack") if isinstance(rep.get("ack"), dict) else {}
+            ack = rep.get("ack")
+            acks = ack if isinstance(ack, dict) else {}
             if acks.get("state") == "degraded":
                 why = escape(str(acks.get("reason") or "acknowledgements not waited for"))
                 replication += f", [bold red]degraded[/] ({why})"

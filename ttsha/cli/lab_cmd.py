@@ -76,7 +76,8 @@ def down(root: Path) -> None:
 @_dir
 @drill_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report here.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON report here.")
 @click.option("--dry-run", is_flag=True, help="Explain what would be done; change nothing.")
 def drill(root: Path, fault: str | None, duration: float | None, rate: float | None, load: float | None,
           concurrency: int | None, seed: int | None, mix, as_json: bool, report_file: Path | None,
@@ -125,8 +126,9 @@ def power_on(root: Path, name: str) -> None:
 
 
 def _print_status(lab_) -> None:
-    from .output import literal, table_console
     from rich.table import Table
+
+    from .output import literal, table_console
 
     table = Table(title=literal(f"ttsha lab in {lab_.root}"))
     for column in ("process", "pid", "running", "endpoint", "health", "log"):

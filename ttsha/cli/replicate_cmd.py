@@ -16,7 +16,8 @@ from . import Context, pass_ctx
 @click.option("--dry-run", is_flag=True, help="With --once: list what would change (rsync -i style), change nothing.")
 @click.option("--force", is_flag=True,
               help="With --once models: send (and delete on the peer) even when this node is not the primary.")
-@click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), help="Audio store (default: [store] path).")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Audio store (default: [store] path).")
 @click.pass_context
 def replicate(click_ctx: click.Context, once: str | None, dry_run: bool, force: bool, store_dir: Path | None) -> None:
     """Replicate the model cache (every [replicate] interval) and the audio

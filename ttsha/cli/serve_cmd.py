@@ -14,7 +14,8 @@ from . import Context, pass_ctx
 @click.command()
 @click.option("--host", help="Address to listen on (default: [serve] host).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default: [serve] port).")
-@click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), help="Audio store directory (default: [store] path).")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Audio store directory (default: [store] path).")
 @pass_ctx
 def serve(ctx: Context, host: str | None, port: int | None, store_dir: Path | None) -> None:
     """Serve synthesis over HTTP on this node (API, health, metrics, web page).
@@ -44,7 +45,8 @@ def serve(ctx: Context, host: str | None, port: int | None, store_dir: Path | No
 
 @click.command()
 @click.option("--older-than", "older_than", metavar="DURATION", help="Age limit, e.g. 7d (default: [store] retention).")
-@click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), help="Audio store directory (default: [store] path).")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Audio store directory (default: [store] path).")
 @click.option("--yes", is_flag=True, help="Delete; without it, only show what would go.")
 @pass_ctx
 def gc(ctx: Context, older_than: str | None, store_dir: Path | None, yes: bool) -> None:
@@ -65,6 +67,7 @@ def gc(ctx: Context, older_than: str | None, store_dir: Path | None, yes: bool) 
     entries = store.gc(limit, dry_run=not yes)
     total = sum(e.bytes for e in entries)
     for entry in entries:
-        click.echo(f"{'removed' if yes else 'would remove'} {entry.id} ({entry.bytes} bytes, {entry.age_s / 86400:.1f} days old)")
+        click.echo(f"{'removed' if yes else 'would remove'} {entry.id} "
+                   f"({entry.bytes} bytes, {entry.age_s / 86400:.1f} days old)")
     verb = "removed" if yes else "would remove (dry run; --yes deletes)"
     click.echo(f"{verb}: {len(entries)} results, {total / 2**20:.1f} MiB", err=True)

@@ -62,7 +62,8 @@ def _write_wav(path: str, samples, rate: int) -> None:
 @click.command()
 @click.argument("text", required=False)
 @click.option("-o", "--output", metavar="FILE", help="WAV file to write; '-' for standard output.")
-@click.option("-f", "--file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Read the text from FILE.")
+@click.option("-f", "--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Read the text from FILE.")
 @click.option("--voice", help="Voice (see 'ttsha voices'); default: the engine's.")
 @click.option("--emotion", help="Emotion (embedded: prosody preset); default: neutral.")
 @click.option("--speed", type=float, help="Speaking rate, 1.0 normal, 0.5-2.0.")
@@ -137,8 +138,9 @@ def voices(ctx: Context, engine_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(info), ensure_ascii=False, indent=2))
         return
-    from .output import literal, table_console
     from rich.table import Table
+
+    from .output import literal, table_console
 
     table = Table(title=literal(f"engine {info.engine} ({info.model_id}, version {info.model_version}, "
                                 f"{info.sample_rate} Hz)"))

@@ -28,10 +28,10 @@ from ..config import Config, DrillConfig, Duration
 from ..errors import Refused, TTSHAError, UsageError
 from ..faults import FAULTS, Fault
 from . import stats
-from .timeline import timeline as failover_timeline
 from .client import Capacity, Gateway, Traffic, measure_capacity
 from .judge import Objectives, Outcome, judge
 from .stats import Sample
+from .timeline import timeline as failover_timeline
 from .traffic import HOT_TEXTS, Mix, new_seed, rate_for_load, schedule, seeded_text
 
 log = logging.getLogger(__name__)

@@ -131,7 +131,8 @@ class Engine(abc.ABC):
             raise InputError(f"speed must be a number, got {speed!r}", code="bad_speed") from None
         low, high = self.speed_range
         if not (low <= speed <= high):
-            raise InputError(f"speed {speed} is out of range [{low}, {high}] for engine {info.engine}", code="bad_speed")
+            raise InputError(f"speed {speed} is out of range [{low}, {high}] for engine {info.engine}",
+                             code="bad_speed")
         return voice, emotion, speed
 
     def pieces(self, text: str) -> list[Piece]:

@@ -125,7 +125,7 @@ class EmbeddedEngine(Engine):
             default_voice=VOICE,
         )
 
-    def mel(self, ids: list[int], prosody: Prosody) -> "np.ndarray":
+    def mel(self, ids: list[int], prosody: Prosody) -> np.ndarray:
         """Log-mel frames ``[frames, 80]`` for symbol ids (exposed for tests and benches)."""
         import torch
 

@@ -15,6 +15,7 @@ Inference only, one utterance at a time: no padding, so no masks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +24,16 @@ from torch.nn import functional as F
 
 from ..errors import EngineError
 from .tflite_reader import TFLiteModel, conv1d_weight
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _typed(modules: nn.ModuleList, kind: type[_M]) -> list[_M]:
+    """The layers of ``modules`` as ``kind`` (torch types a ModuleList's items as any Module)."""
+    layers = [module for module in modules if isinstance(module, kind)]
+    if len(layers) != len(modules):
+        raise TypeError(f"expected only {kind.__name__} layers")
+    return layers
 
 
 class UtteranceTooLong(EngineError):
@@ -83,6 +94,7 @@ def _load_conv(layer: _Conv1d, model: TFLiteModel, prefix: str) -> None:
     weight, *conv_bias = model.const_inputs(op)
     layer.int8_weights = model.is_int8(op.inputs[1])
     layer.weight.data = conv1d_weight(weight)
+    assert layer.bias is not None  # every _Conv1d here is built with a bias
     bias = model.bias_after(op)
     total = np.zeros(weight.shape[0], np.float32)
     for part in (*conv_bias, bias):
@@ -170,12 +182,13 @@ class _VariancePredictor(nn.Module):
         self.proj = _Linear(cfg.hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv, norm in zip(self.convs, self.norms):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
             x = norm(F.relu(conv(x.transpose(1, 2)).transpose(1, 2)))
         return self.proj(x).squeeze(-1)
 
     def load(self, model: TFLiteModel, prefix: str) -> None:
-        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+        pairs = zip(_typed(self.convs, _Conv1d), _typed(self.norms, _LayerNorm), strict=True)
+        for i, (conv, norm) in enumerate(pairs):
             _load_conv(conv, model, _only(model, "CONV_2D", prefix, f"conv_._{i}/"))
             norm.load(model, _only(model, "MUL", prefix, f"LayerNorm_._{i}/batchnorm/mul", cut="batchnorm"))
         dense = _only(model, "FULLY_CONNECTED", prefix, "dense_", cut="Tensordot")
@@ -197,6 +210,8 @@ def _only(model: TFLiteModel, kind: str, prefix: str, marker: str, cut: str = "c
 
 class FastSpeech2(nn.Module):
     """Phone ids -> (mel before postnet, mel after postnet, durations)."""
+
+    positions: torch.Tensor  # a buffer (register_buffer), typed for the checker as torch advises
 
     def __init__(self, cfg: FastSpeech2Config) -> None:
         super().__init__()
@@ -277,7 +292,7 @@ class FastSpeech2(nn.Module):
         return mel_before, mel_after, durations
 
     @classmethod
-    def from_tflite(cls, model: TFLiteModel) -> "FastSpeech2":
+    def from_tflite(cls, model: TFLiteModel) -> FastSpeech2:
         """Build the network with the shapes and weights found in ``model``."""
         table = model.const_inputs(model.find_one("GATHER", "embeddings/Gather"))[0]
         positions = model.const_inputs(model.find_one("DEQUANTIZE", "embeddings/position_embeddings"))[0]
@@ -313,9 +328,9 @@ class FastSpeech2(nn.Module):
         net = cls(cfg)
         net.embeddings.weight.data = torch.from_numpy(table)
         net.positions.copy_(torch.from_numpy(positions))
-        for i, layer in enumerate(net.encoder):
+        for i, layer in enumerate(_typed(net.encoder, _TransformerLayer)):
             layer.load(model, f"encoder/layer_._{i}")
-        for i, layer in enumerate(net.decoder):
+        for i, layer in enumerate(_typed(net.decoder, _TransformerLayer)):
             layer.load(model, f"decoder/layer_._{i}")
         net.duration.load(model, "duration_predictor")
         net.f0.load(model, "f0_predictor")
@@ -323,8 +338,9 @@ class FastSpeech2(nn.Module):
         _load_conv(net.f0_embedding, model, "f0_embeddings")
         _load_conv(net.energy_embedding, model, "energy_embeddings")
         _load_linear(net.mel, model, "mel_before")
-        for i, conv in enumerate(net.postnet):
+        for i, conv in enumerate(_typed(net.postnet, _Conv1d)):
             _load_conv(conv, model, f"postnet/conv_._{i}")
+            assert conv.bias is not None  # built with a bias
             norm = f"postnet/batch_norm_._{i}/batchnorm"
             scale = model.const_inputs(model.find_one("MUL", f"{norm}/mul_1", exact=True))[0]
             shift = model.const_inputs(model.find_one("ADD", f"{norm}/add_1", exact=True))[0]

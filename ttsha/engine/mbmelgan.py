@@ -18,7 +18,6 @@ from torch.nn import functional as F
 from ..errors import EngineError
 from .tflite_reader import Op, TFLiteModel, conv1d_weight
 
-
 #: Mel frames of context on each side of a part (see :meth:`MBMelGAN.in_parts`):
 #: more than the generator's receptive field plus the PQMF filter's length.
 CONTEXT_FRAMES = 24
@@ -157,13 +156,13 @@ class MBMelGAN(nn.Module):
         bands = torch.tanh(self.last(F.leaky_relu(x, self.alpha)))
         if self.emulate_int8 and self.subband_scale:
             bands = torch.clamp(torch.round(bands / self.subband_scale), -128, 127) * self.subband_scale
-        up = F.conv_transpose1d(bands, self.synthesis_up, stride=self.subbands)
+        full = F.conv_transpose1d(bands, self.synthesis_up, stride=self.subbands)
         taps = self.synthesis_filter.shape[-1]
-        up = F.pad(up, ((taps - 1) // 2, taps // 2))
-        return F.conv1d(up, self.synthesis_filter)[0, 0]
+        full = F.pad(full, ((taps - 1) // 2, taps // 2))
+        return F.conv1d(full, self.synthesis_filter)[0, 0]
 
     @classmethod
-    def from_tflite(cls, model: TFLiteModel) -> "MBMelGAN":
+    def from_tflite(cls, model: TFLiteModel) -> MBMelGAN:
         """Rebuild the generator and PQMF from the operators of ``model``."""
         convs = [op for op in model.ops if op.kind == "CONV_2D"]
         tconvs = [op for op in model.ops if op.kind == "TRANSPOSE_CONV"]

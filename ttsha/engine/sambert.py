@@ -61,7 +61,8 @@ def frontend_problem() -> str | None:
         except Exception as exc:  # a broken wheel fails on import in many ways
             return f"{name} does not import ({exc}); {_WHEELS_HINT}"
         if not hasattr(module, member) and not _has_submodule(name, member):
-            return f"the installed {name} has no {member!r}: it is a placeholder package, not ModelScope's; {_WHEELS_HINT}"
+            return (f"the installed {name} has no {member!r}: it is a placeholder package, not ModelScope's; "
+                    f"{_WHEELS_HINT}")
     return None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -36,6 +37,13 @@ def conv1d_weight(w: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(w[:, 0].transpose(0, 2, 1)))
 
 
+class _Table(Protocol):
+    """A flatbuffers table (an operator's options): where it starts in which buffer."""
+
+    Bytes: bytearray
+    Pos: int
+
+
 @dataclass(frozen=True)
 class Op:
     """One operator of the graph, with tensor indices for inputs and outputs."""
@@ -44,7 +52,7 @@ class Op:
     kind: str
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
-    options: object | None
+    options: _Table | None
 
 
 class TFLiteModel:
@@ -109,7 +117,7 @@ class TFLiteModel:
         if dtype is None:
             raise EngineError(f"{self.path}: unsupported tensor type {t.Type()} for {self.name(tensor)}")
         shape = [int(s) for s in t.ShapeAsNumpy()] if t.ShapeLength() else []
-        data = np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=dtype).reshape(shape)
+        data: np.ndarray = np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=dtype).reshape(shape)
         quant = t.Quantization()
         if dtype is np.int8 and quant is not None and quant.ScaleLength():
             scale = quant.ScaleAsNumpy().astype(np.float32)
@@ -191,12 +199,19 @@ class TFLiteModel:
         opts.Init(op.options.Bytes, op.options.Pos)
         return int(opts.FusedActivationFunction())
 
+    def _options(self, op: Op) -> _Table:
+        if op.options is None:
+            raise EngineError(f"{self.path}: {op.kind} operator {op.index} has no options")
+        return op.options
+
     def transpose_conv_stride(self, op: Op) -> tuple[int, int]:
         opts = self._tflite.TransposeConvOptions()
-        opts.Init(op.options.Bytes, op.options.Pos)
+        options = self._options(op)
+        opts.Init(options.Bytes, options.Pos)
         return int(opts.StrideH()), int(opts.StrideW())
 
     def leaky_relu_alpha(self, op: Op) -> float:
         opts = self._tflite.LeakyReluOptions()
-        opts.Init(op.options.Bytes, op.options.Pos)
+        options = self._options(op)
+        opts.Init(options.Bytes, options.Pos)
         return float(opts.Alpha())

@@ -37,7 +37,7 @@ from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
-from ..protocol import DOWN, ROLE_HEADER, default_gateway_id, load_secret, sign_claim
+from ..protocol import DOWN, default_gateway_id, load_secret, sign_claim
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
@@ -76,6 +76,8 @@ def probe(url: str, connect_timeout: float, read_timeout: float,
     node that takes that long is stalling (a gray failure) even while it answers."""
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    if not parts.hostname:  # the config check refuses it at load
+        return False, None, f"invalid url {url!r}: no host"
     try:
         conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
     except ValueError as exc:  # a port out of range (the config check refuses it at load)
@@ -123,7 +125,7 @@ def fence_commands(command: list[str], address: str) -> list[list[str]]:
     try:
         ips = {str(ipaddress.ip_address(host))}
     except ValueError:
-        ips = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        ips = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     argvs = []
     for ip in sorted(ips):
         shown = f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
@@ -151,7 +153,8 @@ class Monitor:
         self.config = config
         mc = config.monitor
         self.nginx = UpstreamController(config.nginx, config.nodes)
-        self.decider = Decider(config.nodes, mc.mode, mc.fall, mc.rise, mc.failback, primary=self.nginx.current_primary())
+        self.decider = Decider(config.nodes, mc.mode, mc.fall, mc.rise, mc.failback,
+                               primary=self.nginx.current_primary())
         self.alerter = alerter or Alerter(config.alert)
         # Probe results and control commands: only the main loop touches the Decider.
         self.inbox: queue.Queue[Probe | Command] = queue.Queue()
@@ -204,7 +207,7 @@ class Monitor:
             self._record(event)
         roles = self.decider.roles()
         applied = roles is not None and roles != self._applied_roles
-        if applied:
+        if roles is not None and applied:
             self._apply(roles, result.at)
         if events or applied or time.monotonic() - self._last_state_write > 2.0:
             self.write_state()
@@ -214,11 +217,13 @@ class Monitor:
         entry = asdict(event)
         self.events.append(entry)
         del self.events[:-MAX_EVENTS]
-        severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical", "model_mismatch": "warning",
-                    "fence_failed": "warning"}
-        log.log(logging.INFO if event.kind in ("node_up", "probe_failed") else logging.WARNING, "event=%s node=%s %s", event.kind, event.node, event.detail)
+        severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical",
+                    "model_mismatch": "warning", "fence_failed": "warning"}
+        level = logging.INFO if event.kind in ("node_up", "probe_failed") else logging.WARNING
+        log.log(level, "event=%s node=%s %s", event.kind, event.node, event.detail)
         if event.kind in severity:
-            self.alerter.send(Alert(event.kind, f"{event.kind} {event.node}: {event.detail}", severity[event.kind], event.at))
+            self.alerter.send(Alert(event.kind, f"{event.kind} {event.node}: {event.detail}", severity[event.kind],
+                                    event.at))
 
     # -- control socket ----------------------------------------------------
     def control(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
@@ -246,7 +251,9 @@ class Monitor:
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         self._record(event)
-        if not self._apply(self.decider.roles(), now):
+        roles = self.decider.roles()
+        assert roles is not None  # set_primary accepted an up node, so there is a primary to route to
+        if not self._apply(roles, now):
             self.decider.undo_switchover(old)
             self.write_state()
             return {"ok": False, "error": f"nginx refused the change: {self.nginx_status.get('error')}"}

@@ -150,7 +150,8 @@ class Decider:
                 self.primary = chosen.name
                 self._pinned = None
                 events.append(
-                    Event("switchover", chosen.name, now, f"{old or 'none'} -> {chosen.name}", {"from": old, "to": chosen.name})
+                    Event("switchover", chosen.name, now, f"{old or 'none'} -> {chosen.name}",
+                          {"from": old, "to": chosen.name})
                 )
         events += self._check_models(now)
         return events

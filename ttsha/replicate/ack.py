@@ -152,6 +152,7 @@ class AckGate:
             event.wait(self.timeout + 1.0)  # the owner's wait is bounded by the same timeout
             return outcome[0] if outcome else "failed"
         event, outcome = self._inflight[key]
+        assert self.client is not None  # only mode "local" (never enabled) comes without a client
         try:
             self.client.ack(paths, self.timeout)
             result = "confirmed"
@@ -171,6 +172,7 @@ class AckGate:
         """Ask the replicator how it is doing; degrade early, recover when caught up."""
         if not self.enabled:
             return
+        assert self.client is not None  # only mode "local" (never enabled) comes without a client
         try:
             status = self.client.status(timeout=2.0)
         except AckUnavailable as exc:

@@ -103,7 +103,7 @@ def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, int |
 
 
 class _Handler(pyinotify.ProcessEvent):
-    def my_init(self, replicator: "Replicator") -> None:  # pyinotify's constructor hook
+    def my_init(self, replicator: Replicator) -> None:  # pyinotify's constructor hook
         self.replicator = replicator
 
     def process_IN_CLOSE_WRITE(self, event) -> None:
@@ -193,7 +193,19 @@ class Replicator:
 
     def drain(self, peer: Peer) -> int:
         """Send what is queued, in order; returns files sent."""
-        sent = 0
+        sent = [0]  # files sent, counted by the channels' threads
+        lock = threading.Lock()
+
+        def send_group(channel: Peer, items: list) -> None:
+            for item in items:
+                nbytes = self._send_one(channel, item)
+                if nbytes is not None:
+                    with lock:
+                        sent[0] += 1
+                        self.lags.append(time.time() - item.closed_at)
+                        self.stats["files_sent"] += 1
+                        self.stats["bytes_sent"] += nbytes
+
         while not self._stop.is_set():
             if self._scan.is_set():
                 self._scan.clear()
@@ -209,23 +221,11 @@ class Replicator:
                 batch = [item for item in batch if item.closed_at + hold <= now]
                 self._due_in = min(young, default=None)
             if not batch:
-                return sent
-            counter = [0]
-            lock = threading.Lock()
-
-            def send_group(channel: Peer, items: list) -> None:
-                for item in items:
-                    nbytes = self._send_one(channel, item)
-                    if nbytes is not None:
-                        with lock:
-                            counter[0] += 1
-                            self.lags.append(time.time() - item.closed_at)
-                            self.stats["files_sent"] += 1
-                            self.stats["bytes_sent"] += nbytes
-
+                return sent[0]
             # Sidecars first, then the rest: whoever sees an audio file on the
             # standby can also read the request that made it.
-            for phase in ([i for i in batch if i.rel.endswith(".json")], [i for i in batch if not i.rel.endswith(".json")]):
+            sidecars = [i for i in batch if i.rel.endswith(".json")]
+            for phase in (sidecars, [i for i in batch if not i.rel.endswith(".json")]):
                 groups = [[item] for item in phase]
                 if self.config.replicate.concurrency > 1 and len(groups) > 1:
                     run_groups(peer, groups, send_group, self.config.replicate.concurrency)
@@ -233,8 +233,7 @@ class Replicator:
                     for items in groups:
                         send_group(peer, items)
             del self.lags[:-LAG_SAMPLES]
-            sent += counter[0]
-        return sent
+        return sent[0]
 
     def _send_one(self, peer: Peer, item) -> int | None:
         """Send one queued file; None when there was nothing to send."""

@@ -220,7 +220,10 @@ class AckSender:
                 try:
                     for _ in range(LANES):
                         lanes.append(peer.channel())
-                        lanes[-1].sftp.get_channel().settimeout(IO_TIMEOUT_S)
+                        channel = lanes[-1].sftp.get_channel()
+                        if channel is None:  # an SFTPClient made from a transport always has one
+                            raise ConnectionError("no SFTP channel to the peer")
+                        channel.settimeout(IO_TIMEOUT_S)
                 except BaseException:
                     for lane in lanes:
                         lane.close()

@@ -162,7 +162,8 @@ def sync(
     if not dry_run:
         for rel in peer.stale_temps(walked):
             peer.remove(rel)
-    remote = {rel: e for rel, e in walked.items() if selected(rel, include, exclude) and not rel.split("/")[-1].startswith(".")}
+    remote = {rel: e for rel, e in walked.items()
+              if selected(rel, include, exclude) and not rel.split("/")[-1].startswith(".")}
     result = SyncResult(changes=plan(local, remote, delete=delete, checksum=checksum, peer=peer))
     if dry_run:
         result.seconds = time.monotonic() - started

@@ -15,6 +15,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Protocol, cast
 
 import paramiko
 from paramiko.sftp import (
@@ -50,6 +51,37 @@ CHUNK = 256 * 1024
 SMALL_FILE = 4 * 1024 * 1024
 #: The largest SFTP write paramiko itself sends.
 WRITE_SIZE = 32768
+
+
+class _Requests(Protocol):
+    """The private request helpers of paramiko's SFTPClient (see :data:`FSYNC`); its stubs leave them out."""
+
+    def _request(self, t: int, *args: object) -> tuple[int, paramiko.Message]: ...
+
+    def _async_request(self, fileobj: object, t: int, *args: object) -> int: ...
+
+    # With ``waitfor`` given, paramiko returns only that request's reply (never (None, None)).
+    def _read_response(self, waitfor: int) -> tuple[int, paramiko.Message]: ...
+
+
+def _requests(sftp: paramiko.SFTPClient) -> _Requests:
+    """``sftp`` seen through its private request helpers."""
+    # cast: the helpers exist on every SFTPClient of the pinned major versions
+    # (setup.cfg), but types-paramiko only describes the public API.
+    return cast(_Requests, sftp)
+
+
+def _mode(attr: SFTPAttributes, path: str) -> int:
+    """The mode of a remote file; OpenSSH always sends it, a server that omits it is refused."""
+    if attr.st_mode is None:
+        raise TTSHAError(f"the peer's SFTP server sent no mode for {path}")
+    return attr.st_mode
+
+
+def _entry(attr: SFTPAttributes, path: str) -> RemoteEntry:
+    if attr.st_size is None or attr.st_mtime is None:
+        raise TTSHAError(f"the peer's SFTP server sent no size or mtime for {path}")
+    return RemoteEntry(attr.st_size, int(attr.st_mtime), stat.S_IMODE(_mode(attr, path)))
 
 
 class UnsafePath(TTSHAError):
@@ -89,24 +121,28 @@ class Peer:
         self._fresh_dirs: set[str] = set()  # created here, their names not yet synced in their parents
 
     # -- connection ------------------------------------------------------
-    def connect(self) -> "Peer":
+    def connect(self) -> Peer:
         client = ssh.connect(self.host, self.port, self.user, self.key_file, self.known_hosts, self.timeout)
         transport = client.get_transport()
+        if transport is None:  # a connected client always has one
+            client.close()
+            raise PeerUnreachable(f"no SSH transport to {self.host}:{self.port}")
         transport.default_window_size = WINDOW
         self._client = client
         self._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=32768)
         return self
 
-    def channel(self) -> "Peer":
+    def channel(self) -> Peer:
         """Another SFTP channel over the same SSH connection (for concurrent transfers)."""
         twin = Peer(self.host, self.port, self.user, self.key_file, self.known_hosts, self.root,
                     self.bwlimit // 1024, self.timeout)
         twin._client = self._client
         twin._dirs = self._dirs  # directories known to exist, shared by the channels
         twin._fresh_dirs = self._fresh_dirs
-        twin._sftp = paramiko.SFTPClient.from_transport(
-            self._client.get_transport(), window_size=WINDOW, max_packet_size=32768
-        )
+        transport = self._client.get_transport() if self._client is not None else None
+        if transport is None:
+            raise PeerUnreachable(f"not connected to {self.host}:{self.port}")
+        twin._sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=32768)
         twin._owner = False
         return twin
 
@@ -120,7 +156,8 @@ class Peer:
 
     @property
     def alive(self) -> bool:
-        return bool(self._client and self._client.get_transport() and self._client.get_transport().is_active())
+        transport = self._client.get_transport() if self._client is not None else None
+        return bool(transport and transport.is_active())
 
     def close(self) -> None:
         if self._sftp is not None and not self._owner:
@@ -148,7 +185,7 @@ class Peer:
                 self._fresh_dirs.add(path)
             except OSError:
                 # lstat: a symlink on the peer is not followed out of the root.
-                if not stat.S_ISDIR(self.sftp.lstat(path).st_mode):
+                if not stat.S_ISDIR(_mode(self.sftp.lstat(path), path)):
                     raise UnsafePath(f"{path} exists on the peer and is not a directory") from None
             self._dirs.add(path)
 
@@ -175,11 +212,12 @@ class Peer:
             rel_dir = pending.pop()
             for attr in self.sftp.listdir_attr(posixpath.join(self.root, rel_dir) if rel_dir else self.root):
                 rel = posixpath.join(rel_dir, attr.filename) if rel_dir else attr.filename
-                if stat.S_ISDIR(attr.st_mode):
+                mode = _mode(attr, rel)
+                if stat.S_ISDIR(mode):
                     pending.append(rel)
                     self._dirs.add(posixpath.join(self.root, rel))
-                elif stat.S_ISREG(attr.st_mode):
-                    found[rel] = RemoteEntry(attr.st_size, int(attr.st_mtime), stat.S_IMODE(attr.st_mode))
+                elif stat.S_ISREG(mode):
+                    found[rel] = _entry(attr, rel)
         return found
 
     def stat(self, rel: str) -> RemoteEntry | None:
@@ -187,7 +225,7 @@ class Peer:
             attr = self.sftp.stat(self.remote(rel))
         except FileNotFoundError:
             return None
-        return RemoteEntry(attr.st_size, int(attr.st_mtime), stat.S_IMODE(attr.st_mode))
+        return _entry(attr, rel)
 
     def put(self, root: Path, rel: str) -> int:
         """Copy ``root/rel`` to ``rel`` atomically: dot-temp name, mode and mtime set, then rename.
@@ -247,7 +285,7 @@ class Peer:
         what its own SFTPFile uses; tests/replicate checks the result with rsync.)
         """
         data = src.read()
-        sftp = self.sftp
+        sftp = _requests(self.sftp)
         attrs = SFTPAttributes()
         try:
             kind, msg = sftp._request(CMD_OPEN, temp, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, attrs)
@@ -264,10 +302,10 @@ class Peer:
             pending.append(sftp._async_request(type(None), CMD_CLOSE, handle))
             for num in pending:
                 sftp._read_response(num)  # raises on an error status
-            sftp.posix_rename(temp, target)
+            self.sftp.posix_rename(temp, target)
         except BaseException:
             try:
-                sftp.remove(temp)
+                self.sftp.remove(temp)
             except OSError:
                 pass
             raise
@@ -300,7 +338,8 @@ class Peer:
                 directory = posixpath.dirname(directory)
                 directories.append(directory)
         directories = list(dict.fromkeys(directories))
-        work = []  # (lane, temp or None when present, target, data, st)
+        # (lane, temp or None when present, target, data, st or None when present)
+        work: list[tuple[Peer, str | None, str, bytes, os.stat_result | None]] = []
         from .local import open_inside
 
         for i, (root, rel) in enumerate(files):
@@ -315,28 +354,29 @@ class Peer:
                     data = source.read()
                 work.append((lane, posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp"), target,
                              data, st))
-        renames = [(temp, target) for _, temp, target, _, _ in work if temp is not None]
+        renames = [(w[1], w[2]) for w in work if w[1] is not None]
         # 1. Open every temp file (on its lane), every file already there and
         # every directory (read-only: sftp-server opens it with open(2), and an
         # fsync of that descriptor is how a directory is synced).
-        opens = [(lane, lane.sftp._async_request(
+        opens = [(lane, _requests(lane.sftp)._async_request(
                     type(None), CMD_OPEN, temp or target,
                     SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if temp else SFTP_FLAG_READ, SFTPAttributes()))
                  for lane, temp, target, _, _ in work]
-        dir_opens = [self.sftp._async_request(type(None), CMD_OPEN, d, SFTP_FLAG_READ, SFTPAttributes())
+        dir_opens = [_requests(self.sftp)._async_request(type(None), CMD_OPEN, d, SFTP_FLAG_READ, SFTPAttributes())
                      for d in directories]
         dir_handles: list[bytes] = []
         try:
-            handles = [_handle(lane.sftp, num, w[1] or w[2]) for (lane, num), w in zip(opens, work)]
-            dir_handles = [_handle(self.sftp, num, d) for d, num in zip(directories, dir_opens)]
+            handles = [_handle(lane.sftp, num, w[1] or w[2]) for (lane, num), w in zip(opens, work, strict=True)]
+            dir_handles = [_handle(self.sftp, num, d) for d, num in zip(directories, dir_opens, strict=True)]
             # 2. Write, set mode and times, fsync, close: one burst per lane.
-            pending = []
-            for (lane, temp, _, data, st), handle in zip(work, handles):
-                sftp = lane.sftp
+            pending: list[tuple[_Requests, int]] = []
+            for (lane, temp, _, data, temp_st), handle in zip(work, handles, strict=True):
+                sftp = _requests(lane.sftp)
                 if temp is not None:
+                    assert temp_st is not None  # read with the file above, as every temp file's is
                     attrs = SFTPAttributes()
-                    attrs.st_mode = stat.S_IMODE(st.st_mode)
-                    attrs.st_atime, attrs.st_mtime = int(st.st_atime), int(st.st_mtime)
+                    attrs.st_mode = stat.S_IMODE(temp_st.st_mode)
+                    attrs.st_atime, attrs.st_mtime = int(temp_st.st_atime), int(temp_st.st_mtime)
                     pending += [(sftp, sftp._async_request(type(None), CMD_WRITE, handle, int64(offset),
                                                            data[offset:offset + WRITE_SIZE]))
                                 for offset in range(0, len(data), WRITE_SIZE)]
@@ -347,7 +387,7 @@ class Peer:
                 _read_all(pending)
                 pending = []
             # 3. Every file is on the peer's disk: rename in order, then sync the directories.
-            sftp = self.sftp
+            sftp = _requests(self.sftp)
             pending += [(sftp, sftp._async_request(type(None), CMD_EXTENDED, POSIX_RENAME, temp, target))
                         for temp, target in renames]
             for handle in dir_handles:
@@ -358,7 +398,7 @@ class Peer:
         except BaseException:
             for handle in dir_handles:
                 try:
-                    self.sftp._request(CMD_CLOSE, handle)
+                    _requests(self.sftp)._request(CMD_CLOSE, handle)
                 except Exception:
                     pass
             for temp, _ in renames:
@@ -377,9 +417,9 @@ class Peer:
             path = self.root if rel_dir in ("", ".") else self.remote(rel_dir)
             attrs = SFTPAttributes()
             attrs.st_atime = attrs.st_mtime = int(mtime)
-            pending.append(self.sftp._async_request(type(None), CMD_SETSTAT, path, attrs))
+            pending.append(_requests(self.sftp)._async_request(type(None), CMD_SETSTAT, path, attrs))
         for num in pending:
-            self.sftp._read_response(num)
+            _requests(self.sftp)._read_response(num)
 
     def remove(self, rel: str) -> None:
         try:
@@ -407,13 +447,13 @@ POSIX_RENAME = "posix-rename@openssh.com"
 
 
 def _handle(sftp: paramiko.SFTPClient, num: int, path: str) -> bytes:
-    kind, msg = sftp._read_response(num)  # raises on an error status
+    kind, msg = _requests(sftp)._read_response(num)  # raises on an error status
     if kind != CMD_HANDLE:
         raise SFTPError(f"open {path}: expected a handle")
     return msg.get_binary()
 
 
-def _read_all(pending: list[tuple[paramiko.SFTPClient, int]]) -> None:
+def _read_all(pending: list[tuple[_Requests, int]]) -> None:
     """Wait for every reply, in order; the first error status raises.
 
     paramiko drops a reply it was not waiting for, so each is awaited by

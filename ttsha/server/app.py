@@ -60,7 +60,7 @@ class ApiError(HTTPException):
         self.error = code
         self.extra_headers = headers or {}
 
-    def get_response(self, environ=None, scope=None) -> Response:  # type: ignore[override]
+    def get_response(self, environ=None, scope=None) -> Response:
         body = json.dumps({"error": self.error, "message": self.description}, ensure_ascii=False)
         return Response(body, status=self.code, mimetype="application/json", headers=self.extra_headers)
 
@@ -376,7 +376,8 @@ def _number(value: str, name: str) -> float:
 
 def _read_capped(stream, limit: int) -> bytes:
     """A chunked body, or 413 once it passes ``limit`` (never truncated)."""
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     while True:
         block = stream.read(min(65536, limit + 1 - size))
         if not block:

@@ -20,9 +20,9 @@ from ..alert import Alert, Alerter
 from ..config import Config, load, this_node
 from ..engine import create_engine
 from ..errors import TTSHAError
+from ..protocol import RoleVerifier, load_secret
 from ..replicate import ack
 from ..replicate.ack import AckGate
-from ..protocol import RoleVerifier, load_secret
 from ..store import AudioStore
 from .app import create_app
 from .http import BoundedWSGIServer
@@ -68,6 +68,7 @@ class ServeDaemon:
         self.app = create_app(self.service)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._failed: Exception | None = None  # set by a start-up that failed (run raises it)
         try:
             sc = config.serve
             self.server = BoundedWSGIServer(host, port, self.app, max_connections=sc.max_connections,
@@ -77,7 +78,9 @@ class ServeDaemon:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.server_address[:2]
+        host, port = self.server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET/AF_INET6 listener's address (bytes only for AF_UNIX)
+        return host, port
 
     def _signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
@@ -131,7 +134,7 @@ class ServeDaemon:
 
     def run(self) -> int:
         """Serve until SIGTERM; the exit code."""
-        self._failed: Exception | None = None
+        self._failed = None
         self._signals()
         http = threading.Thread(target=self.server.serve_forever, name="http", kwargs={"poll_interval": 0.2})
         http.start()

@@ -152,7 +152,7 @@ class BoundedWSGIServer(ThreadedWSGIServer):
             if conn in self._deadlines:
                 self._deadlines[conn] = None if seconds is None else time.monotonic() + seconds
 
-    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+    def process_request(self, request, client_address) -> None:
         with self._lock:
             full = len(self._deadlines) >= self.max_connections
             if not full:
@@ -175,7 +175,7 @@ class BoundedWSGIServer(ThreadedWSGIServer):
             self.shutdown_request(request)
             raise
 
-    def shutdown_request(self, request) -> None:  # type: ignore[override]
+    def shutdown_request(self, request) -> None:
         with self._lock:
             self._deadlines.pop(request, None)
         super().shutdown_request(request)

@@ -38,10 +38,12 @@ class Metrics:
             "ttsha_replication_queue_depth", "Files waiting to be copied to the peer", registry=self.registry
         )
         self.replication_lag = Gauge(
-            "ttsha_replication_lag_seconds", "Write-to-standby lag of recent files", ["quantile"], registry=self.registry
+            "ttsha_replication_lag_seconds", "Write-to-standby lag of recent files", ["quantile"],
+            registry=self.registry,
         )
         self.replication_connected = Gauge(
-            "ttsha_replication_connected", "1 while the replicator holds an SSH session to the peer", registry=self.registry
+            "ttsha_replication_connected", "1 while the replicator holds an SSH session to the peer",
+            registry=self.registry,
         )
 
         self.acks = Counter(

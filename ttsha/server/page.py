@@ -35,7 +35,8 @@ async function loadVoices() {
   const resp = await fetch("/v1/voices");
   if (!resp.ok) { status("服务尚未就绪，请稍候…", true); setTimeout(loadVoices, 2000); return; }
   const info = await resp.json();
-  $("voice").replaceChildren(...info.voices.map((v) => new Option(v, v, v === info.default_voice, v === info.default_voice)));
+  $("voice").replaceChildren(
+    ...info.voices.map((v) => new Option(v, v, v === info.default_voice, v === info.default_voice)));
   $("emotion").replaceChildren(...info.emotions.map((e) => new Option(e, e, e === "neutral", e === "neutral")));
   const [low, high] = info.engine === "sambert" ? [1, 1] : [0.5, 2];
   $("speed").min = low; $("speed").max = high;

@@ -92,7 +92,8 @@ class Admission:
             return
         rate = seconds / units
         # The first measurement (the warm-up) replaces the built-in guess.
-        self.seconds_per_unit = rate if self.observed == 0 else (1 - self.weight) * self.seconds_per_unit + self.weight * rate
+        self.seconds_per_unit = (rate if self.observed == 0
+                                 else (1 - self.weight) * self.seconds_per_unit + self.weight * rate)
         self.observed += 1
 
     def forget(self) -> None:
@@ -213,7 +214,7 @@ class SynthesisPool:
             future: Future = Future()
             if key is not None:
                 self._inflight[key] = future
-                future.add_done_callback(lambda _f, k=key: self._forget(k))
+                future.add_done_callback(lambda _f: self._forget(key))
             self._queue.put(_Job(priority, next(self._seq), fn, future, key, units))
         return future
 

@@ -194,7 +194,8 @@ class Service:
         if text is None or not text.strip():
             raise InputError("text is empty", code="empty_text")
         if len(text) > self.serve.max_chars:
-            raise InputError(f"text has {len(text)} characters, the limit is {self.serve.max_chars}", code="text_too_long")
+            raise InputError(f"text has {len(text)} characters, the limit is {self.serve.max_chars}",
+                             code="text_too_long")
         for name, value in (("voice", voice), ("emotion", emotion)):
             if value is not None and not isinstance(value, str):
                 raise InputError(f"{name} must be a string", code=f"bad_{name}")
@@ -289,7 +290,8 @@ class Service:
         """Runs on a worker: synthesize, store, account."""
         started = time.perf_counter()
         parts = []
-        for samples in self.engine.stream(req.text, req.voice, req.emotion, req.speed, early_start=on_piece is not None):
+        early = on_piece is not None
+        for samples in self.engine.stream(req.text, req.voice, req.emotion, req.speed, early_start=early):
             parts.append(samples)
             if on_piece is not None:
                 on_piece(to_pcm16(samples))
@@ -462,7 +464,8 @@ class Service:
     # -- store -----------------------------------------------------------
     def _check_store(self) -> None:
         """Free space against ``min_free``; after a failed write, probe until one succeeds."""
-        state: dict[str, Any] = {"min_free": self.store.min_free, "writable": "store_write" not in self.readiness.problems}
+        state: dict[str, Any] = {"min_free": self.store.min_free,
+                                 "writable": "store_write" not in self.readiness.problems}
         try:
             state["free_bytes"] = self.store.free_bytes()
             self.readiness.problem("store_space", self.store.space_problem())
