@@ -21,11 +21,11 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
 import threading
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -191,11 +191,11 @@ class Monitor:
             latency = (time.monotonic() - started) * 1000
             self.inbox.put(Probe(name, ok, time.time(), latency, info, error))
             state = self.decider.states[name]
-            interval = mc.fast_interval if state.changing or not ok else mc.interval
+            base = mc.fast_interval if state.changing or not ok else mc.interval
             # Jittered by up to a fifth: probes in lockstep with a periodic stall
             # on the node (a duty-cycled CPU, a cron job) would always land in
             # the same phase of it and never see it.
-            interval *= 1.0 + random.uniform(-PROBE_JITTER, PROBE_JITTER)
+            interval = base * (1.0 + random.uniform(-PROBE_JITTER, PROBE_JITTER))
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     # -- decisions -------------------------------------------------------
