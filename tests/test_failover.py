@@ -71,6 +71,8 @@ def test_refuses_an_unhealthy_target(pair, tmp_path):  # noqa: F811
     nodes["b"].kill()
     plan = failover.plan(config, "b", wait=0)
     assert "target healthy" in [c.name for c in plan.failed]
+    same = next(c for c in plan.checks if c.name == "same model")
+    assert same.detail == "b does not answer; nothing to compare with"  # the silent target, not the primary
     before = config.nginx.upstream_file.read_text()
     with pytest.raises(Refused, match="target healthy: b /health: no answer"):
         failover.execute(config, plan)
@@ -131,9 +133,12 @@ def test_cli(pair, tmp_path, capsys):  # noqa: F811
     capsys.readouterr()
     # Dry run: the checks and the routing it would write; nothing changes.
     before = config.nginx.upstream_file.read_text()
-    assert main(["--config", str(path), "failover", "--to", "b", "--dry-run", "--wait", "0s"]) == 0
-    out = capsys.readouterr().out
-    assert "switch the primary from a to b" in out and "[FAILED] replication" in out and "would refuse" in out
+    # A dry run that would be refused says so and exits 6, as the switchover would.
+    assert main(["--config", str(path), "failover", "--to", "b", "--dry-run", "--wait", "0s"]) == EXIT_REFUSED
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "switch the primary from a to b" in out and "[FAILED] replication" in out
+    assert "would be refused: replication" in captured.err
     assert f"server {nodes['b'].host}:{nodes['b'].port} max_fails=1" in out
     assert config.nginx.upstream_file.read_text() == before
     # Refused without --force (no replicator), exit 6; done with it.

@@ -179,8 +179,9 @@ def plan(config: Config, target: str, force: bool = False, wait: float = 10.0) -
             same = (src.get("engine"), src.get("model_version")) == (health.get("engine"), health.get("model_version"))
             result.checks.append(Check("same model", same, f"{source}: {src.get('engine')} {src.get('model_version')}, "
                                        f"{target}: {health.get('engine')} {health.get('model_version')}"))
-        else:
-            result.checks.append(Check("same model", True, f"{source} does not answer; nothing to compare with"))
+        else:  # name the node that did not answer (the target's silence fails "target healthy" already)
+            silent = target if health is None else source
+            result.checks.append(Check("same model", True, f"{silent} does not answer; nothing to compare with"))
         result.checks.append(_replication_caught_up(config, source, wait))
     # The target leads; the others stay as standbys when healthy.
     for name in config.nodes:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..config import Config, parse_duration
-from ..errors import ObjectiveMissed, UsageError
+from ..errors import ObjectiveMissed, Refused, UsageError
 from ..faults import FAULTS
 from . import Context, pass_ctx
 
@@ -107,8 +107,9 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
     if dry_run:
         for line in plan.describe(config):
             click.echo(line)
-        if plan.failed and not force:
-            click.echo("would refuse: " + "; ".join(c.name for c in plan.failed) + " (--force to switch anyway)")
+        if plan.failed and not force:  # exit 6, as the switchover itself would
+            raise Refused("dry run: the switchover would be refused: " + "; ".join(c.name for c in plan.failed)
+                          + " (--force to switch anyway)")
         return
     outcome = fo.execute(config, plan)
     data = {**outcome.to_dict(), "checks": [vars(c) for c in plan.checks]}
