@@ -193,7 +193,8 @@ def print_report(report) -> None:
     failures = ", ".join(f"{k}: {v}" for k, v in report.failures.items()) or "none"
     rto = "-" if report.rto_s is None else f"{report.rto_s:.3f} s"
     console.print(literal(f"requests {report.requests}, failed {report.failed} ({failures}), retried by the gateway "
-                          f"{report.retried_by_gateway}; RTO {rto}; RPO {report.rpo_files} files; "
+                          f"{report.retried_by_gateway}, bodies completed by Range {report.resumed_with_range}; "
+                          f"RTO {rto}; RPO {report.rpo_files} files; "
                           f"{report.target} rejoined as {report.rejoined_as or '-'}"))
     if report.new_cached or report.late_requests or report.unsent:
         console.print(f"new texts answered from cache {report.new_cached}; requests sent late for lack of a free "

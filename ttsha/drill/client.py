@@ -29,6 +29,11 @@ class Response:
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes
+    resumed: int = 0  # body cut short, then completed with Range requests (as players do)
+
+
+#: Range requests a client makes to complete one body cut short.
+RESUMES = 2
 
 
 class Gateway:
@@ -47,9 +52,44 @@ class Gateway:
             headers = {"Content-Type": "application/json"} if data else {}
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
-            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+            got = {k.lower(): v for k, v in resp.getheaders()}
+            try:
+                return Response(resp.status, got, resp.read())
+            except (http.client.IncompleteRead, OSError) as exc:
+                partial = exc.partial if isinstance(exc, http.client.IncompleteRead) else b""
+                return self._resume(resp.status, got, partial, exc)
         finally:
             conn.close()
+
+    def _resume(self, status: int, headers: dict[str, str], partial: bytes, cut: Exception) -> Response:
+        """Complete a body its node stopped sending mid-way, by Range from the gateway.
+
+        A body can be cut after its headers left (the node died or was cut
+        off while sending); no proxy can retry that. A player asks for the
+        rest of the result by its id; with acknowledgements on, the standby
+        held the file before its first byte was sent. Without an id or a
+        length there is nothing to resume: the cut is re-raised.
+        """
+        audio_id, length = headers.get("x-audio-id"), headers.get("content-length", "")
+        if status != 200 or not audio_id or not length.isdigit():
+            raise cut
+        body = partial
+        for attempt in range(1, RESUMES + 1):
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                conn.request("GET", f"/v1/audio/{audio_id}.wav", headers={"Range": f"bytes={len(body)}-"})
+                resp = conn.getresponse()
+                rest = resp.read()
+                if resp.status == 206:
+                    body += rest
+                    if len(body) == int(length):
+                        log.info("drill: body of %s cut at %d bytes, completed by Range", audio_id, len(partial))
+                        return Response(status, headers, body, resumed=attempt)
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+        raise cut
 
     def synthesize(self, text: str) -> Response:
         return self.request("POST", "/v1/synthesize", {"text": text})
@@ -67,7 +107,8 @@ def call(gw: Gateway, kind: str, text_or_id: str) -> Sample:
         return Sample(started, kind, 0, time.monotonic() - started, error=str(exc) or type(exc).__name__)
     h = resp.headers
     return Sample(started, kind, resp.status, time.monotonic() - started, h.get("x-upstream", ""),
-                  h.get("x-upstream-status", ""), h.get("x-cache", ""), h.get("x-audio-id", ""))
+                  h.get("x-upstream-status", ""), h.get("x-cache", ""), h.get("x-audio-id", ""),
+                  resumed=resp.resumed > 0)
 
 
 class Traffic:

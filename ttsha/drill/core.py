@@ -93,6 +93,7 @@ class DrillReport:
     failures: dict[str, int] = field(default_factory=dict)
     failures_by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     retried_by_gateway: int = 0
+    resumed_with_range: int = 0  # bodies cut mid-way (a node died while sending) that a Range request completed
     new_cached: int = 0
     late_requests: int = 0
     unsent: int = 0
@@ -188,6 +189,7 @@ def run_drill(
     report.failures = stats.failures(samples)
     report.failures_by_kind = stats.failures_by_kind(samples)
     report.retried_by_gateway = sum(1 for s in samples if s.retried)
+    report.resumed_with_range = sum(1 for s in samples if s.resumed)
     report.new_cached = stats.new_cached(samples)
     report.late_requests = sum(1 for s in samples if s.lag_s >= stats.LATE_S)
     report.unsent = load.unsent

@@ -34,6 +34,7 @@ class Sample:
     audio_id: str = ""
     error: str = ""
     lag_s: float = 0.0  # how much later than scheduled it was sent
+    resumed: bool = False  # its body was cut mid-way and completed with Range (counted, not failed)
 
     @property
     def ok(self) -> bool:
@@ -152,6 +153,8 @@ def explain(sample: Sample, names: dict[str, str], concurrency: int | None = Non
         parts.append(f"status {sample.status}")
     if sample.cache:
         parts.append("cache hit" if sample.cache == "HIT" else "synthesized")
+    if sample.resumed:
+        parts.append("body cut mid-way, completed by Range from the standby")
     if sample.lag_s >= LATE_S:
         busy = f"all {concurrency} clients busy" if concurrency else "no free client"
         parts.append(f"sent {sample.lag_s:.1f} s late ({busy})")
