@@ -106,11 +106,7 @@ def drill(root: Path, fault: str | None, duration: float | None, rate: float | N
 @click.argument("name")
 def start_node(root: Path, name: str) -> None:
     """Start one lab node's serve (the lab nodes' start_command, used by drills)."""
-    from ..lab import NODE_HOSTS, Lab
-
-    if name not in NODE_HOSTS:
-        raise TTSHAError(f"no lab node {name!r}; one of {', '.join(NODE_HOSTS)}")
-    click.echo(Lab(root).start_node(name))
+    click.echo(_lab_for_node(root, name).start_node(name))
 
 
 @lab.command("power-on", hidden=True)
@@ -118,11 +114,15 @@ def start_node(root: Path, name: str) -> None:
 @click.argument("name")
 def power_on(root: Path, name: str) -> None:
     """Start a crashed lab node's sshd, replicator and serve (its power_on_command)."""
+    click.echo(_lab_for_node(root, name).power_on(name))
+
+
+def _lab_for_node(root: Path, name: str):
     from ..lab import NODE_HOSTS, Lab
 
     if name not in NODE_HOSTS:
         raise TTSHAError(f"no lab node {name!r}; one of {', '.join(NODE_HOSTS)}")
-    click.echo(Lab(root).power_on(name))
+    return Lab(root)
 
 
 def _print_status(lab_) -> None:
