@@ -139,3 +139,21 @@ def test_the_monitor_unit_may_fence():
     families = next(line for line in unit.splitlines() if line.startswith("RestrictAddressFamilies="))
     assert "CAP_NET_ADMIN" in caps.split("=", 1)[1].split()
     assert "AF_NETLINK" in families.split("=", 1)[1].split()
+
+
+def test_a_node_marked_down_is_fenced_again_on_each_failed_probe_for_a_while(pair, tmp_path):
+    """Old Nginx workers of a graceful reload may still send a connection to the node after the first fence."""
+    config, nodes, gateway = pair
+    calls = tmp_path / "fence-calls"
+    config = replace(config, monitor=replace(config.monitor, fence_command=["sh", "-c", f"echo x >> {calls}"]))
+    monitor, thread = start_monitor(config)
+    try:
+        wait_for(lambda: monitor.decider.primary == "a" and monitor._applied_roles, what="initial routing")
+        nodes["a"].kill()
+        wait_for(lambda: monitor.decider.primary == "b", what="switchover")
+        wait_for(lambda: calls.exists() and len(calls.read_text().split()) >= 3, timeout=5,
+                 what="the node fenced again by later failed probes")
+        assert [e["kind"] for e in monitor.events].count("fenced") == 1  # quiet re-checks: no event each time
+    finally:
+        monitor.stop()
+        thread.join(10)

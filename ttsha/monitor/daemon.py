@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Probe intervals vary by this fraction either way.
 PROBE_JITTER = 0.2
+#: How long after markdown each failed probe of the node fences it again.
+REFENCE_S = 10.0
 
 MAX_EVENTS = 200
 
@@ -209,6 +211,8 @@ class Monitor:
         applied = roles is not None and roles != self._applied_roles
         if roles is not None and applied:
             self._apply(roles, result.at)
+        elif not result.ok and self._refence_due(result.node):
+            self._fence(result.node, again=True)
         if events or applied or time.monotonic() - self._last_state_write > 2.0:
             self.write_state()
         return events
@@ -299,20 +303,39 @@ class Monitor:
             )
         return True
 
-    def _fence(self, name: str) -> None:
+    def _refence_due(self, name: str) -> bool:
+        """Whether a node marked down is fenced again on this failed probe.
+
+        For :data:`REFENCE_S` after markdown: during a graceful reload the old
+        Nginx workers may still accept a connection or two and send it to the
+        node that is down, after the first fence ran.
+        """
+        if not self.config.monitor.fence or not self._applied_roles or self._applied_roles.get(name) != DOWN:
+            return False
+        first = self._fenced.get(name, {}).get("marked_at")
+        return first is not None and time.time() - first < REFENCE_S
+
+    def _fence(self, name: str, again: bool = False) -> None:
         """After the reload: cut the gateway's connections to a node marked down (never fatal)."""
         address = node_address(self.config.nodes[name])
         started = time.time()
         entry = self._fenced.setdefault(name, {"count": 0, "connections": 0, "failures": 0})
+        if not again:
+            entry["marked_at"] = started
         try:
             destroyed = fence(list(self.config.monitor.fence_command), address)
         except OSError as exc:
+            if again:  # the markdown's own fence reported it already
+                log.debug("fencing %s again failed: %s", address, exc)
+                return
             entry.update(failures=entry["failures"] + 1, last_at=started, last_error=str(exc))
             self._record(Event("fence_failed", name, started, f"could not fence {address}: {exc}"))
             return
         took = time.time() - started
         entry.update(count=entry["count"] + 1, connections=entry["connections"] + destroyed, last_at=started,
                      last_error="")
+        if again and not destroyed:
+            return  # nothing had slipped through: no event for a quiet re-check
         self._record(Event("fenced", name, started, f"destroyed {destroyed} gateway connections to {address}",
                            {"connections": destroyed, "fence_s": round(took, 4)}))
 
