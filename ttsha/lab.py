@@ -686,7 +686,7 @@ def health(url: str, timeout: float = 1.0) -> str:
     except urllib.error.HTTPError as exc:
         try:
             return json.loads(exc.read()).get("status", str(exc.code))
-        except ValueError:
+        except (ValueError, OSError):  # the body cut short (a node restarting) still tells the code
             return str(exc.code)
     except OSError:
         return "unreachable"
