@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -109,6 +110,33 @@ def test_replication_must_be_caught_up(pair, tmp_path, monkeypatch):  # noqa: F8
     assert not check.ok and "degraded" in check.detail and "500 ms" in check.detail
     check = failover._replication_caught_up(config, "a", wait=5)
     assert check.ok
+
+
+def test_a_queue_that_keeps_moving_under_traffic_is_caught_up(pair, monkeypatch):  # noqa: F811
+    """Steady traffic keeps a few files in flight; what matters is that the
+    files pending when the switchover was asked for have been sent."""
+    config, nodes, gateway = pair
+    asked_at = time.monotonic()
+    real = failover.node_health
+    oldest = {"value": 30.0}  # seconds: a file stuck since before the check
+
+    def health(cfg, name, timeout=2.0):
+        body = real(cfg, name, timeout)
+        if body is not None and name == "a":
+            body["replication"] = {"queue_depth": 2, "connected": True, "age_s": 0.3,
+                                   "oldest_pending_s": oldest["value"]}
+        return body
+
+    monkeypatch.setattr(failover, "node_health", health)
+    monkeypatch.setattr(failover, "READING_MARGIN_S", 0.2)
+    stuck = failover._replication_caught_up(config, "a", wait=1.0)
+    assert not stuck.ok and "2 files to send, the oldest waiting 30.0 s" in stuck.detail
+    oldest["value"] = 0.1  # always two fresh files in flight, each sent within a moment
+    moving = failover._replication_caught_up(config, "a", wait=5)
+    assert moving.ok and "every file pending when the check began" in moving.detail
+    assert time.monotonic() - asked_at > 0.6  # it waited past one reading's margin, not at once
+    oldest["value"] = None  # an older replicator without the field: only an empty queue counts
+    assert not failover._replication_caught_up(config, "a", wait=0.6).ok
 
 
 def write_config(config, tmp_path):

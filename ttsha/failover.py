@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: A replicator state older than this is not evidence of anything.
 REPLICATION_STATE_MAX_AGE_S = 15.0
+#: serve caches the replicator's state for up to 1 s; plus the request's own time.
+READING_MARGIN_S = 1.5
 
 
 def get_json(url: str, timeout: float = 2.0,
@@ -128,10 +130,30 @@ class Plan:
         return lines
 
 
+def _sent_since(rep: dict[str, Any], elapsed: float) -> bool:
+    """Everything that was pending ``elapsed`` s ago has reached the peer: the
+    oldest file still queued was queued after that (``oldest_pending_s`` is an
+    age on the node's own clock, ``age_s`` how old that reading is)."""
+    oldest = rep.get("oldest_pending_s")
+    if not isinstance(oldest, (int, float)):
+        return False
+    age = rep.get("age_s") or 0.0
+    return float(oldest) + float(age) + READING_MARGIN_S < elapsed
+
+
 def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
-    """The source's replicator has an empty queue and a live link, and its
-    acknowledgements are not degraded (waits up to ``wait`` s)."""
-    deadline = time.monotonic() + wait
+    """The source's replicator has a live link, has sent every file that was
+    pending when the check began, and its acknowledgements are not degraded
+    (waits up to ``wait`` s).
+
+    Under steady traffic the queue is never empty for long: new results keep
+    arriving while older ones are sent. A switchover needs what clients held
+    *before* it was asked for; files written during the switch are still sent
+    afterwards by the old primary's replicator (and, with ``[replicate] ack =
+    "standby"``, were on the target before their clients got them).
+    """
+    started = time.monotonic()
+    deadline = started + wait
     while True:
         health = node_health(config, source)
         rep = (health or {}).get("replication")
@@ -144,8 +166,10 @@ def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
             detail = f"{source}'s replicator state is {rep.get('age_s')} s old (is it running?)"
         elif not rep.get("connected"):
             detail = f"{source}'s replicator is not connected to its peer: {rep.get('last_error') or 'no link'}"
-        elif rep.get("queue_depth"):
-            detail = f"{source} still has {rep.get('queue_depth')} files to send"
+        elif rep.get("queue_depth") and not _sent_since(rep, time.monotonic() - started):
+            detail = (f"{source} still has {rep.get('queue_depth')} files to send"
+                      + ("" if rep.get("oldest_pending_s") is None
+                         else f", the oldest waiting {rep['oldest_pending_s']:.1f} s"))
         elif isinstance(rep.get("ack"), dict) and rep["ack"].get("state") == "degraded":
             # Results were answered without the standby's acknowledgement; the
             # node says when the standby holds them all again (see [replicate] ack).
@@ -153,8 +177,10 @@ def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
                       f"{rep['ack'].get('reason') or 'the standby has not confirmed recent results'}")
         else:
             lag = (rep.get("lag_s") or {}).get("p99")
-            return Check("replication", True, f"{source}'s queue is empty"
-                         + ("" if lag is None else f" (lag p99 {1000 * lag:.0f} ms)"))
+            done = (f"{source}'s queue is empty" if not rep.get("queue_depth") else
+                    f"{source} has sent every file pending when the check began "
+                    f"({rep.get('queue_depth')} newer ones in flight)")
+            return Check("replication", True, done + ("" if lag is None else f" (lag p99 {1000 * lag:.0f} ms)"))
         if time.monotonic() >= deadline:
             return Check("replication", False, detail)
         time.sleep(0.5)

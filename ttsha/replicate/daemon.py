@@ -408,7 +408,13 @@ class Replicator:
         return {"p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
     def write_state(self) -> None:
-        data = {"updated_at": time.time(), "queue_depth": self.queue.depth(), "lag_s": self.lag_percentiles(),
+        now = time.time()
+        oldest = self.queue.oldest_closed_at()
+        # An age, not a timestamp: a gateway on another host compares it with
+        # its own elapsed time, so the two clocks never need to agree.
+        data = {"updated_at": now, "queue_depth": self.queue.depth(),
+                "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 3),
+                "lag_s": self.lag_percentiles(),
                 **self.stats, "acks": dict(self.acks.stats)}
         try:
             atomic_write(self.state_file, json.dumps(data, indent=1))

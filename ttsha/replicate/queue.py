@@ -81,6 +81,12 @@ class DurableQueue:
         with self._lock:
             self._db.execute("UPDATE pending SET attempts = attempts + 1 WHERE seq = ?", (item.seq,))
 
+    def oldest_closed_at(self) -> float | None:
+        """When the longest-waiting pending file was queued (None: nothing pending)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(closed_at) FROM pending").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def depth(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0])

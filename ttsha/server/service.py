@@ -365,6 +365,7 @@ class Service:
                 data = json.loads(self.replication_state.read_text())
                 cached = {
                     "queue_depth": data.get("queue_depth"),
+                    "oldest_pending_s": data.get("oldest_pending_s"),
                     "lag_s": data.get("lag_s"),
                     "connected": data.get("connected"),
                     "last_error": data.get("last_error", ""),
