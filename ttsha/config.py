@@ -330,7 +330,8 @@ class MonitorConfig:
         Duration(0.2), "a probe answered slower than this counts as failed (a node that stalls while it answers), "
         "and a probe waits no longer; 0: no limit"
     )
-    fall: int = _field(2, "consecutive failures before a node is DOWN", min=1, max=100)
+    fall: int = _field(2, "consecutive failures before a node is DOWN (also DOWN once fall + 1 of its "
+                       "last 2 x fall + 1 probes failed: a node slow now and then)", min=1, max=100)
     rise: int = _field(3, "consecutive successes before a node is UP", min=1, max=100)
     failback: str = _field("manual", "'manual' or 'after:<duration>'")
     state_file: Path = _field(_InStateDir("monitor.json"), "where events and node states are written")

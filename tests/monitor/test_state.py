@@ -94,6 +94,33 @@ def test_rise_needs_consecutive_successes_and_no_failback(clock):
     assert d.primary == "b" and d.roles() == {"a": "backup", "b": "primary"}
 
 
+def test_a_node_failing_most_probes_but_never_twice_in_a_row_goes_down(clock):
+    """A slow node (stalls with short spells of service between them) answers
+    a probe now and then: never `fall` failures in a row, yet it must go."""
+    d = started(clock)
+    assert kinds(feed(d, clock, "a", False)) == [("probe_failed", "a")]
+    feed(d, clock, "a", True)
+    assert kinds(feed(d, clock, "a", False)) == [("probe_failed", "a")]  # 2 of the last 3: still up
+    events = feed(d, clock, "a", True) + feed(d, clock, "a", False)  # 3 of the last 5
+    assert kinds(events) == [("probe_failed", "a"), ("node_down", "a"), ("switchover", "b")]
+    assert "3 of the last 5 probes failed" in events[1].detail
+    # Recovered (rise in a row), an old failure or two no longer count against it.
+    feed(d, clock, "a", True, 3)
+    assert d.states["a"].status == "up"
+    feed(d, clock, "a", False)
+    feed(d, clock, "a", True)
+    feed(d, clock, "a", False)
+    assert d.states["a"].status == "up"  # 2 of the last 3 since it came back
+
+
+def test_an_occasional_failed_probe_does_not_mark_a_node_down(clock):
+    d = started(clock)
+    for _ in range(20):  # one failure in every three probes: a lossy link, not a dead node
+        feed(d, clock, "a", False)
+        feed(d, clock, "a", True, 2)
+    assert d.states["a"].status == "up" and d.primary == "a"
+
+
 def test_flapping_node_never_serves(clock):
     d = started(clock)
     feed(d, clock, "a", False, 2)

@@ -6,7 +6,10 @@ Nginx should use. Tests drive it with a fake clock.
 
 Rules (HAProxy-style hysteresis):
 
-* a node is DOWN after ``fall`` consecutive failed probes and UP again after
+* a node is DOWN after ``fall`` consecutive failed probes, or after
+  ``fall + 1`` failures among its last ``2 * fall + 1`` probes (a node that
+  stalls now and then, slow rather than dead, answers some probes between
+  failures and would never fail ``fall`` in a row), and UP again after
   ``rise`` consecutive successes; a probe succeeds only when ``/health`` says
   ``ready`` (``starting`` and ``degraded`` are failures);
 * active-standby: at start, the primary of the existing routing keeps its
@@ -23,6 +26,7 @@ Rules (HAProxy-style hysteresis):
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +49,8 @@ class NodeState:
     last_error: str = ""
     engine: str = ""
     model_version: str = ""
+    #: Outcomes of the latest probes (True: good), for the "most of the recent ones failed" rule.
+    recent: deque[bool] = field(default_factory=deque)
 
     @property
     def changing(self) -> bool:
@@ -89,6 +95,9 @@ class Decider:
         """Account one probe result; returns what changed."""
         state = self.states[name]
         state.last_probe_at, state.last_probe_ms = now, latency_ms
+        state.recent.append(ok)
+        while len(state.recent) > 2 * self.fall + 1:
+            state.recent.popleft()
         events: list[Event] = []
         if ok:
             state.successes += 1
@@ -102,6 +111,7 @@ class Decider:
             needed = 1 if state.status == UNKNOWN else self.rise
             if state.status != UP and state.successes >= needed:
                 state.status, state.since = UP, now
+                state.recent.clear()  # failures before the recovery say nothing about the node now
                 events.append(Event("node_up", name, now, f"{state.successes} good probes"))
         else:
             state.failures += 1
@@ -110,9 +120,13 @@ class Decider:
             if state.status == UP and state.failures == 1:
                 # The start of a possible outage: drill timelines measure from here.
                 events.append(Event("probe_failed", name, now, error or "probe failed"))
-            if state.status != DOWN_STATE and state.failures >= self.fall:
+            failed_recently = state.recent.count(False)
+            if state.status != DOWN_STATE and (state.failures >= self.fall or failed_recently > self.fall):
                 state.status, state.since = DOWN_STATE, now
-                events.append(Event("node_down", name, now, error or "probe failed"))
+                why = error or "probe failed"
+                if state.failures < self.fall:
+                    why += f" ({failed_recently} of the last {len(state.recent)} probes failed)"
+                events.append(Event("node_down", name, now, why))
         events += self._decide(now)
         return events
 
