@@ -82,7 +82,10 @@ def test_every_fault_at_80_percent_of_capacity_fails_no_request_and_stalls_none(
     # drills share one lab: a repeated text would be a cache hit).
     assert traffic["load"] == 0.8 and traffic["capacity"]["rps"] > 0
     assert traffic["rate"] >= 0.8 * traffic["capacity"]["rps"]
-    assert set(report["kinds"]) == {"new", "hot", "fetch"} and report["requests"] >= 30
+    assert set(report["kinds"]) == {"new", "hot", "fetch"}
+    # Every planned request was sent (the rate follows the capacity measured
+    # now, which a busy machine lowers: the count is relative to it).
+    assert report["requests"] >= max(15, 0.9 * traffic["rate"] * traffic["duration_s"]), report["requests"]
     assert report["new_cached"] <= report["retried_by_gateway"], report["new_cached"]
     # No client request fails.
     assert report["failed"] == 0, f"{report['failures_by_kind']}\n{why}"
@@ -292,7 +295,7 @@ def test_full_speed_cache_hits_through_a_kill_9(lab):
     is killed: no 5xx and no connection failure, because Nginx retries every
     request the dead node had not started answering. A response whose body
     was already flowing is cut (no proxy can retry it; players resume with
-    Range): a handful per kill at hundreds of requests per second, bounded here."""
+    Range): at most one per connection per kill, bounded here."""
     import re
     import time
 
@@ -322,7 +325,9 @@ def test_full_speed_cache_hits_through_a_kill_9(lab):
     assert requests >= 500, out
     assert non_2xx is None, out  # no 502/503/504 reached a client
     assert (connect, write, timeout) == (0, 0, 0), out
-    assert cut <= requests // 200, out  # bodies cut mid-flight: at most 0.5 %
+    # Bodies cut mid-flight: at most the one each connection had flowing from
+    # the node when it died (8 connections).
+    assert cut <= 8, out
 
 
 def test_down_stops_only_what_up_started(tmp_path):
