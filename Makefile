@@ -81,6 +81,8 @@ install-systemd:
 	  sed 's|/usr/bin/ttsha|$(PREFIX)/bin/ttsha|g' $$unit > $(DESTDIR)$(UNITDIR)/$$(basename $$unit); \
 	  chmod 644 $(DESTDIR)$(UNITDIR)/$$(basename $$unit); \
 	done
+	install -d $(DESTDIR)$(UNITDIR)/keepalived.service.d
+	install -m 644 systemd/keepalived.service.d/ttsha.conf $(DESTDIR)$(UNITDIR)/keepalived.service.d/ttsha.conf
 	test -e $(DESTDIR)$(SYSCONFDIR)/ttsha/ttsha.toml || install -m 640 conf/ttsha.toml $(DESTDIR)$(SYSCONFDIR)/ttsha/ttsha.toml
 	install -m 644 man/man1/ttsha.1 $(DESTDIR)$(MANDIR)/man1/ttsha.1
 	install -m 644 man/man5/ttsha.toml.5 $(DESTDIR)$(MANDIR)/man5/ttsha.toml.5
@@ -88,6 +90,8 @@ install-systemd:
 # Removes what install-systemd installed; a changed configuration is kept.
 uninstall:
 	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$unit); done
+	rm -f $(DESTDIR)$(UNITDIR)/keepalived.service.d/ttsha.conf
+	-rmdir $(DESTDIR)$(UNITDIR)/keepalived.service.d 2>/dev/null
 	rm -f $(DESTDIR)$(MANDIR)/man1/ttsha.1 $(DESTDIR)$(MANDIR)/man5/ttsha.toml.5
 	if cmp -s conf/ttsha.toml $(DESTDIR)$(SYSCONFDIR)/ttsha/ttsha.toml; then rm -f $(DESTDIR)$(SYSCONFDIR)/ttsha/ttsha.toml; fi
 	-rmdir $(DESTDIR)$(SYSCONFDIR)/ttsha 2>/dev/null

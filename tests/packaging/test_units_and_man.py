@@ -122,6 +122,31 @@ def test_systemd_analyze_verify(unit, tmp_path):
     assert proc.returncode == 0 and not problems, proc.stderr
 
 
+def test_keepalived_starts_after_the_monitor_and_stops_before_it(tmp_path):
+    """The drop-in for Debian's keepalived.service orders it after Nginx and the
+    monitor (systemd stops in reverse: keepalived leaves first, the VIP moves
+    while this gateway still routes), and systemd accepts it."""
+    import configparser
+
+    analyze = tool("systemd-analyze", "systemd")
+    tool("keepalived", "keepalived")
+    debian_unit = Path("/lib/systemd/system/keepalived.service")
+    assert debian_unit.is_file(), "Debian's keepalived package ships keepalived.service"
+    drop_in = ROOT / "systemd" / "keepalived.service.d" / "ttsha.conf"
+    parsed = configparser.ConfigParser(strict=False)
+    parsed.read_string(drop_in.read_text())
+    assert {"nginx.service", "ttsha-monitor.service"} <= set(parsed["Unit"]["After"].split())
+    assert "ttsha-monitor.service" in parsed["Unit"]["Wants"].split()
+    (tmp_path / "keepalived.service.d").mkdir()
+    (tmp_path / "keepalived.service.d" / "ttsha.conf").write_text(drop_in.read_text())
+    _verify_copy(ROOT / "systemd" / "ttsha-monitor.service", tmp_path)
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:", "MANPATH": str(ROOT / "man")}
+    # --man=no: Debian images often drop man pages; the unit is Debian's, not ours to check.
+    proc = subprocess.run([analyze, "verify", "--man=no", "keepalived.service"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "ttsha.conf" not in proc.stderr, proc.stderr
+
+
 def _exec_start(unit: Path) -> list[str]:
     line = next(text for text in unit.read_text().splitlines() if text.startswith("ExecStart="))
     return shlex.split(line.split("=", 1)[1])
@@ -184,7 +209,8 @@ def test_make_install_systemd_and_uninstall(tmp_path):
     subprocess.run([make, "-s", "install-systemd", f"DESTDIR={dest}", "PREFIX=/opt/ttsha"], cwd=ROOT, check=True)
     unit = dest / "lib/systemd/system/ttsha-serve.service"
     assert "ExecStart=/opt/ttsha/bin/ttsha --config /etc/ttsha/ttsha.toml serve" in unit.read_text()
-    for rel in ("etc/ttsha/ttsha.toml", "opt/ttsha/share/man/man1/ttsha.1", "lib/systemd/system/ttsha-gc.timer"):
+    for rel in ("etc/ttsha/ttsha.toml", "opt/ttsha/share/man/man1/ttsha.1", "lib/systemd/system/ttsha-gc.timer",
+                "lib/systemd/system/keepalived.service.d/ttsha.conf"):
         assert (dest / rel).is_file(), rel
     subprocess.run([make, "-s", "uninstall", f"DESTDIR={dest}", "PREFIX=/opt/ttsha"], cwd=ROOT, check=True)
     assert not [p for p in dest.rglob("*") if p.is_file()]
