@@ -30,6 +30,7 @@ from pathlib import Path
 from .alert import Alert, Alerter
 from .config import Config, GatewayConfig
 from .errors import ConfigError, TTSHAError
+from .monitor.authority import local_addresses
 
 #: keepalived's VRRP states as passed to notify scripts.
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
@@ -46,20 +47,12 @@ def this_gateway(config: Config, name: str | None) -> tuple[str, GatewayConfig]:
         if name not in config.gateways:
             raise ConfigError(f"gateway {name!r} is not one of the [gateways] tables ({', '.join(config.gateways)})")
         return name, config.gateways[name]
-    local = _local_addresses()
+    local = local_addresses()
     mine = [(n, g) for n, g in config.gateways.items() if g.address in local]
     if len(mine) != 1:
         raise ConfigError("cannot tell which [gateways] table is this host (none or several of their addresses "
                           "are local): name it with --gateway")
     return mine[0]
-
-
-def _local_addresses() -> set[str]:
-    ip = shutil.which("ip")
-    if ip is None:
-        return set()
-    out = subprocess.run([ip, "-o", "addr", "show"], capture_output=True, text=True, check=False).stdout
-    return {fields[3].split("/")[0] for fields in (line.split() for line in out.splitlines()) if len(fields) > 3}
 
 
 def _q(text: str) -> str:
@@ -199,5 +192,17 @@ def notify(config: Config, gateway: str, state: str) -> Alert:
                   severity=severity, data={"gateway": gateway, "state": state, "vip": config.vrrp.vip})
     alerter = Alerter(config.alert, source=gateway)
     alerter.send(alert)
+    tell_monitor(config)
     alerter.close(timeout=NOTIFY_TIMEOUT)  # a notify hook is a short-lived process: deliver, then exit
     return alert
+
+
+def tell_monitor(config: Config) -> dict[str, object] | None:
+    """Ask the local monitor to look at the virtual IP now (it also looks four
+    times a second by itself): its answer, or None when it does not run."""
+    from .monitor import control
+
+    try:
+        return control.call(config.monitor.control_socket, {"op": "authority"}, timeout=2)
+    except TTSHAError:
+        return None

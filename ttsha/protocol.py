@@ -17,10 +17,14 @@ node accepts a claim when
   epoch is lower than the newest accepted one is stale, one with the same
   epoch and an older or equal ``ts`` is a replay.
 
-The epoch grows every time a monitor changes the roles it applies (it is the
-time of that change in milliseconds), so a restarted monitor outranks its
-earlier self; a second gateway taking over must present a higher epoch, which
-makes it a fencing token. A probe without a role (the monitor has not routed
+The epoch is the time, in milliseconds, at which the claiming gateway took
+over the role authority (it holds the virtual IP, or it started, for a
+single gateway: :mod:`ttsha.monitor.authority`), and stays the same while it
+holds it. A restarted monitor or the other gateway of a pair taking over
+presents a higher epoch, which makes it a fencing token: a deposed gateway's
+claims are stale, and two gateways that both believe they hold the address
+cannot take turns (the nodes follow the later takeover). Within one epoch,
+a claim from a different gateway is refused too. A probe without a role (the monitor has not routed
 yet) is signed too, with an empty role: it authenticates the caller (the
 monitor sees ``/health`` details) but changes no role.
 
@@ -153,6 +157,7 @@ class RoleVerifier:
         self.secret, self.node, self.window, self.clock = secret, node, window, clock
         self._lock = threading.Lock()
         self._newest: tuple[int, float] = (-1, 0.0)
+        self._newest_gateway = ""
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         self._logged: dict[str, float] = {}
@@ -204,9 +209,11 @@ class RoleVerifier:
         with self._lock:
             if epoch < self._newest[0]:
                 return Verdict(authenticated=True, reason="stale epoch")
+            if epoch == self._newest[0] and match["gw"] != self._newest_gateway:
+                return Verdict(authenticated=True, reason="epoch held by another gateway")
             if (epoch, ts) <= self._newest:
                 return Verdict(authenticated=True, reason="replayed claim")
-            self._newest = (epoch, ts)
+            self._newest, self._newest_gateway = (epoch, ts), match["gw"]
         return Verdict(authenticated=True, claim=Claim(role, match["node"], match["gw"], epoch, ts))
 
     def stats(self) -> dict[str, object]:

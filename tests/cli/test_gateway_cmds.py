@@ -88,6 +88,7 @@ def test_status(capsys, tmp_path, gw_config):
                                                         "reason": "no answer [within] 500 ms"}}},
                 },
                 "events": [{"kind": "switchover", "node": "standby", "at": now - 29, "detail": "primary -> standby"}],
+                "gateway": {"id": "gw-a", "vip": "192.0.2.100", "holds": True, "epoch": 1764748800123},
             }
         )
     )
@@ -96,5 +97,6 @@ def test_status(capsys, tmp_path, gw_config):
     assert "ConnectionRefusedError" in out and "switchover" in out and "primary -> standby" in out
     assert "queue 7, lag p99 42 ms, disconnected" in out
     assert "degraded" in out and "[within]" in out  # acknowledgements; the reason is not markup
+    assert "gateway gw-a holds the virtual IP 192.0.2.100 (role epoch 1764748800123)" in out
     code, out, _ = run(capsys, "--config", str(gw_config), "status", "--json")
     assert json.loads(out)["primary"] == "standby"

@@ -118,7 +118,7 @@ def test_models_loop_sends_at_once_when_the_node_becomes_primary(tmp_path, node,
 
 
 def test_a_new_term_as_primary_sends_even_if_the_loop_missed_the_backup_in_between(tmp_path, node, monkeypatch):
-    """primary -> backup -> primary between two checks (a switchover and back): a new epoch, so it sends."""
+    """primary -> backup -> primary between two checks (a switchover and back): a new role_since, so it sends."""
     monkeypatch.setattr(daemon, "ROLE_CHECK_S", 0.5)
     replicator = Replicator(config_for(tmp_path, node.port))
     calls = []

@@ -153,6 +153,11 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
                       literal(node["status"], styles.get(node["status"], "")),
                       since, probe, literal(model), replication, literal(node.get("last_error") or ""))
     console.print(table)
+    gateway = data.get("gateway") or {}
+    if gateway.get("vip"):
+        holds = "holds" if gateway.get("holds") else "does not hold"
+        console.print(literal(f"gateway {gateway.get('id')} {holds} the virtual IP {gateway['vip']} "
+                              f"(role epoch {gateway.get('epoch')})"))
     events = data.get("events", [])[-n_events:]
     if events:
         ev = Table(title="recent events")

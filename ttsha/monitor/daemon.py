@@ -37,7 +37,8 @@ from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
-from ..protocol import DOWN, default_gateway_id, load_secret, sign_claim
+from ..protocol import DOWN, PRIMARY, default_gateway_id, load_secret, sign_claim
+from .authority import Authority
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
@@ -170,7 +171,9 @@ class Monitor:
         # Roles go to the nodes signed (ttsha.protocol); without a secret no node would believe them.
         self._secret = load_secret(mc.secret_file)
         self.gateway_id = mc.gateway_id or default_gateway_id()
-        self._role_epoch = 0
+        # Only the holder of the virtual IP tells the nodes their roles (ttsha.monitor.authority).
+        self.authority = Authority(config.vrrp.vip, config.vrrp.interface or None)
+        self._splits: set[tuple[str, int]] = set()
         if self._secret is None:
             log.warning("no [monitor] secret_file: nodes are not told their roles, so models = \"primary\" "
                         "sends from no node (see ttsha(1), SECURITY)")
@@ -182,8 +185,8 @@ class Monitor:
         while not self._stop.is_set():
             started = time.monotonic()
             applied = self._applied_roles  # replaced, never mutated: safe to read here
-            role = applied.get(name) if applied else None
-            epoch = self._role_epoch
+            role = applied.get(name) if applied and self.authority.holds else None
+            epoch = self.authority.epoch
             try:
                 claim = sign_claim(self._secret, role or "", name, self.gateway_id, epoch) if self._secret else None
                 ok, info, error = probe(url, mc.connect_timeout, mc.read_timeout, claim, mc.slow_probe)
@@ -205,6 +208,7 @@ class Monitor:
         if result.info is not None:
             self._replication[result.node] = result.info.get("replication")
         events = self.decider.observe(result.node, result.ok, result.at, result.info, result.latency_ms, result.error)
+        events += self._follow_the_leader(result)
         for event in events:
             self._record(event)
         roles = self.decider.roles()
@@ -217,12 +221,52 @@ class Monitor:
             self.write_state()
         return events
 
+    def _follow_the_leader(self, result: Probe) -> list[Event]:
+        """Roles another gateway gave the nodes: follow them when that gateway
+        leads (it holds the virtual IP and this one does not, or it took over
+        later: a split, reported once per epoch), so both gateways route alike."""
+        info = result.info or {}
+        gateway, epoch, role = info.get("role_gateway"), info.get("role_epoch"), info.get("role")
+        if not isinstance(gateway, str) or gateway == self.gateway_id or not isinstance(epoch, int):
+            return []
+        events: list[Event] = []
+        if self.authority.holds:
+            if epoch < self.authority.epoch:
+                return []  # an earlier holder's claim: the node hears this gateway's next probe
+            if (gateway, epoch) not in self._splits:
+                self._splits.add((gateway, epoch))
+                events.append(Event(
+                    "split_brain", result.node, result.at,
+                    f"{result.node} follows gateway {gateway} (epoch {epoch}), which took over after this one "
+                    f"(epoch {self.authority.epoch}): two gateways hold the roles; this one follows it",
+                    {"gateway": gateway, "epoch": epoch, "mine": self.authority.epoch}))
+        state = self.decider.states.get(result.node)
+        if (role == PRIMARY and self.decider.mode == "active-standby" and self.decider.primary != result.node
+                and state is not None and state.status == "up"):
+            switched = self.decider.set_primary(result.node, result.at)
+            events.append(Event("switchover", result.node, result.at,
+                                f"{switched.data['from'] or 'none'} -> {result.node}, following gateway {gateway} "
+                                f"(epoch {epoch})", switched.data))
+        return events
+
+    def _check_authority(self, force: bool = False) -> None:
+        change = self.authority.refresh(force)
+        if change == "takeover":
+            self._record(Event("vip_takeover", "*", time.time(),
+                               f"holds {self.authority.vip}: tells the nodes their roles, epoch {self.authority.epoch}",
+                               {"epoch": self.authority.epoch}))
+        elif change == "released":
+            self._record(Event("vip_released", "*", time.time(),
+                               f"no longer holds {self.authority.vip}: follows the roles the nodes report"))
+        if change:
+            self.write_state()
+
     def _record(self, event: Event) -> None:
         entry = asdict(event)
         self.events.append(entry)
         del self.events[:-MAX_EVENTS]
         severity = {"node_down": "warning", "switchover": "warning", "all_down": "critical",
-                    "model_mismatch": "warning", "fence_failed": "warning"}
+                    "model_mismatch": "warning", "fence_failed": "warning", "split_brain": "critical"}
         level = logging.INFO if event.kind in ("node_up", "probe_failed") else logging.WARNING
         log.log(level, "event=%s node=%s %s", event.kind, event.node, event.detail)
         if event.kind in severity:
@@ -243,8 +287,19 @@ class Monitor:
         op = request.get("op")
         if op == "ping":
             return {"ok": True, "primary": self.decider.primary, "pid": os.getpid()}
+        if op == "authority":  # keepalived's notify hook: look at the address now
+            self._check_authority(force=True)
+            return {"ok": True, **self.authority.describe()}
         if op != "switchover":
             return {"ok": False, "error": f"unknown op {op!r}"}
+        if not self.authority.holds:
+            return {"ok": False, "error": f"this gateway does not hold the virtual IP {self.authority.vip}: run the "
+                                          "switchover on the gateway that does (this one follows it)"}
+        leaders = [(gw, ep) for gw, ep in self._splits if ep >= self.authority.epoch]
+        if leaders:
+            gw, ep = max(leaders, key=lambda pair: pair[1])
+            return {"ok": False, "error": f"the nodes follow gateway {gw}, which took over after this one "
+                                          f"(epoch {ep}): run the switchover there"}
         target = str(request.get("to", ""))
         old = self.decider.primary
         if target == old:
@@ -274,8 +329,6 @@ class Monitor:
             self.alerter.send(Alert("nginx_failed", f"nginx rejected the upstream change: {exc}", "critical", started))
             return False
         previous = self._applied_roles or {}
-        # A new epoch with every new set of roles: nodes ignore older ones (ttsha.protocol).
-        self._role_epoch = max(self._role_epoch + 1, time.time_ns() // 1_000_000)
         self._applied_roles = roles
         if self.config.monitor.fence:
             for name, role in roles.items():
@@ -365,6 +418,7 @@ class Monitor:
             "all_down": self.decider.all_down,
             "nodes": nodes,
             "nginx": self.nginx_status,
+            "gateway": {"id": self.gateway_id, **self.authority.describe()},
             "events": self.events,
         }
         try:
@@ -397,6 +451,7 @@ class Monitor:
                 item = self.inbox.get(timeout=0.2)
             except queue.Empty:
                 item = None
+            self._check_authority()
             if isinstance(item, Command):
                 item.reply.put(self._command(item.request))
             elif item is not None:

@@ -81,9 +81,9 @@ def local_role(config: Config, timeout: float = 2.0) -> str | None:
     return local_claim(config, timeout)[0]
 
 
-def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, int | None]:
-    """(role, epoch) as :func:`local_role`; the epoch changes with every new
-    set of roles the monitor applies (ttsha.protocol)."""
+def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, float | None]:
+    """(role, since when) as :func:`local_role`: the second changes whenever the
+    node's role does, even when it flips back between two reads."""
     host, port = local_health_url(config)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -98,8 +98,8 @@ def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, int |
     told_at = body.get("role_at")
     if not isinstance(told_at, (int, float)) or time.time() - told_at > ROLE_FRESH_S:
         return None, None
-    epoch = body.get("role_epoch")
-    return body["role"], epoch if isinstance(epoch, int) else None
+    since = body.get("role_since")
+    return body["role"], since if isinstance(since, (int, float)) else None
 
 
 class _Handler(pyinotify.ProcessEvent):
@@ -135,7 +135,7 @@ class Replicator:
         self._scan.set()  # catch-up at start
         self.lags: list[float] = []
         self._due_in: float | None = None  # seconds until a held-back file is due
-        self._role_epoch: int | None = None  # of the last role read (see local_claim)
+        self._role_since: float | None = None  # of the last role read (see local_claim)
         self.stats: dict[str, Any] = {"files_sent": 0, "bytes_sent": 0, "last_error": "", "connected": False,
                                       "overflows": 0, "models": {}}
         #: The live connection of the audio loop, shared with the acknowledgement path.
@@ -333,7 +333,7 @@ class Replicator:
             return True, 'models = "always"'
         if mode == "never":
             return False, 'models = "never"'
-        role, self._role_epoch = local_claim(self.config)
+        role, self._role_since = local_claim(self.config)
         if role == PRIMARY:
             return True, "this node is the primary"
         if role is None:
@@ -351,7 +351,7 @@ class Replicator:
         interval = self.config.replicate.interval
         last_attempt: float | None = None
         was_turn: bool | None = None
-        sent_epoch: int | None = None
+        sent_since: float | None = None
         while not self._stop.is_set():
             turn, why = self.models_turn()
             if turn != was_turn:
@@ -361,9 +361,9 @@ class Replicator:
             self.stats["models_turn"] = why
             due = last_attempt is None or time.monotonic() - last_attempt >= interval
             # A node that just became the primary sends at once: also when it
-            # was backup for a moment between two checks (a new epoch says so).
-            if turn and (due or not was_turn or self._role_epoch != sent_epoch):
-                last_attempt, sent_epoch = time.monotonic(), self._role_epoch
+            # was backup for a moment between two checks (its role_since says so).
+            if turn and (due or not was_turn or self._role_since != sent_since):
+                last_attempt, sent_since = time.monotonic(), self._role_since
                 try:
                     if Path(self.config.replicate.local_models).is_dir():
                         result = self.sync_models()

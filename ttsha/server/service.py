@@ -146,6 +146,8 @@ class Service:
         #: This node's role as the gateway's monitor last said in a probe, and when.
         self.role: str | None = None
         self.role_at: float | None = None
+        #: When the role last changed (the replicator sends models again when it does).
+        self.role_since: float | None = None
         #: Which role claims this node believes (signed by the monitor; none without a secret).
         self.roles = roles or RoleVerifier(None, None)
         self.role_claim: Claim | None = None
@@ -383,9 +385,11 @@ class Service:
     def note_role(self, claim: Claim) -> None:
         """Remember the role the monitor gave this node (a verified claim in
         its probe): the replicator on this node sends models only from the primary."""
+        now = time.time()
         if claim.role != self.role:
             log.info("role=%s (from the monitor %s, epoch %d)", claim.role, claim.gateway, claim.epoch)
-        self.role, self.role_at, self.role_claim = claim.role, time.time(), claim
+            self.role_since = now
+        self.role, self.role_at, self.role_claim = claim.role, now, claim
 
     def health(self, details: bool = True) -> tuple[int, dict[str, Any]]:
         """``/health``: answered from memory; without ``details`` the status alone."""
@@ -407,6 +411,7 @@ class Service:
             canary=r.canary,
             role=self.role,
             role_at=self.role_at,
+            role_since=self.role_since,
             store=self.store_state,
             admission={
                 "deadline_s": self.pool.deadline,
