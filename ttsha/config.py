@@ -278,6 +278,12 @@ class ServeConfig:
     max_chars: int = _field(2000, "longest text accepted", min=1, max=100000)
     max_body_bytes: int = _field(65536, "largest request body accepted", min=1024, max=16 * 1024 * 1024)
     canary_interval: Duration = _field(Duration(30.0), "how often the health canary synthesizes")
+    canary_golden: Path | None = _field(
+        None, "golden fingerprint of the canary's audio ('ttsha canary record'); "
+              "default: ttsha-canary.npz in [replicate] local_models, so it travels with the models")
+    canary_max_distance: float = _field(
+        1.0, "log-mel distance in dB from the golden over which the canary fails (the node is degraded)",
+        min=0.1, max=100.0)
     drain_timeout: Duration = _field(Duration(20.0), "how long SIGTERM waits for in-flight requests")
     max_connections: int = _field(512, "connections served at once; beyond: an immediate 503", min=1, max=100000)
     header_timeout: Duration = _field(Duration(10.0), "time a connection has to send its request line and headers")

@@ -65,6 +65,7 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
 
 def _register() -> None:
     from . import (
+        canary_cmd,
         config_cmd,
         doctor_cmd,
         failover_cmd,
@@ -91,6 +92,7 @@ def _register() -> None:
     cli.add_command(failover_cmd.failover)
     cli.add_command(lab_cmd.lab)
     cli.add_command(replicate_cmd.replicate)
+    cli.add_command(canary_cmd.canary)
 
 
 _register()

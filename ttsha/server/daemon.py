@@ -21,6 +21,7 @@ from ..config import Config, load, this_node
 from ..engine import create_engine
 from ..errors import TTSHAError
 from ..protocol import RoleVerifier, load_secret
+from ..quality import golden_path
 from ..replicate import ack
 from ..replicate.ack import AckGate
 from ..store import AudioStore
@@ -64,7 +65,7 @@ class ServeDaemon:
         # The replicator on this node (if any) writes its state beside its queue.
         replication = Path(config.replicate.queue_file).with_suffix(".json")
         self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config),
-                               roles=role_verifier(config, host, port))
+                               roles=role_verifier(config, host, port), golden_path=golden_path(config))
         self.app = create_app(self.service)
         self._stop = threading.Event()
         self._reload = threading.Event()

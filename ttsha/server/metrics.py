@@ -25,6 +25,9 @@ class Metrics:
         self.cache = Counter("ttsha_cache", "Synthesis cache lookups", ["result"], registry=self.registry)
         self.audio_seconds = Counter("ttsha_audio_seconds", "Seconds of audio synthesized", registry=self.registry)
         self.canary = Counter("ttsha_canary_runs", "Canary syntheses by outcome", ["outcome"], registry=self.registry)
+        self.canary_distance = Gauge("ttsha_canary_distance_db",
+                                     "Log-mel distance of the latest canary audio from the golden fingerprint",
+                                     registry=self.registry)
         # One series per status, 1 for the current one (a state set): alert rules
         # and dashboards select on the label instead of decoding a number.
         self.node_status = Gauge(

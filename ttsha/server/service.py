@@ -23,8 +23,9 @@ import numpy as np
 from ..audio import to_pcm16, wav_bytes, wav_header
 from ..config import ServeConfig
 from ..engine import Engine
-from ..errors import EngineError, InputError, StoreError
+from ..errors import ConfigError, EngineError, InputError, StoreError
 from ..protocol import Claim, RoleVerifier
+from ..quality import CANARY_TEXT, Golden, compare
 from ..replicate.ack import DEGRADED, AckGate
 from ..store import AudioStore, StoredResult, normalize_key_text, result_id
 from .metrics import Metrics
@@ -32,7 +33,6 @@ from .pool import SynthesisPool
 
 log = logging.getLogger(__name__)
 
-CANARY_TEXT = "欢迎使用语音合成服务。"
 #: How often the store's free space is checked (and, after a failed write, a write probed).
 STORE_CHECK_S = 1.0
 #: After a failed write the node stays degraded at least this long (unless a real
@@ -126,8 +126,11 @@ class Service:
 
     def __init__(self, serve: ServeConfig, engine: Engine, store: AudioStore,
                  replication_state: Path | None = None, acks: AckGate | None = None,
-                 roles: RoleVerifier | None = None) -> None:
+                 roles: RoleVerifier | None = None, golden_path: Path | None = None) -> None:
         self.serve = serve
+        #: The canary's golden fingerprint (ttsha.quality); read again whenever the file changes.
+        self.golden_path = golden_path
+        self._golden: tuple[float | None, Golden | None, str | None] = (None, None, None)
         #: With ``[replicate] ack = "standby"``: new results are answered once the peer holds them.
         self.acks = acks
         #: The replicator's state file on this node (its queue and lag), if any.
@@ -437,6 +440,7 @@ class Service:
         chars = len(CANARY_TEXT)
 
         started = time.perf_counter()
+        quality: dict[str, Any] | None = None
         try:
             if blocking:
                 samples, rate = self.pool.submit(run, priority=10, chars=chars).result()
@@ -447,6 +451,8 @@ class Service:
                     return None  # real work has priority; it proves health too
                 samples, rate = future.result()
             reason = check_canary_audio(samples, rate, CANARY_TEXT)
+            if reason is None:
+                reason, quality = self._against_golden(samples, rate)
         except (EngineError, InputError) as exc:
             reason = str(exc)
         except Exception as exc:  # a broken model can raise anything
@@ -456,12 +462,50 @@ class Service:
             "at": time.time(),
             "seconds": round(time.perf_counter() - started, 3),
             **({"reason": reason} if reason else {}),
+            **({"quality": quality} if quality else {}),
         }
         self.metrics.canary.labels("ok" if reason is None else "failed").inc()
         if reason is None:
             self.readiness.last_synth_ok_at = time.time()
         self.readiness.problem("canary", reason)
         return reason
+
+    def _load_golden(self) -> tuple[Golden | None, str | None]:
+        """The golden fingerprint (None: none recorded), or why it cannot be read."""
+        if self.golden_path is None:
+            return None, None
+        try:
+            mtime: float | None = self.golden_path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
+        except OSError as exc:
+            return None, f"canary golden {self.golden_path}: {exc.strerror or exc}"
+        if mtime != self._golden[0]:
+            golden, problem = None, None
+            if mtime is not None:
+                try:
+                    golden = Golden.load(self.golden_path)
+                except ConfigError as exc:
+                    problem = str(exc)
+            self._golden = (mtime, golden, problem)
+        return self._golden[1], self._golden[2]
+
+    def _against_golden(self, samples: np.ndarray, rate: int) -> tuple[str | None, dict[str, Any] | None]:
+        """The canary's audio against the golden: (failure reason, what /health shows)."""
+        golden, problem = self._load_golden()
+        if problem:
+            return problem, None
+        if golden is None:
+            return None, None
+        info = self.engine._info
+        if info is not None and info.engine != golden.engine:
+            return None, {"skipped": f"the golden was recorded for engine {golden.engine}"}
+        result = compare(golden, samples, rate, self.serve.canary_max_distance)
+        if math.isfinite(result.distance_db):
+            self.metrics.canary_distance.set(result.distance_db)
+        return result.reason, {"distance_db": round(result.distance_db, 2),
+                               "limit_db": self.serve.canary_max_distance,
+                               "golden_model_version": golden.model_version}
 
     def _canary_loop(self) -> None:
         while not self._stop.wait(self.serve.canary_interval):
