@@ -52,7 +52,9 @@ def test_render_is_a_nopreempt_unicast_pair_with_hooks(link):
     assert "unicast_src_ip 192.0.2.10" in text and "        192.0.2.9\n" in text
     assert "vrrp_check_unicast_src" in text and "vrrp_version 3" in text and "advert_int 0.2" in text
     assert f"192.0.2.100/24 dev {link}" in text and "priority 150" in text
-    assert f'script "{TTSHA} --config /etc/ttsha/ttsha.toml keepalived check"' in text
+    selfcheck = Path(keepalived.selfcheck.__file__).resolve()
+    assert f'script "{sys.executable} -I -S {selfcheck} 127.0.0.1:8080 {config.monitor.control_socket}"' in text
+    assert "fall 2" in text and "timeout 2" in text  # a slow check once is not a fault
     for state in ("MASTER", "BACKUP", "FAULT", "STOP"):
         notify = f"{TTSHA} --config /etc/ttsha/ttsha.toml keepalived notify --gateway gw-a {state}"
         assert f'notify_{state.lower()} "{notify}"' in text
@@ -122,9 +124,15 @@ def test_check_needs_nginx_and_the_monitor(tmp_path):
                     "monitor": {"control_socket": str(sock)}})
     monitor = ControlServer(sock, lambda request: {"ok": True, "pong": True})
     monitor.start()
+    # As keepalived runs it: the module as a file, isolated (-I) and without site-packages (-S).
+    as_keepalived = [sys.executable, "-I", "-S", str(Path(keepalived.selfcheck.__file__)), config.nginx.listen,
+                     str(sock)]
     try:
         assert keepalived.check(config) == []
+        assert subprocess.run(as_keepalived, capture_output=True, timeout=30).returncode == 0
         monitor.close()
+        failed = subprocess.run(as_keepalived, capture_output=True, text=True, timeout=30)
+        assert failed.returncode == 1 and "monitor does not answer" in failed.stderr
         assert [p for p in keepalived.check(config) if p.startswith("monitor does not answer")]
     finally:
         web.shutdown()

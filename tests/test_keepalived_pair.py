@@ -123,12 +123,13 @@ def pair():
 
 
 def _stub(root: Path, gateway: str) -> Path:
-    """Stands in for `ttsha` on one gateway: `keepalived check` fails while <root>/fail-<gateway> exists,
-    `keepalived notify …` is logged to <root>/notify.log."""
+    """Stands in for `ttsha` and for the Python that runs the self-check on one gateway: the check
+    (`-I -S selfcheck.py …`) fails while <root>/fail-<gateway> exists, `keepalived notify …` is
+    logged to <root>/notify.log."""
     stub = root / f"ttsha-{gateway}"
     stub.write_text(
         "#!/bin/sh\n"
-        f'if [ "$2" = check ]; then [ ! -e "{root}/fail-{gateway}" ]; exit $?; fi\n'
+        f'if [ "$1" = -I ]; then [ ! -e "{root}/fail-{gateway}" ]; exit $?; fi\n'
         f'echo "$@" >> "{root}/notify.log"\n'
     )
     stub.chmod(0o755)
@@ -141,7 +142,8 @@ def test_vip_moves_on_kill_and_on_a_failed_check_and_never_back(pair):
         "gateways": {"gw-a": {"address": pair.addr["gw-a"], "priority": 150},
                      "gw-b": {"address": pair.addr["gw-b"], "priority": 100}},
     })
-    texts = {name: keepalived.render(config, name, ttsha_bin=str(_stub(pair.root, name))) for name in ("gw-a", "gw-b")}
+    stubs = {name: str(_stub(pair.root, name)) for name in ("gw-a", "gw-b")}
+    texts = {name: keepalived.render(config, name, ttsha_bin=stubs[name], python_bin=stubs[name]) for name in stubs}
     pair.start("gw-a", texts["gw-a"])
     assert _wait(lambda: pair.holders() == ["gw-a"], 15) is not None, pair.holders()
     pair.start("gw-b", texts["gw-b"])
@@ -160,7 +162,7 @@ def test_vip_moves_on_kill_and_on_a_failed_check_and_never_back(pair):
     # gw-b's Nginx or monitor fails its check: it gives the address up, gw-a takes it.
     (pair.root / "fail-gw-b").touch()
     moved = _wait(lambda: pair.holders() == ["gw-a"], 5)
-    assert moved is not None and moved < 3.0, f"VIP left the failing gateway after {moved}"
+    assert moved is not None and moved < 4.0, f"VIP left the failing gateway after {moved}"
     notes = (pair.root / "notify.log").read_text()
     assert "--gateway gw-b MASTER" in notes and "--gateway gw-b FAULT" in notes
     assert time.monotonic() - start < 20

@@ -12,24 +12,26 @@ writes it. Choices, each for a reason:
   claim the address by sending a higher priority;
 - VRRP version 3 for sub-second adverts (version 2 has whole seconds, but
   also the PASS authentication some sites require);
-- a track script (``ttsha keepalived check``) that fails when this host's
-  Nginx or monitor does not answer, so the address leaves a gateway whose
-  proxy is frozen, not only one that is powered off;
+- a track script (:mod:`ttsha.monitor.selfcheck`, the same check as ``ttsha
+  keepalived check`` in a process that starts fast) that fails when this
+  host's Nginx or monitor does not answer twice in a row, so the address
+  leaves a gateway whose proxy is frozen, not only one that is powered off;
 - notify hooks (``ttsha keepalived notify``) that raise ttsha alerts.
 """
 
 from __future__ import annotations
 
-import http.client
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from .alert import Alert, Alerter
 from .config import Config, GatewayConfig
 from .errors import ConfigError, TTSHAError
+from .monitor import selfcheck
 from .monitor.authority import local_addresses
 
 #: keepalived's VRRP states as passed to notify scripts.
@@ -63,7 +65,7 @@ def _q(text: str) -> str:
 
 
 def render(config: Config, name: str, ttsha_bin: str = "/usr/bin/ttsha", config_path: Path | None = None,
-           script_user: str = "root") -> str:
+           script_user: str = "root", python_bin: str | None = None) -> str:
     """``keepalived.conf`` for gateway ``name``."""
     vrrp = config.vrrp
     if not vrrp.vip:
@@ -73,9 +75,12 @@ def render(config: Config, name: str, ttsha_bin: str = "/usr/bin/ttsha", config_
     if not peers:
         raise ConfigError("[gateways] names one gateway: a pair needs two")
     base = [ttsha_bin] + (["--config", str(config_path)] if config_path else [])
-    check = shlex.join([*base, "keepalived", "check"])
+    # The check runs every interval: the light self-check module, not the whole CLI (see its docstring).
+    check = shlex.join([python_bin or sys.executable, "-I", "-S", str(Path(selfcheck.__file__).resolve()),
+                        config.nginx.listen, str(config.monitor.control_socket)])
     notify = shlex.join([*base, "keepalived", "notify", "--gateway", name])
     advert = f"{vrrp.advert_interval:g}"
+    interval = max(1, round(vrrp.check_interval))  # keepalived counts script intervals in whole seconds
     lines = [
         f"# keepalived.conf for gateway {name}, written by `ttsha keepalived render`: edit the",
         "# ttsha configuration ([vrrp], [gateways.NAME]) and render again instead.",
@@ -90,9 +95,12 @@ def render(config: Config, name: str, ttsha_bin: str = "/usr/bin/ttsha", config_
         "",
         "vrrp_script ttsha_check {",
         f"    script {_q(check)}",
-        f"    interval {max(1, round(vrrp.check_interval))}",
-        "    timeout 1",
-        "    fall 1",
+        f"    interval {interval}",
+        # Two failures in a row, each allowed twice the interval: a check that
+        # is merely slow on a busy gateway (a Python start under load) must not
+        # move the address back and forth; a frozen Nginx fails both in a row.
+        f"    timeout {2 * interval}",
+        "    fall 2",
         "    rise 2",
         "}",
         "",
@@ -158,27 +166,7 @@ def validate(text: str, keepalived: str = "keepalived") -> None:
 
 def check(config: Config, timeout: float = 0.8) -> list[str]:
     """Why this gateway should not hold the VIP (empty: it may): Nginx and the monitor must answer."""
-    from .monitor import control
-
-    problems = []
-    host, _, port = config.nginx.listen.rpartition(":")
-    host = "127.0.0.1" if host in ("", "0.0.0.0", "*") else host.strip("[]")
-    try:
-        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-        conn.request("GET", "/ttsha_generation")
-        status = conn.getresponse().status
-        conn.close()
-        if status != 200:
-            problems.append(f"nginx answered /ttsha_generation with {status}")
-    except (OSError, http.client.HTTPException) as exc:
-        problems.append(f"nginx on {config.nginx.listen} does not answer: {exc}")
-    try:
-        reply = control.call(config.monitor.control_socket, {"op": "ping"}, timeout=timeout)
-        if not reply.get("ok"):
-            problems.append(f"monitor answered {reply}")
-    except TTSHAError as exc:
-        problems.append(f"monitor does not answer on {config.monitor.control_socket}: {exc}")
-    return problems
+    return selfcheck.problems(config.nginx.listen, Path(config.monitor.control_socket), timeout)
 
 
 def notify(config: Config, gateway: str, state: str) -> Alert:

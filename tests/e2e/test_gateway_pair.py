@@ -59,7 +59,7 @@ class StackPair(Pair):
             self.run(self.ip, "addr", "add", f"{host}/24", "dev", "br0", ns=self.lan)
             proc = subprocess.Popen(
                 self.in_lan(sys.executable, "-m", "tests.server.fake_node", host, str(NODE_PORT),
-                            str(self.root / f"store-{name}"), str(self.secret), name),
+                            str(self.root / f"store-{name}"), str(self.secret), name, "64"),
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             self.nodes[name] = proc
@@ -72,7 +72,10 @@ class StackPair(Pair):
         config = parse({
             "nodes": {n: {"url": f"http://{h}:{NODE_PORT}", "priority": 200 if n == "a" else 100}
                       for n, h in NODES.items()},
-            "monitor": {"interval": "200ms", "fast_interval": "50ms", "fall": 2, "rise": 2,
+            # Nodes' gray failures are other tests' subject: no slow-probe rule here, where four
+            # Python servers share two cores with the clients.
+            "monitor": {"interval": "200ms", "fast_interval": "50ms", "fall": 2, "rise": 2, "slow_probe": "0",
+                        "read_timeout": "1s",
                         "state_file": str(home / "monitor.json"), "control_socket": str(home / "monitor.sock"),
                         "secret_file": str(self.secret), "gateway_id": name},
             "nginx": {"listen": f"0.0.0.0:{GATEWAY_PORT}", "upstream_file": str(prefix / "ttsha-upstream.conf"),
@@ -173,7 +176,7 @@ def stack():
 
 def run_traffic(stack: StackPair, seconds: float, name: str) -> subprocess.Popen:
     return subprocess.Popen(stack.in_lan(sys.executable, str(CLIENT), "traffic", f"http://{VIP}:{GATEWAY_PORT}",
-                                         str(seconds), "20", str(stack.root / f"{name}.json")))
+                                         str(seconds), "10", str(stack.root / f"{name}.json")))
 
 
 def test_a_gateway_dies_then_the_other_freezes_and_clients_and_nodes_never_notice(stack):
@@ -199,7 +202,7 @@ def test_a_gateway_dies_then_the_other_freezes_and_clients_and_nodes_never_notic
     figures.update(kill_requests=len(results), kill_failed=sum(r["status"] != 200 for r in results),
                    kill_failed_after_move=sum(r["status"] != 200 for r in after),
                    kill_slowest_s=round(max(r["latency_s"] for r in results), 3))
-    assert len(after) >= 20 and figures["kill_failed_after_move"] == 0, [r for r in after if r["status"] != 200]
+    assert len(after) >= 10 and figures["kill_failed_after_move"] == 0, [r for r in after if r["status"] != 200]
     # Only requests started before the move may fail (their TCP peer vanished).
     assert all(r["at"] < moved_at for r in results if r["status"] != 200)
     wait = _wait(lambda: [stack.health(n).get("role_gateway") for n in NODES] == ["gw-b", "gw-b"], 10)
@@ -229,7 +232,14 @@ def test_a_gateway_dies_then_the_other_freezes_and_clients_and_nodes_never_notic
     figures.update(freeze_requests=len(results), freeze_failed=sum(r["status"] != 200 for r in results),
                    freeze_failed_after_move=sum(r["status"] != 200 for r in after),
                    freeze_slowest_after_move_s=round(max(r["latency_s"] for r in after), 3))
-    assert len(after) >= 20 and figures["freeze_failed_after_move"] == 0
+    assert len(after) >= 10 and figures["freeze_failed_after_move"] == 0
+    # Requests sent to the frozen Nginx before the move fail: its kernel accepted them, and the
+    # client waits for an answer until its own timeout (15 s here). Reported, not yet solved
+    # (issue 17): resetting those connections from the deposed gateway once the address has
+    # left does not reach the clients.
+    stuck = [r for r in results if r["status"] != 200]
+    figures["freeze_failed_slowest_s"] = round(max((r["latency_s"] for r in stuck), default=0.0), 3)
+    assert all(r["at"] < moved_at for r in stuck), stuck
     watch.wait(60)
 
     # The nodes: the primary never changed, and no node took a role from gw-a again once gw-b led.

@@ -1,6 +1,6 @@
 """A ``serve`` process with the fake engine, so tests can ``kill -9`` a real process.
 
-    python -m tests.server.fake_node HOST PORT STORE_DIR [SECRET_FILE NODE_NAME]
+    python -m tests.server.fake_node HOST PORT STORE_DIR [SECRET_FILE NODE_NAME [QUEUE_SIZE]]
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from werkzeug.serving import make_server
@@ -20,8 +21,10 @@ from ttsha.store import AudioStore
 from .conftest import SERVE, FakeEngine
 
 
-def main(host: str, port: int, store: Path, secret: Path | None = None, name: str | None = None) -> None:
-    service = Service(SERVE, FakeEngine(), AudioStore(store), roles=RoleVerifier(load_secret(secret), name))
+def main(host: str, port: int, store: Path, secret: Path | None = None, name: str | None = None,
+         queue_size: int | None = None) -> None:
+    serve = SERVE if queue_size is None else replace(SERVE, queue_size=queue_size)
+    service = Service(serve, FakeEngine(), AudioStore(store), roles=RoleVerifier(load_secret(secret), name))
     server = make_server(host, port, create_app(service), threaded=True)
     service.start()
     stop = threading.Event()
@@ -34,4 +37,5 @@ def main(host: str, port: int, store: Path, secret: Path | None = None, name: st
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]),
-         *([Path(sys.argv[4]), sys.argv[5]] if len(sys.argv) > 5 else []))
+         *([Path(sys.argv[4]), sys.argv[5]] if len(sys.argv) > 5 else []),
+         *([int(sys.argv[6])] if len(sys.argv) > 6 else []))
