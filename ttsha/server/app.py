@@ -49,6 +49,16 @@ OPENAI_VOICES = frozenset(
 #: Keys ttsha's own route accepts in a JSON body (others are refused: a
 #: misspelt or unsupported option must not be silently ignored).
 SYNTHESIZE_KEYS = frozenset({"text", "voice", "emotion", "speed", "format", "stream"})
+#: Query keys each route of ttsha's own API accepts, by endpoint and method;
+#: others answer 400 naming them, as unknown JSON keys do. Routes not listed
+#: (the OpenAI-compatible one, /health, /metrics, the page) ignore the query:
+#: OpenAI clients, load balancers and browsers add keys of their own.
+QUERY_KEYS = {
+    ("synthesize", "GET"): SYNTHESIZE_KEYS | {"return"},
+    ("synthesize", "POST"): frozenset({"stream", "return"}),
+    ("voices", "GET"): frozenset(),
+    ("audio", "GET"): frozenset(),
+}
 
 
 class ApiError(HTTPException):
@@ -109,6 +119,7 @@ class App:
         try:
             endpoint, args = adapter.match()
             route = endpoint
+            _check_query(request, endpoint)
             response = getattr(self, f"on_{endpoint}")(request, **args)
         except ApiError as exc:
             response = exc.get_response()
@@ -372,6 +383,18 @@ def _number(value: str, name: str) -> float:
     if not math.isfinite(number):
         raise ApiError(400, f"bad_{name}", f"{name} must be a number, got {value!r}")
     return number
+
+
+def _check_query(request: Request, endpoint: str) -> None:
+    """400 naming the query keys ``endpoint`` does not know (see :data:`QUERY_KEYS`)."""
+    method = "GET" if request.method == "HEAD" else request.method
+    accepted = QUERY_KEYS.get((endpoint, method))
+    if accepted is None:
+        return
+    unknown = sorted(set(request.args) - accepted)
+    if unknown:
+        raise ApiError(400, "unknown_keys", f"unknown query keys: {', '.join(unknown)}; "
+                       f"accepted: {', '.join(sorted(accepted)) or 'none'}")
 
 
 def _read_capped(stream, limit: int) -> bytes:
