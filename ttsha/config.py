@@ -279,7 +279,10 @@ class ServeConfig:
     max_body_bytes: int = _field(65536, "largest request body accepted", min=1024, max=16 * 1024 * 1024)
     canary_interval: Duration = _field(Duration(30.0), "how often the health canary synthesizes")
     drain_timeout: Duration = _field(Duration(20.0), "how long SIGTERM waits for in-flight requests")
-    max_connections: int = _field(512, "connections served at once; beyond: an immediate 503", min=1, max=100000)
+    max_connections: int = _field(
+        512, "connections served at once; beyond, /health is still answered and other requests wait up to 1 s for "
+        "a free connection, then get 503 with Retry-After", min=1, max=100000
+    )
     header_timeout: Duration = _field(Duration(10.0), "time a connection has to send its request line and headers")
     body_timeout: Duration = _field(Duration(30.0), "time a request has to send the body it announced")
     node: str = _field(
