@@ -289,6 +289,10 @@ class ServeConfig:
         "", "this node's name in [nodes] (the monitor's role claims name it); empty: the table whose url "
         "has serve's host and port", check="name"
     )
+    claims_file: Path | None = _field(
+        None, "where this node records the newest role-claim epoch it believed, fsynced, so that a restart "
+        "cannot be used to replay older claims; empty: role-claims.json beside [store] path"
+    )
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,12 @@ def _ack_gate(config: Config) -> AckGate:
     return AckGate(mode, config.replicate.ack_timeout, ack.AckClient(ack.socket_path(config)), alert)
 
 
-def role_verifier(config: Config, host: str, port: int) -> RoleVerifier:
+def claims_file(config: Config, store_dir: Path) -> Path:
+    """Where this node records the newest role-claim epoch ([serve] claims_file)."""
+    return Path(config.serve.claims_file) if config.serve.claims_file else Path(store_dir).parent / "role-claims.json"
+
+
+def role_verifier(config: Config, host: str, port: int, store_dir: Path) -> RoleVerifier:
     """Which role claims this node believes (see :mod:`ttsha.protocol`)."""
     secret = load_secret(config.monitor.secret_file)
     name = this_node(config, host, port)
@@ -51,7 +56,7 @@ def role_verifier(config: Config, host: str, port: int) -> RoleVerifier:
     elif name is None:
         log.warning("cannot tell which [nodes] table this node is (%s:%d): set [serve] node; until then no role "
                     "claim is believed", host, port)
-    return RoleVerifier(secret, name)
+    return RoleVerifier(secret, name, state_file=claims_file(config, store_dir) if secret is not None else None)
 
 
 class ServeDaemon:
@@ -64,7 +69,7 @@ class ServeDaemon:
         # The replicator on this node (if any) writes its state beside its queue.
         replication = Path(config.replicate.queue_file).with_suffix(".json")
         self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config),
-                               roles=role_verifier(config, host, port))
+                               roles=role_verifier(config, host, port, store_dir))
         self.app = create_app(self.service)
         self._stop = threading.Event()
         self._reload = threading.Event()
