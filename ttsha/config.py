@@ -427,6 +427,10 @@ class DrillConfig:
     max_rpo_files: int = _field(0, "objective: acknowledged audio lost", min=0)
     max_stall: Duration = _field(Duration(3.0), "objective: the slowest single request")
     max_p99_during: Duration = _field(Duration(2.0), "objective: p99 latency in the 5 s after the fault")
+    api_key_file: Path | None = _field(
+        None, "API key the drill's clients send (Authorization: Bearer) when the gateway requires keys: a file "
+        "(mode 0600) holding one key of [nginx] api_keys_file; empty: none"
+    )
 
 
 @dataclass(frozen=True)
