@@ -172,6 +172,8 @@ class App:
         return _json(body, status)
 
     def on_metrics(self, request: Request) -> Response:
+        if GATEWAY_HEADER in request.headers:  # internals: Prometheus scrapes each node directly
+            raise ApiError(403, "forbidden", "/metrics is served on the node itself, not through the gateway")
         self.service._update_gauges()
         return Response(self.service.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
