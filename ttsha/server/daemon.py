@@ -125,12 +125,17 @@ class ServeDaemon:
             restart_needed = [
                 name for name in ("engine", "store") if getattr(new, name) != getattr(self.config, name)
             ]
-            if new.serve.workers != self.config.serve.workers or new.serve.port != self.config.serve.port:
-                restart_needed.append("serve.workers/port")
+            restart_needed += [f"serve.{key}" for key in ("host", "port", "workers", "node", "claims_file")
+                               if getattr(new.serve, key) != getattr(self.config.serve, key)]
+            if new.monitor.secret_file != self.config.monitor.secret_file:
+                restart_needed.append("monitor.secret_file")
             if restart_needed:
                 log.warning("reload: %s changed; restart the service to apply", ", ".join(restart_needed))
-            # Limits apply to the next request; the pool and engine stay.
+            # Limits apply to the next request (connection limits to the next connection); the pool and engine stay.
             self.service.serve = new.serve
+            self.server.max_connections = new.serve.max_connections
+            self.server.header_timeout = new.serve.header_timeout
+            self.server.body_timeout = new.serve.body_timeout
             if self.service.acks is not None:
                 self.service.acks.timeout = new.replicate.ack_timeout
             self.config = new
