@@ -152,3 +152,13 @@ def test_known_query_keys_and_other_routes_still_work(fake_node):
     assert resp.status == 200
     for path in ("/health?_=1", "/metrics?x=1", "/?utm_source=x"):
         assert fake_node.client.request("GET", path)[0].status == 200
+
+
+@pytest.mark.parametrize(("query", "error"), [
+    ("text=%ED%A0%80", "invalid_utf8"),  # werkzeug kept it as the text "%ED%A0%80", which was spoken
+    ("text=%E4%BD%A0&voice=%FF", "invalid_utf8"),
+    ("text=%E4%BD%A0&stream=maybe", "bad_stream"),  # was a silent "no"
+])
+def test_a_query_that_is_not_utf8_or_a_bad_flag_is_400(fake_node, query, error):
+    resp, data = fake_node.client.request("GET", f"/v1/synthesize?{query}")
+    assert resp.status == 400 and body_json(data)["error"] == error

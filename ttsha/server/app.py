@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect, Rule
@@ -196,14 +197,14 @@ class App:
             data: dict[str, Any] = dict(request.args)
             if "speed" in data:
                 data["speed"] = _number(data["speed"], "speed")
-            data["stream"] = request.args.get("stream") in ("1", "true", "yes")
+            data["stream"] = _query_flag(request, "stream")
         else:
             data = self._json_body(request)
             unknown = sorted(set(data) - SYNTHESIZE_KEYS)
             if unknown:
                 raise ApiError(400, "unknown_keys", f"unknown keys: {', '.join(unknown)}; "
                                f"accepted: {', '.join(sorted(SYNTHESIZE_KEYS))}")
-            if request.args.get("stream") in ("1", "true", "yes"):
+            if _query_flag(request, "stream"):
                 data["stream"] = True
         fmt = data.get("format", "wav")
         if fmt not in ("wav", "pcm"):
@@ -393,10 +394,23 @@ def _check_query(request: Request, endpoint: str) -> None:
     accepted = QUERY_KEYS.get((endpoint, method))
     if accepted is None:
         return
+    try:
+        # werkzeug keeps an escape that is not UTF-8 as its literal text ("%FF"), which would be spoken.
+        unquote_to_bytes(request.query_string.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_utf8", "the query string is not UTF-8 once %-decoded") from None
     unknown = sorted(set(request.args) - accepted)
     if unknown:
         raise ApiError(400, "unknown_keys", f"unknown query keys: {', '.join(unknown)}; "
                        f"accepted: {', '.join(sorted(accepted)) or 'none'}")
+
+
+def _query_flag(request: Request, name: str) -> bool:
+    """A true/false query value (absent: false); 400 for anything else."""
+    value = request.args.get(name, "").lower()
+    if value not in ("", "1", "true", "yes", "0", "false", "no"):
+        raise ApiError(400, f"bad_{name}", f"{name} must be 1/true/yes or 0/false/no, got {value!r}")
+    return value in ("1", "true", "yes")
 
 
 def _read_capped(stream, limit: int) -> bytes:
