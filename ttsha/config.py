@@ -285,12 +285,19 @@ class ServeConfig:
         1.0, "log-mel distance in dB from the golden over which the canary fails (the node is degraded)",
         min=0.1, max=100.0)
     drain_timeout: Duration = _field(Duration(20.0), "how long SIGTERM waits for in-flight requests")
-    max_connections: int = _field(512, "connections served at once; beyond: an immediate 503", min=1, max=100000)
+    max_connections: int = _field(
+        512, "connections served at once; beyond, /health is still answered and other requests wait up to 1 s for "
+        "a free connection, then get 503 with Retry-After", min=1, max=100000
+    )
     header_timeout: Duration = _field(Duration(10.0), "time a connection has to send its request line and headers")
     body_timeout: Duration = _field(Duration(30.0), "time a request has to send the body it announced")
     node: str = _field(
         "", "this node's name in [nodes] (the monitor's role claims name it); empty: the table whose url "
         "has serve's host and port", check="name"
+    )
+    claims_file: Path | None = _field(
+        None, "where this node records the newest role-claim epoch it believed, fsynced, so that a restart "
+        "cannot be used to replay older claims; empty: role-claims.json beside [store] path"
     )
 
 
@@ -427,6 +434,10 @@ class DrillConfig:
     max_rpo_files: int = _field(0, "objective: acknowledged audio lost", min=0)
     max_stall: Duration = _field(Duration(3.0), "objective: the slowest single request")
     max_p99_during: Duration = _field(Duration(2.0), "objective: p99 latency in the 5 s after the fault")
+    api_key_file: Path | None = _field(
+        None, "API key the drill's clients send (Authorization: Bearer) when the gateway requires keys: a file "
+        "(mode 0600) holding one key of [nginx] api_keys_file; empty: none"
+    )
 
 
 @dataclass(frozen=True)

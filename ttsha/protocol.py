@@ -24,9 +24,32 @@ holds it. A restarted monitor or the other gateway of a pair taking over
 presents a higher epoch, which makes it a fencing token: a deposed gateway's
 claims are stale, and two gateways that both believe they hold the address
 cannot take turns (the nodes follow the later takeover). Within one epoch,
-a claim from a different gateway is refused too. A probe without a role (the monitor has not routed
+a claim from a different gateway is refused too (the file below keeps the
+gateway with the epoch). A probe without a role (the monitor has not routed
 yet) is signed too, with an empty role: it authenticates the caller (the
 monitor sees ``/health`` details) but changes no role.
+
+A node must not forget across a restart, or a claim captured within the
+window could be replayed to a freshly restarted node (the old primary,
+killed and back, told "primary" again while the monitor has moved on). So
+
+* a node believes no claim timestamped before its own start (by its
+  clock): every claim it could have seen before the restart is older; and
+* it records the newest epoch it accepted in a small file
+  (``[serve] claims_file``), written and fsynced before the claim that
+  raised it is believed, and read at start: a fenced gateway's lower epoch
+  stays refused after a restart too.
+
+Why this and not the alternatives: recording every accepted timestamp would
+put an fsync in every monitor probe (one a second per node, in the path the
+monitor times to 200 ms); a nonce handed out per start would change the
+monitor's side of the protocol and cost a probe round before a restarted
+node has a role. The epoch changes only when a gateway takes over, so its
+file is written a handful of times a year. The price of the start-time rule is one
+of clocks, which the window already needs in step (NTP): a monitor whose
+clock is behind the node's by *d* has its claims believed *d* seconds after a
+restart; one ahead by *d* leaves claims sent in the last *d* seconds before
+the restart replayable.
 
 Without a secret nothing is signed and no node believes any role.
 """
@@ -35,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -47,6 +71,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import ConfigError
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +174,39 @@ class HeaderLookup(Protocol):
     def get(self, key: str, /) -> str | None: ...
 
 
+def read_epoch(path: Path, key: str = "serve.claims_file") -> tuple[int, str]:
+    """The newest epoch recorded in ``path`` and the gateway that held it ((-1, ""): none yet);
+    ConfigError when it cannot be read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return -1, ""
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {getattr(exc, 'strerror', None) or exc} (if it is lost, "
+                          f"remove it: the node then also believes a lower epoch again)") from None
+    epoch = data.get("epoch") if isinstance(data, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
+        raise ConfigError(f"{key}: {path} holds no epoch (expected {{\"epoch\": N}})")
+    gateway = data.get("gateway")
+    return epoch, gateway if isinstance(gateway, str) and valid_name(gateway) else ""
+
+
 class RoleVerifier:
-    """A node's side of the protocol: which claims it believes (thread-safe)."""
+    """A node's side of the protocol: which claims it believes (thread-safe).
+
+    ``state_file`` (``[serve] claims_file``): where the newest accepted epoch
+    is recorded across restarts; None keeps it in memory only (tests).
+    """
 
     def __init__(self, secret: bytes | None, node: str | None, window: float = CLAIM_WINDOW_S,
-                 clock=time.time) -> None:
+                 clock=time.time, state_file: Path | None = None) -> None:
         self.secret, self.node, self.window, self.clock = secret, node, window, clock
+        self.state_file = state_file
         self._lock = threading.Lock()
-        self._newest: tuple[int, float] = (-1, 0.0)
-        self._newest_gateway = ""
+        #: Claims signed before this node started cannot be fresh (see the module docstring).
+        self.not_before = clock()
+        self._recorded, self._newest_gateway = read_epoch(state_file) if state_file is not None else (-1, "")
+        self._newest: tuple[int, float] = (self._recorded, 0.0)
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         self._logged: dict[str, float] = {}
@@ -206,6 +255,8 @@ class RoleVerifier:
             return Verdict(reason="claim outside the time window (clocks apart or a replay)")
         if not role:
             return Verdict(authenticated=True)
+        if ts < self.not_before:
+            return Verdict(authenticated=True, reason="claim from before this node started (a replay)")
         with self._lock:
             if epoch < self._newest[0]:
                 return Verdict(authenticated=True, reason="stale epoch")
@@ -213,6 +264,15 @@ class RoleVerifier:
                 return Verdict(authenticated=True, reason="epoch held by another gateway")
             if (epoch, ts) <= self._newest:
                 return Verdict(authenticated=True, reason="replayed claim")
+            if epoch > self._recorded and self.state_file is not None:
+                try:
+                    atomic_write(self.state_file, json.dumps({"epoch": epoch, "gateway": match["gw"]}) + "\n",
+                                 mode=0o600)
+                except OSError as exc:
+                    # Unrecorded, a restart would forget it: believe nothing rather than a forgettable epoch.
+                    return Verdict(authenticated=True, reason=f"cannot record the epoch in serve.claims_file "
+                                   f"{self.state_file}: {exc.strerror or exc}")
+                self._recorded = epoch
             self._newest, self._newest_gateway = (epoch, ts), match["gw"]
         return Verdict(authenticated=True, claim=Claim(role, match["node"], match["gw"], epoch, ts))
 

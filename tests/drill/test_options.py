@@ -6,6 +6,7 @@ import pytest
 
 from ttsha.cli import main
 from ttsha.drill.traffic import _TAG
+from ttsha.errors import ConfigError, Refused
 
 
 def test_the_seed_alphabet_is_a_hundred_distinct_characters():
@@ -57,3 +58,39 @@ def test_resolve_the_traffic_from_config_and_options():
     _, traffic = resolve(parse({}).drill, DrillOptions())
     assert traffic.load is None and traffic.rate == 5.0  # [drill] load = 0: the configured rate
     assert resolve(drill, DrillOptions())[1].seed != resolve(drill, DrillOptions())[1].seed
+
+
+KEY = "drill-0123456789abcdef0123456789"
+
+
+def _keys_config(tmp_path, drill_key: str | None, mode: int = 0o600) -> str:
+    keys = tmp_path / "api_keys"
+    keys.write_text(f"app k-0123456789abcdef0123\ndrill {KEY} 1000r/s\n")
+    keys.chmod(0o600)
+    text = (f'[monitor]\ncontrol_socket = "{tmp_path}/none.sock"\nstate_file = "{tmp_path}/m.json"\n'
+            f'[nginx]\napi_keys_file = "{keys}"\n')
+    if drill_key is not None:
+        path = tmp_path / "drill.key"
+        path.write_text(drill_key + "\n")
+        path.chmod(mode)
+        text += f'[drill]\napi_key_file = "{path}"\n'
+    config = tmp_path / "ttsha.toml"
+    config.write_text(text)
+    return str(config)
+
+
+@pytest.mark.parametrize(("drill_key", "mode", "error", "message"), [
+    (None, 0o600, Refused, "set [drill] api_key_file"),  # keys required, none for the drill: all 401
+    ("other-0123456789abcdef01234", 0o600, Refused, "not one of [nginx] api_keys_file"),
+    (KEY, 0o644, ConfigError, "drill.api_key_file"),  # a key others can read
+    ("not a key", 0o600, ConfigError, "drill.api_key_file"),
+])
+def test_a_drill_through_a_gateway_with_keys_needs_a_good_key(capsys, tmp_path, drill_key, mode, error, message):
+    assert main(["--config", _keys_config(tmp_path, drill_key, mode), "failover", "--drill"]) == error.exit_code
+    assert message in capsys.readouterr().err
+
+
+def test_with_the_right_key_the_drill_goes_on_to_its_other_checks(capsys, tmp_path):
+    code = main(["--config", _keys_config(tmp_path, KEY), "failover", "--drill"])
+    err = capsys.readouterr().err
+    assert "no monitor runs" in err and "api_key" not in err and KEY not in err and code != 0

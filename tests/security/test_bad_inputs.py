@@ -121,3 +121,44 @@ def test_a_result_removed_mid_read_is_404_never_500(fake_node):
         stop.set()
         thread.join(10)
     assert set(statuses) <= {200, 404} and cycles[0] > 0
+
+
+@pytest.mark.parametrize(("method", "path", "unknown"), [
+    ("GET", "/v1/synthesize?text=%E4%BD%A0&foo=1", "foo"),
+    ("GET", "/v1/synthesize?text=%E4%BD%A0&sample_rate=16000&colour=red", "colour, sample_rate"),
+    ("HEAD", "/v1/synthesize?text=%E4%BD%A0&foo=1", None),  # HEAD: the status alone
+    ("GET", "/v1/voices?lang=zh", "lang"),
+    ("GET", "/v1/audio/0123456789abcdef.wav?t=1", "t"),
+    ("POST", "/v1/synthesize?text=%E4%BD%A0", "text"),  # a query text next to a JSON body would be ignored
+])
+def test_unknown_query_keys_on_our_own_routes_are_400_naming_them(fake_node, method, path, unknown):
+    body = {"text": "你好"} if method == "POST" else None
+    resp, data = fake_node.client.request(method, path, body=body)
+    assert resp.status == 400 and resp.getheader("Content-Type") == "application/json"
+    if unknown is not None:
+        payload = body_json(data)
+        assert payload["error"] == "unknown_keys" and f"unknown query keys: {unknown};" in payload["message"]
+
+
+def test_known_query_keys_and_other_routes_still_work(fake_node):
+    resp, data = fake_node.client.request(
+        "GET", "/v1/synthesize?text=%E4%BD%A0&voice=alice&emotion=happy&speed=1.2&format=pcm&stream=0&return=json")
+    assert resp.status == 200 and body_json(data)["id"]
+    resp, data = fake_node.client.synth(params={"stream": "1", "return": "json"}, text="你好")
+    assert resp.status == 200
+    # The OpenAI route, /health and /metrics ignore the query (clients and load balancers add keys).
+    resp, _ = fake_node.client.request("POST", "/v1/audio/speech?api-version=1",
+                                       body={"model": "tts-1", "input": "你好"})
+    assert resp.status == 200
+    for path in ("/health?_=1", "/metrics?x=1", "/?utm_source=x"):
+        assert fake_node.client.request("GET", path)[0].status == 200
+
+
+@pytest.mark.parametrize(("query", "error"), [
+    ("text=%ED%A0%80", "invalid_utf8"),  # werkzeug kept it as the text "%ED%A0%80", which was spoken
+    ("text=%E4%BD%A0&voice=%FF", "invalid_utf8"),
+    ("text=%E4%BD%A0&stream=maybe", "bad_stream"),  # was a silent "no"
+])
+def test_a_query_that_is_not_utf8_or_a_bad_flag_is_400(fake_node, query, error):
+    resp, data = fake_node.client.request("GET", f"/v1/synthesize?{query}")
+    assert resp.status == 400 and body_json(data)["error"] == error

@@ -59,3 +59,21 @@ def test_a_remote_caller_needs_the_monitors_signature(tmp_path):
         assert "pid" in client.get("/health", environ_overrides=same_host).get_json()
     finally:
         service.stop(timeout=5)
+
+
+def test_metrics_are_not_served_through_the_gateway(pair):
+    """Found trying issue 16 as an attacker: any client read a node's internals
+    (replication lag and errors, queue, every route's counts) at GATEWAY/metrics.
+    Prometheus scrapes each node directly (conf/prometheus)."""
+    _, nodes, gateway = pair
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+    conn.request("GET", "/metrics", headers={GATEWAY_HEADER: ""})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 403 and json.loads(body)["error"] == "forbidden" and b"ttsha_" not in body
+    conn = http.client.HTTPConnection(nodes["a"].host, nodes["a"].port, timeout=5)
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    assert resp.status == 200 and b"ttsha_http_requests_total" in resp.read()
+    conn.close()

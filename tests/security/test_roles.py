@@ -185,3 +185,103 @@ def test_against_a_live_monitor_forged_roles_never_win(pair):
     finally:
         monitor.stop()
         thread.join(10)
+
+
+def _serve(tmp_path, port: int):
+    """A real ``ttsha serve`` (node "a") whose /health answers while its model loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    secret = tmp_path / "secret"
+    if not secret.exists():
+        secret.write_bytes(SECRET)
+        secret.chmod(0o600)
+    cfg = tmp_path / "ttsha.toml"
+    cfg.write_text(f'[serve]\nhost = "127.0.0.1"\nport = {port}\nnode = "a"\n[store]\npath = "{tmp_path}/audio"\n'
+                   f'[monitor]\nsecret_file = "{secret}"\n[nodes.a]\nurl = "http://127.0.0.1:{port}"\n'
+                   f'[nodes.b]\nurl = "http://127.0.0.3:{port}"\n[replicate]\nack = "local"\n')
+    exe = Path(sys.executable).with_name("ttsha")
+    proc = subprocess.Popen([str(exe), "--config", str(cfg), "serve"], stderr=subprocess.DEVNULL)
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            conn.close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("ttsha serve did not answer /health")
+            time.sleep(0.1)
+
+
+def _health_of(port: int, headers: dict[str, str] | None = None) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/health", headers=headers or {})
+    body = json.loads(conn.getresponse().read())
+    conn.close()
+    return body
+
+
+def test_a_claim_captured_before_a_restart_cannot_be_replayed_after_it(tmp_path):
+    """Issue 16: a restarted node forgot the newest claim, so a captured "primary"
+    claim flipped the old primary back while the monitor had moved on."""
+    import signal
+
+    from ..monitor.conftest import free_port
+
+    port = free_port()
+    monitor = RoleSigner()
+    proc = _serve(tmp_path, port)
+    try:
+        captured = monitor.claim("primary")
+        assert _health_of(port, captured)["role"] == "primary"
+        backup = monitor.claim("backup")
+        assert _health_of(port, backup)["role"] == "backup"
+        proc.send_signal(signal.SIGKILL)  # the primary dies; the monitor has moved on
+        proc.wait(10)
+        proc = _serve(tmp_path, port)
+        assert _health_of(port)["role"] is None
+        for replay in (captured, backup):
+            body = _health_of(port, replay)
+            assert body["role"] is None
+        assert body["role_claims"]["rejected"] == {"claim from before this node started (a replay)": 2}
+        # A gateway fenced by a higher epoch before the restart stays fenced after it.
+        body = _health_of(port, monitor.claim("primary", epoch=monitor.epoch - 1))
+        assert body["role"] is None and body["role_claims"]["rejected"]["stale epoch"] == 1
+        # The monitor's next claim is believed at once.
+        assert _health_of(port, monitor.claim("backup"))["role"] == "backup"
+        assert json.loads((tmp_path / "role-claims.json").read_text())["epoch"] == monitor.epoch
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_the_epoch_is_recorded_before_it_is_believed(tmp_path):
+    state = tmp_path / "claims" / "role-claims.json"
+    verifier = RoleVerifier(SECRET, "a", state_file=state)
+    monitor = RoleSigner()
+    assert verifier.verify(monitor.claim("primary")).claim is not None
+    assert json.loads(state.read_text())["epoch"] == monitor.epoch and state.stat().st_mode & 0o077 == 0
+    assert RoleVerifier(SECRET, "a", state_file=state).stats()["epoch"] == monitor.epoch
+    # A new epoch that cannot be recorded is not believed (a restart would forget it).
+    state.parent.rename(tmp_path / "moved")
+    state.parent.write_text("not a directory")  # fails for root too
+    verdict = verifier.verify(monitor.claim("backup"))
+    assert verdict.claim is None and "cannot record the epoch" in verdict.reason
+    state.parent.unlink()
+    (tmp_path / "moved").rename(state.parent)
+    assert verifier.verify(monitor.claim("backup")).claim is not None
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"epoch": "x"}', "[]"])
+def test_an_unreadable_claims_file_stops_serve_naming_the_key(tmp_path, text):
+    state = tmp_path / "role-claims.json"
+    state.write_text(text)
+    with pytest.raises(ConfigError, match="serve.claims_file"):
+        RoleVerifier(SECRET, "a", state_file=state)

@@ -136,25 +136,103 @@ def test_a_slow_body_is_cut_off(server):
         s.close()
 
 
-def test_beyond_the_connection_cap_new_connections_get_503_json(server):
-    srv = server(max_connections=5, header_timeout=30)
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def hold_slots(port: int, n: int, head: bytes = b"GET /health HTTP/1.1\r\nHost: x\r\n") -> list[socket.socket]:
+    """``n`` slowloris connections: a request head that never ends."""
+    held = []
+    for _ in range(n):
+        s = connect(port)
+        s.sendall(head)
+        held.append(s)
+    return held
+
+
+def test_health_answers_while_a_slowloris_holds_every_slot(server):
+    """Issue 16: beyond the cap, /health keeps answering (the monitor must not mark
+    the node down) and other clients get a 503 JSON with Retry-After, never a hang.
+    The attackers send the start of a /health request: a slow one cannot take a
+    reserved slot, only a whole head can."""
+    srv = server(max_connections=20, header_timeout=60)
     port = srv.server_address[1]
-    held = [connect(port) for _ in range(5)]
+    holders = hold_slots(port, 20)
+    attackers = []
     try:
-        wait = time.monotonic() + 5
-        while srv.connections < 5 and time.monotonic() < wait:
-            time.sleep(0.02)
-        extra = connect(port)
-        extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_for(lambda: srv.connections == 20)
+        attackers = hold_slots(port, 280)  # beyond the cap (more than the overflow holds: the oldest go first)
+        assert wait_for(lambda: srv.overflow.pending > 0)
+        client = Client("127.0.0.1", port)
+        for _ in range(10):
+            resp, data = client.request("GET", "/health", timeout=10)
+            assert resp.status == 200 and json.loads(data)["status"] == "ready"
+        assert srv.health_reserved >= 10 and srv.connections >= 20
+        resp, data = client.synth(text="你好", timeout=20)
+        assert resp.status == 503 and resp.getheader("Content-Type") == "application/json"
+        assert json.loads(data)["error"] == "too_many_connections" and resp.getheader("Retry-After") == "1"
+        # Every attacker beyond the cap is answered and closed; the slot holders still hold theirs.
+        deadline = time.monotonic() + 15
+        assert all(closed_by_server(s, max(0.1, deadline - time.monotonic())) for s in attackers)
+        assert srv.connections == 20 and srv.refused >= 280
+    finally:
+        for s in holders + attackers:
+            s.close()
+    assert wait_for(lambda: srv.connections == 0)
+    resp, data = Client("127.0.0.1", port).synth(text="你好")
+    assert resp.status == 200 and data[:4] == b"RIFF"
+
+
+def test_beyond_the_cap_a_client_is_served_when_a_slot_frees(server):
+    srv = server(max_connections=3, header_timeout=60, overflow_wait=30)
+    port = srv.server_address[1]
+    holders = hold_slots(port, 3, b"POST /v1/synthesize HTTP/1.1\r\n")
+    got: list = []
+    try:
+        assert wait_for(lambda: srv.connections == 3)
+        thread = threading.Thread(target=lambda: got.append(Client("127.0.0.1", port).synth(text="你好", timeout=40)))
+        thread.start()
+        assert wait_for(lambda: srv.overflow.waiting == 1)  # its whole request is in; no slot yet
+        holders.pop().close()
+        thread.join(40)
+        resp, data = got[0]
+        assert resp.status == 200 and data[:4] == b"RIFF" and srv.refused == 0
+    finally:
+        for s in holders:
+            s.close()
+
+
+def test_beyond_the_cap_a_request_without_a_slot_gets_503_json(server):
+    srv = server(max_connections=5, header_timeout=60, overflow_wait=0.5)
+    port = srv.server_address[1]
+    held = hold_slots(port, 5)
+    try:
+        assert wait_for(lambda: srv.connections == 5)
+        extra = connect(port)  # sends nothing at all
         status, headers, body = read_response(extra)
         assert status == 503 and json.loads(body)["error"] == "too_many_connections" and headers["retry-after"]
+        assert closed_by_server(extra, 5)
         extra.close()
+        extra = connect(port)  # a whole request with a body that waits for no slot
+        extra.sendall(b"POST /v1/synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 18\r\n\r\n{\"text\": \"\\u4f60\"}")
+        status, headers, body = read_response(extra)
+        assert status == 503 and json.loads(body)["error"] == "too_many_connections"
+        extra.close()
+        # HEAD /health with a query still takes a reserved slot; a /health POST (a body) does not.
+        resp, _ = Client("127.0.0.1", port).request("HEAD", "/health?probe=1")
+        assert resp.status == 200
+        resp, _ = Client("127.0.0.1", port).request("POST", "/health", body={"x": 1})
+        assert resp.status == 503
     finally:
         for s in held:
             s.close()
-    wait = time.monotonic() + 5
-    while srv.connections and time.monotonic() < wait:
-        time.sleep(0.02)
+    assert wait_for(lambda: srv.connections == 0)
     resp, _ = Client("127.0.0.1", port).request("GET", "/health")
     assert resp.status == 200
 

@@ -205,3 +205,25 @@ def test_sighup_rereads_limits_without_a_restart(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_sighup_applies_the_connection_limits_and_names_what_needs_a_restart(tmp_path, caplog):
+    """Found in issue 16's trial: a reload logged success but kept the old
+    max_connections and timeouts, and a new [serve] host went unmentioned."""
+    import logging
+
+    from ttsha.config import load
+
+    cfg = tmp_path / "ttsha.toml"
+    cfg.write_text(f'[serve]\nport = {free_port()}\n[store]\npath = "{tmp_path}/audio"\n')
+    daemon = daemon_module.ServeDaemon(load(cfg), "127.0.0.1", 0, tmp_path / "audio")
+    try:
+        cfg.write_text(cfg.read_text().replace("[serve]\n", '[serve]\nmax_connections = 7\nheader_timeout = "3s"\n'
+                                               'body_timeout = "4s"\nhost = "127.0.0.2"\n'))
+        with caplog.at_level(logging.WARNING, logger="ttsha.server.daemon"):
+            daemon._apply_reload()
+        server = daemon.server
+        assert (server.max_connections, server.header_timeout, server.body_timeout) == (7, 3.0, 4.0)
+        assert "serve.host changed; restart" in caplog.text
+    finally:
+        daemon.server.server_close()

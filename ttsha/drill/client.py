@@ -12,12 +12,14 @@ import http.client
 import json
 import logging
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import PeerUnreachable
+from ..errors import ConfigError, PeerUnreachable
 from .stats import Sample
 from .traffic import HOT_TEXTS, Planned, capacity_text, new_text
 
@@ -34,22 +36,47 @@ class Response:
 
 #: Range requests a client makes to complete one body cut short.
 RESUMES = 2
+#: An API key as ``Authorization: Bearer`` carries it (RFC 6750 token characters).
+_API_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,256}=*")
+
+
+def load_api_key(path: Path | None, key: str = "drill.api_key_file") -> str | None:
+    """The API key the drill's clients send (None: not configured).
+
+    The file holds one key (one of ``[nginx] api_keys_file``), and is refused
+    unless only its owner can read it, as every secret of ttsha is; a key is
+    never given on the command line, where ``ps`` would show it.
+    """
+    from ..protocol import load_secret
+
+    data = load_secret(path, key)
+    if data is None:
+        return None
+    try:
+        token = data.decode("ascii")
+    except UnicodeDecodeError:
+        token = ""
+    if not _API_KEY.fullmatch(token):
+        raise ConfigError(f"{key}: {path} must hold one API key: 16 or more of A-Z a-z 0-9 . _ ~ + / -")
+    return token
 
 
 class Gateway:
     """A small HTTP client for the gateway (one connection per request: as clients do)."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, api_key: str | None = None) -> None:
         parts = urlsplit(url)
         if not parts.hostname:
             raise PeerUnreachable(f"not a gateway URL: {url!r}")
         self.host, self.port, self.timeout = parts.hostname, parts.port or 80, timeout
+        # Sent with every request when the gateway requires keys ([nginx] api_keys_file).
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def request(self, method: str, path: str, body: dict | None = None) -> Response:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if data else {}
+            headers = {"Content-Type": "application/json", **self._auth} if data else dict(self._auth)
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             got = {k.lower(): v for k, v in resp.getheaders()}
@@ -77,7 +104,7 @@ class Gateway:
         for attempt in range(1, RESUMES + 1):
             conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
-                conn.request("GET", f"/v1/audio/{audio_id}.wav", headers={"Range": f"bytes={len(body)}-"})
+                conn.request("GET", f"/v1/audio/{audio_id}.wav", headers={"Range": f"bytes={len(body)}-", **self._auth})
                 resp = conn.getresponse()
                 rest = resp.read()
                 if resp.status == 206:

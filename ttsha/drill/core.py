@@ -28,7 +28,7 @@ from ..config import Config, DrillConfig, Duration
 from ..errors import Refused, TTSHAError, UsageError
 from ..faults import FAULTS, Fault
 from . import stats
-from .client import Capacity, Gateway, Traffic, measure_capacity
+from .client import Capacity, Gateway, Traffic, load_api_key, measure_capacity
 from .judge import Objectives, Outcome, judge
 from .stats import Sample
 from .timeline import timeline as failover_timeline
@@ -140,8 +140,9 @@ def run_drill(
     monitor_state: Callable[[], dict | None],
     drill: DrillConfig | None = None,
     traffic: TrafficSettings | None = None,
+    api_key: str | None = None,
 ) -> DrillReport:
-    """Run one drill; see the module docstring."""
+    """Run one drill; see the module docstring. ``api_key``: see :func:`drill_api_key`."""
     drill = drill or config.drill
     traffic = traffic or TrafficSettings(new_seed(), float(drill.duration), drill.rate, drill.concurrency,
                                          mix_of(drill))
@@ -149,7 +150,7 @@ def run_drill(
     addresses = {name: address for address, name in names.items()}
     # Clients wait longer than Nginx does: a request stuck on a frozen node is
     # retried by Nginx after proxy_read_timeout, and the report shows it as slow.
-    gw = Gateway(gateway_url, timeout=config.nginx.proxy_read_timeout + 15)
+    gw = Gateway(gateway_url, timeout=config.nginx.proxy_read_timeout + 15, api_key=api_key)
     objectives = Objectives.from_config(drill)
     report = DrillReport(fault, target, standby, objectives.to_dict(), traffic.to_dict())
     seeded = _seed_audio(gw, traffic.seed)
@@ -300,6 +301,7 @@ class DrillPlan:
     fault: Fault
     settings: DrillConfig
     traffic: TrafficSettings
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log
 
     def describe(self) -> list[str]:
         t = self.traffic
@@ -345,6 +347,7 @@ def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
 
     options = options or DrillOptions()
     settings, traffic = resolve(config.drill, options)
+    api_key = drill_api_key(config)
     if not control.monitor_running(config.monitor.control_socket):
         raise Refused("no monitor runs on this host (nothing would fail over); run the drill on the gateway "
                       "with 'ttsha monitor' running")
@@ -365,15 +368,43 @@ def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
     pid = health.get("pid") if isinstance(health.get("pid"), int) else None
     fault = options.fault or settings.fault
     return DrillPlan(target, ready[0], gateway_url(config.nginx), Fault(config, target, fault, pid), settings,
-                     traffic)
+                     traffic, api_key)
+
+
+def drill_api_key(config: Config) -> str | None:
+    """The key the drill's clients send (``[drill] api_key_file``), or None.
+
+    Refuses a drill whose every request the gateway would answer 401: keys
+    required (``[nginx] api_keys_file``) and none configured for the drill,
+    or one the gateway's file (when readable here) does not hold.
+    """
+    from ..errors import ConfigError
+    from ..nginx import load_api_keys
+
+    key = load_api_key(config.drill.api_key_file)
+    required = config.nginx.api_keys_file
+    if required is None:
+        return key
+    if key is None:
+        raise Refused("the gateway requires API keys ([nginx] api_keys_file): set [drill] api_key_file to a file "
+                      "(mode 0600) holding one of them, with a rate above the drill's")
+    try:
+        known = load_api_keys(required, config.nginx.api_rate)
+    except ConfigError:
+        return key  # not readable on this host: the gateway is the judge
+    if not any(k.key == key for k in known):
+        raise Refused("the key in [drill] api_key_file is not one of [nginx] api_keys_file: the gateway would "
+                      "answer every drill request 401 (add it there, then 'ttsha nginx render' and reload Nginx)")
+    return key
 
 
 def with_capacity(traffic: TrafficSettings, gateway_url: str, timeout: float,
-                  seconds: float = CAPACITY_SECONDS) -> TrafficSettings:
+                  seconds: float = CAPACITY_SECONDS, api_key: str | None = None) -> TrafficSettings:
     """``traffic`` with its rate set from a capacity measurement (unchanged without a load)."""
     if traffic.load is None:
         return traffic
-    capacity = measure_capacity(Gateway(gateway_url, timeout), traffic.seed, traffic.concurrency, seconds)
+    capacity = measure_capacity(Gateway(gateway_url, timeout, api_key=api_key), traffic.seed, traffic.concurrency,
+                                seconds)
     rate = min(MAX_RATE, max(MIN_RATE, rate_for_load(traffic.load, capacity.rps, traffic.mix)))
     log.info("capacity %.2f new texts/s; drill rate %.2f requests/s", capacity.rps, rate)
     return replace(traffic, rate=rate, capacity=capacity)
@@ -385,9 +416,11 @@ def execute(config: Config, plan: DrillPlan) -> DrillReport:
 
     try:
         plan.fault.preflight()
-        traffic = with_capacity(plan.traffic, plan.gateway, config.nginx.proxy_read_timeout + 15)
+        traffic = with_capacity(plan.traffic, plan.gateway, config.nginx.proxy_read_timeout + 15,
+                                api_key=plan.api_key)
         report = run_drill(config, plan.gateway, plan.target, plan.standby, plan.fault.inject, plan.fault.restore,
-                           plan.fault.kind, lambda: read_state(config.monitor.state_file), plan.settings, traffic)
+                           plan.fault.kind, lambda: read_state(config.monitor.state_file), plan.settings, traffic,
+                           api_key=plan.api_key)
     finally:
         plan.fault.close()
     slowest = None if math.isnan(report.max_latency_s) else round(report.max_latency_s, 3)

@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect, Rule
@@ -49,6 +50,16 @@ OPENAI_VOICES = frozenset(
 #: Keys ttsha's own route accepts in a JSON body (others are refused: a
 #: misspelt or unsupported option must not be silently ignored).
 SYNTHESIZE_KEYS = frozenset({"text", "voice", "emotion", "speed", "format", "stream"})
+#: Query keys each route of ttsha's own API accepts, by endpoint and method;
+#: others answer 400 naming them, as unknown JSON keys do. Routes not listed
+#: (the OpenAI-compatible one, /health, /metrics, the page) ignore the query:
+#: OpenAI clients, load balancers and browsers add keys of their own.
+QUERY_KEYS = {
+    ("synthesize", "GET"): SYNTHESIZE_KEYS | {"return"},
+    ("synthesize", "POST"): frozenset({"stream", "return"}),
+    ("voices", "GET"): frozenset(),
+    ("audio", "GET"): frozenset(),
+}
 
 
 class ApiError(HTTPException):
@@ -109,6 +120,7 @@ class App:
         try:
             endpoint, args = adapter.match()
             route = endpoint
+            _check_query(request, endpoint)
             response = getattr(self, f"on_{endpoint}")(request, **args)
         except ApiError as exc:
             response = exc.get_response()
@@ -161,6 +173,8 @@ class App:
         return _json(body, status)
 
     def on_metrics(self, request: Request) -> Response:
+        if GATEWAY_HEADER in request.headers:  # internals: Prometheus scrapes each node directly
+            raise ApiError(403, "forbidden", "/metrics is served on the node itself, not through the gateway")
         self.service._update_gauges()
         return Response(self.service.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
@@ -183,14 +197,14 @@ class App:
             data: dict[str, Any] = dict(request.args)
             if "speed" in data:
                 data["speed"] = _number(data["speed"], "speed")
-            data["stream"] = request.args.get("stream") in ("1", "true", "yes")
+            data["stream"] = _query_flag(request, "stream")
         else:
             data = self._json_body(request)
             unknown = sorted(set(data) - SYNTHESIZE_KEYS)
             if unknown:
                 raise ApiError(400, "unknown_keys", f"unknown keys: {', '.join(unknown)}; "
                                f"accepted: {', '.join(sorted(SYNTHESIZE_KEYS))}")
-            if request.args.get("stream") in ("1", "true", "yes"):
+            if _query_flag(request, "stream"):
                 data["stream"] = True
         fmt = data.get("format", "wav")
         if fmt not in ("wav", "pcm"):
@@ -372,6 +386,31 @@ def _number(value: str, name: str) -> float:
     if not math.isfinite(number):
         raise ApiError(400, f"bad_{name}", f"{name} must be a number, got {value!r}")
     return number
+
+
+def _check_query(request: Request, endpoint: str) -> None:
+    """400 naming the query keys ``endpoint`` does not know (see :data:`QUERY_KEYS`)."""
+    method = "GET" if request.method == "HEAD" else request.method
+    accepted = QUERY_KEYS.get((endpoint, method))
+    if accepted is None:
+        return
+    try:
+        # werkzeug keeps an escape that is not UTF-8 as its literal text ("%FF"), which would be spoken.
+        unquote_to_bytes(request.query_string.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_utf8", "the query string is not UTF-8 once %-decoded") from None
+    unknown = sorted(set(request.args) - accepted)
+    if unknown:
+        raise ApiError(400, "unknown_keys", f"unknown query keys: {', '.join(unknown)}; "
+                       f"accepted: {', '.join(sorted(accepted)) or 'none'}")
+
+
+def _query_flag(request: Request, name: str) -> bool:
+    """A true/false query value (absent: false); 400 for anything else."""
+    value = request.args.get(name, "").lower()
+    if value not in ("", "1", "true", "yes", "0", "false", "no"):
+        raise ApiError(400, f"bad_{name}", f"{name} must be 1/true/yes or 0/false/no, got {value!r}")
+    return value in ("1", "true", "yes")
 
 
 def _read_capped(stream, limit: int) -> bytes:

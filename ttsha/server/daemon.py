@@ -42,7 +42,12 @@ def _ack_gate(config: Config) -> AckGate:
     return AckGate(mode, config.replicate.ack_timeout, ack.AckClient(ack.socket_path(config)), alert)
 
 
-def role_verifier(config: Config, host: str, port: int) -> RoleVerifier:
+def claims_file(config: Config, store_dir: Path) -> Path:
+    """Where this node records the newest role-claim epoch ([serve] claims_file)."""
+    return Path(config.serve.claims_file) if config.serve.claims_file else Path(store_dir).parent / "role-claims.json"
+
+
+def role_verifier(config: Config, host: str, port: int, store_dir: Path) -> RoleVerifier:
     """Which role claims this node believes (see :mod:`ttsha.protocol`)."""
     secret = load_secret(config.monitor.secret_file)
     name = this_node(config, host, port)
@@ -52,7 +57,7 @@ def role_verifier(config: Config, host: str, port: int) -> RoleVerifier:
     elif name is None:
         log.warning("cannot tell which [nodes] table this node is (%s:%d): set [serve] node; until then no role "
                     "claim is believed", host, port)
-    return RoleVerifier(secret, name)
+    return RoleVerifier(secret, name, state_file=claims_file(config, store_dir) if secret is not None else None)
 
 
 class ServeDaemon:
@@ -65,7 +70,7 @@ class ServeDaemon:
         # The replicator on this node (if any) writes its state beside its queue.
         replication = Path(config.replicate.queue_file).with_suffix(".json")
         self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config),
-                               roles=role_verifier(config, host, port), golden_path=golden_path(config))
+                               roles=role_verifier(config, host, port, store_dir), golden_path=golden_path(config))
         self.app = create_app(self.service)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -121,12 +126,17 @@ class ServeDaemon:
             restart_needed = [
                 name for name in ("engine", "store") if getattr(new, name) != getattr(self.config, name)
             ]
-            if new.serve.workers != self.config.serve.workers or new.serve.port != self.config.serve.port:
-                restart_needed.append("serve.workers/port")
+            restart_needed += [f"serve.{key}" for key in ("host", "port", "workers", "node", "claims_file")
+                               if getattr(new.serve, key) != getattr(self.config.serve, key)]
+            if new.monitor.secret_file != self.config.monitor.secret_file:
+                restart_needed.append("monitor.secret_file")
             if restart_needed:
                 log.warning("reload: %s changed; restart the service to apply", ", ".join(restart_needed))
-            # Limits apply to the next request; the pool and engine stay.
+            # Limits apply to the next request (connection limits to the next connection); the pool and engine stay.
             self.service.serve = new.serve
+            self.server.max_connections = new.serve.max_connections
+            self.server.header_timeout = new.serve.header_timeout
+            self.server.body_timeout = new.serve.body_timeout
             if self.service.acks is not None:
                 self.service.acks.timeout = new.replicate.ack_timeout
             self.config = new
