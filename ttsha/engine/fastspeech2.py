@@ -57,6 +57,9 @@ class _Linear(nn.Linear):
     emulate_int8 = False
     int8_weights = False  # set at load: only kernels with int8 weights run hybrid
 
+    def reset_parameters(self) -> None:
+        """Skip torch's random initialization: the weights come from the model file."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(_int8_round_trip(x, -1) if self.emulate_int8 else x)
 
@@ -66,6 +69,9 @@ class _Conv1d(nn.Conv1d):
 
     emulate_int8 = False
     int8_weights = False
+
+    def reset_parameters(self) -> None:
+        """Skip torch's random initialization (most of the load time): the weights come from the model file."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(_int8_round_trip(x, None) if self.emulate_int8 else x)
