@@ -5,7 +5,10 @@ same thread count, each in a fresh process so peak RSS and cold start are
 their own, in alternating rounds. The original needs the dev-only reference venv (``make
 reference-venv``); without it only ttsha's figures are reported.
 
-    python bench/engine.py [--repeat N] [--threads N]
+``--hog`` adds the contention check: ttsha's throughput alone and while a
+busy process takes one core, in alternating rounds of the same run.
+
+    python bench/engine.py [--repeat N] [--threads N] [--rounds N] [--hog]
 """
 
 from __future__ import annotations
@@ -52,26 +55,39 @@ def child(ids_json: Path, out: Path, repeat: int, threads: int) -> None:
     engine.load()
     cases = json.loads(ids_json.read_text())
 
+    parts = {"acoustic_seconds": 0.0, "vocoder_seconds": 0.0}
+
     def one(ids: list[int]) -> int:
+        t0 = time.perf_counter()
         mel = engine.mel(ids, Prosody())
-        return len(engine.vocoder(torch.from_numpy(mel)[None]))
+        t1 = time.perf_counter()
+        samples = len(engine.vocoder(torch.from_numpy(mel)[None]))
+        parts["acoustic_seconds"] += t1 - t0
+        parts["vocoder_seconds"] += time.perf_counter() - t1
+        return samples
 
     one(next(iter(cases.values()))["ids"])
     cold = time.perf_counter() - t0
+    parts = dict.fromkeys(parts, 0.0)
     samples = 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(repeat):
         for case in cases.values():
             samples += one(case["ids"])
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out.write_text(json.dumps({"seconds": elapsed, "audio_seconds": samples / 24000, "cold_seconds": cold,
-                               "peak_rss": rss}))
+                               "peak_rss": rss, "cpu_seconds": cpu, **parts}))
+
+
+#: Figures summed over rounds when every run has them (the original reports fewer).
+_SUMMED = ("cpu_seconds", "acoustic_seconds", "vocoder_seconds", "process_cpu_seconds")
 
 
 def _combine(runs: list[dict]) -> dict:
     """One engine's rounds: totals for speed, the median cold start, the largest RSS."""
     combined = {
+        **{key: sum(r[key] for r in runs) for key in _SUMMED if all(key in r for r in runs)},
         "seconds": sum(r["seconds"] for r in runs),
         "audio_seconds": sum(r["audio_seconds"] for r in runs),
         "cold_seconds": statistics.median(r["cold_seconds"] for r in runs),
@@ -79,6 +95,53 @@ def _combine(runs: list[dict]) -> dict:
     }
     combined["rtf"] = combined["seconds"] / combined["audio_seconds"]
     return combined
+
+
+def _run_ours(ids: Path, out: Path, repeat: int, threads: int) -> dict:
+    subprocess.run([sys.executable, __file__, "--child", str(ids), str(out), "--repeat", str(repeat),
+                    "--threads", str(threads)], check=True)
+    return json.loads(out.read_text())
+
+
+def measure_contention(repeat: int = 1, threads: int = 2, rounds: int = 3) -> dict:
+    """ttsha's throughput (audio seconds per second) alone and beside a busy
+    process taking one core, alternating, in one run. Losing one of ``cores``
+    cores should cost at most that share: the floor is ``(cores - 1) / cores``."""
+    cores = os.cpu_count() or 1
+    runs: dict[str, list[dict]] = {"alone": [], "hog": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ids = Path(tmp) / "ids.json"
+        ids.write_text(json.dumps(_ids()))
+        out = Path(tmp) / "out.json"
+        for r in range(rounds):
+            for case in (("alone", "hog") if r % 2 == 0 else ("hog", "alone")):
+                hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if case == "hog" else None
+                try:
+                    runs[case].append(_run_ours(ids, out, repeat, threads))
+                finally:
+                    if hog is not None:
+                        hog.kill()
+                        hog.wait()
+    speed = {case: [r["audio_seconds"] / r["seconds"] for r in rs] for case, rs in runs.items()}
+    ratios = [h / a for a, h in zip(speed["alone"], speed["hog"], strict=True)]
+    return {
+        "cores": cores, "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        "throughput_alone": statistics.median(speed["alone"]), "throughput_hog": statistics.median(speed["hog"]),
+        "cpu_per_audio_second_alone": statistics.median(r["cpu_seconds"] / r["audio_seconds"] for r in runs["alone"]),
+        "ratios": ratios, "ratio": statistics.median(ratios), "floor": (cores - 1) / cores,
+    }
+
+
+def contention_rows(c: dict) -> list[str]:
+    """Markdown rows for the contention check."""
+    met = "met" if c["ratio"] >= c["floor"] else "MISSED"
+    return [
+        f"| engine throughput, {c['threads']} threads, OMP_WAIT_POLICY={c['omp_wait_policy']} | alone | "
+        f"beside a 1-core hog | hog / alone (floor {c['floor']:.2f}) |",
+        "|---|---|---|---|",
+        f"| audio seconds per second | {c['throughput_alone']:.2f} | {c['throughput_hog']:.2f} | "
+        f"{c['ratio']:.2f} {met} (rounds: {', '.join(f'{x:.2f}' for x in c['ratios'])}) |",
+    ]
 
 
 def measure(repeat: int = 2, threads: int = 2, rounds: int = 3) -> dict:
@@ -95,9 +158,7 @@ def measure(repeat: int = 2, threads: int = 2, rounds: int = 3) -> dict:
         out = Path(tmp) / "out.json"
 
         def ours() -> dict:
-            subprocess.run([sys.executable, __file__, "--child", str(ids), str(out), "--repeat", str(repeat),
-                            "--threads", str(threads)], check=True)
-            return json.loads(out.read_text())
+            return _run_ours(ids, out, repeat, threads)
 
         def original() -> dict:
             subprocess.run(
@@ -111,7 +172,12 @@ def measure(repeat: int = 2, threads: int = 2, rounds: int = 3) -> dict:
         engines = {"ttsha": ours, **({"original": original} if REF_PYTHON.exists() else {})}
         for r in range(rounds):
             for name in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
-                runs[name].append(engines[name]())
+                # CPU time is what a busy machine cannot take away from a measurement.
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                run = engines[name]()
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                run["process_cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+                runs[name].append(run)
     results["ttsha"] = _combine(runs["ttsha"])
     if runs["original"]:
         results["original"] = _combine(runs["original"])
@@ -144,6 +210,15 @@ def table(results: dict) -> list[str]:
                 + (f"{ref['cold_seconds']:.2f} s | {results['cold_ratio']:.2f} |" if ref else "n/a | |"))
     rows.append(f"| audio synthesized | {ours['audio_seconds']:.1f} s | "
                 + (f"{ref['audio_seconds']:.1f} s | |" if ref else "n/a | |"))
+    rows.append(f"| ttsha's synthesis: acoustic + vocoder | {ours['acoustic_seconds']:.2f} + "
+                f"{ours['vocoder_seconds']:.2f} s of {ours['seconds']:.2f} s (CPU {ours['cpu_seconds']:.2f} s) | | |")
+    cpu_ours, cpu_ref = ours["process_cpu_seconds"], ref["process_cpu_seconds"] if ref else 0.0
+    rows.append(f"| CPU seconds of the whole process (load included) | {cpu_ours:.2f} s | "
+                + (f"{cpu_ref:.2f} s | {cpu_ref / cpu_ours:.2f}x less |" if ref else "n/a | |"))
+    if ref:
+        rows.append(f"| synthesis time (sum of rounds) | {ours['seconds']:.2f} s | {ref['seconds']:.2f} s | |")
+    else:
+        rows.append("| original | not measured: no reference venv (make reference-venv) | | |")
     return rows
 
 
@@ -152,12 +227,19 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, type=Path, metavar=("IDS", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hog", action="store_true", help="also measure throughput beside a 1-core CPU hog")
     args = parser.parse_args()
     if args.child:
         child(*args.child, args.repeat, args.threads)
         return
-    results = measure(args.repeat, args.threads)
+    results = measure(args.repeat, args.threads, args.rounds)
+    if args.hog:
+        results["contention"] = measure_contention(1, args.threads, args.rounds)
     print("\n".join(table(results)))
+    if args.hog:
+        print()
+        print("\n".join(contention_rows(results["contention"])))
     print(json.dumps(results, indent=2))
 
 

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -152,3 +156,16 @@ def test_a_piece_too_long_for_one_pass_is_said_in_parts(embedded_engine):
         embedded_engine.mel(ids, Prosody(speed=0.44))
     mel = embedded_engine._piece_mel("了" * 80, "sad", 0.5)
     assert mel is not None and mel.shape[0] > 2048
+
+
+_POLICY = "import os, sys, ttsha.engine.embedded; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+
+
+def test_openmp_waits_passively_unless_the_operator_says_otherwise():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    fresh = subprocess.run([sys.executable, "-c", _POLICY], env=env, capture_output=True, text=True, check=True)
+    # Set before torch (and its libgomp) is loaded, which only happens when a model loads.
+    assert fresh.stdout.split() == ["PASSIVE", "False"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    chosen = subprocess.run([sys.executable, "-c", _POLICY], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.split() == ["ACTIVE", "False"]

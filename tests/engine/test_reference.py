@@ -87,6 +87,23 @@ def test_float_mel_is_close(acoustic, reference, name):
     assert np.abs(expected - expected.mean(axis=0)).mean() > 5 * error.mean()
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_bf16_keeps_lengths_and_stays_near_float32(acoustic, reference, name):
+    """The default path (bf16 decoder where the CPU has it) against float32 throughout."""
+    if not acoustic.bf16:
+        pytest.skip("this CPU has no native bf16 kernels: the model runs in float32")
+    fast_mel, fast_durations = run(acoustic, reference, name, force_durations=False)
+    acoustic.use_bf16(False)
+    try:
+        mel, durations = run(acoustic, reference, name, force_durations=False)
+    finally:
+        acoustic.use_bf16(True)
+    np.testing.assert_array_equal(fast_durations, durations)
+    error = np.abs(fast_mel - mel)
+    assert 0 < error.mean() < 0.01  # bf16 did run, and moved the mels far less than int8 rounding does
+    assert error.max() < 0.25
+
+
 def test_vocoder_matches(vocoder, reference):
     mel = torch.tensor(reference["vocoder.mel"].astype(np.float32))[None]
     expected = reference["vocoder.wave"].astype(np.float32)

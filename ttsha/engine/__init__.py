@@ -7,6 +7,8 @@ production nodes with a local model directory.
 
 from __future__ import annotations
 
+import os
+
 from ..config import EngineConfig
 from ..errors import ConfigError
 from .base import Audio, Engine, EngineInfo, check_audio
@@ -15,6 +17,17 @@ ENGINES = ("embedded", "sambert")
 
 __all__ = ["Audio", "Engine", "EngineInfo", "ENGINES", "check_audio", "create_engine"]
 
+#: OpenMP's worker threads spin between parallel regions by default, each
+#: burning a core. On a node the cores are shared (several synthesis workers,
+#: the HTTP threads, other processes), so the spinning steals the CPU the
+#: working threads need: measured on a busy 2-core machine, synthesis ran 5x
+#: slower with spinning than with passive waiting (bench/engine.py --hog).
+#: libgomp reads this once, when torch loads it; every module that imports
+#: torch is under this package, so setting it here comes first. An
+#: operator's own setting wins.
+OMP_WAIT_POLICY = "PASSIVE"
+os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+
 
 def create_engine(config: EngineConfig, name: str | None = None, workers: int = 1) -> Engine:
     """The engine named by ``name`` (or the config), not yet loaded.
@@ -22,8 +35,6 @@ def create_engine(config: EngineConfig, name: str | None = None, workers: int = 
     ``workers`` is how many threads will call it at once; torch threads are
     split between them so that workers x threads = cores.
     """
-    import os
-
     name = name or config.engine
     threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     if name == "embedded":
