@@ -29,9 +29,9 @@ def mapper():
         ("010-12345678", "零幺零幺二三四五六七八"),
         ("3kg", "三千克"),
         ("100 km/h", "一百千米每小时"),
-        ("1205.5元", "一千二百零五点五元"),
+        ("1205.5元", "一千二百零五元五角"),
         ("第1名", "第一名"),
-        ("ＡＢＣ１２３", "ABC一百二十三"),
+        ("ＡＢＣ１２３", "ABC一二三"),
         ("１＋１＝２", "一加一等于二"),
     ],
 )
@@ -88,8 +88,8 @@ def test_long_numbers_never_overflow_the_reader():
     # cn2an refuses more than 16 digits; such numbers are read digit by digit.
     assert normalize("1" * 20 + ".5") == "一" * 20 + "点五"
     assert normalize("0" * 20 + "%") == "百分之" + "零" * 20
-    assert normalize("12.34.56%") == "十二.百分之三十四点五六"
-    assert normalize("12-5%") == "十二百分之负五"
+    assert normalize("12.34.56%") == "十二点三十四点五十六%"
+    assert normalize("12-5%") == "百分之十二到百分之五"
 
 
 #: Inputs that made a number pattern retry from every digit of a run (O(n^2)).
@@ -106,18 +106,46 @@ ADVERSARIAL = {
     "dates": lambda n: "2026年11月" * (n // 9),
     "spaces before percent": lambda n: "1" + " " * (n - 2) + "x",
     "mixed": lambda n: ("12.5%3km/h 2026-11-23 7:30 1/2 -3.5℃ 13812345678 " * n)[:n],
+    # The readings added for issue 19: each rule's worst case.
+    "thousands groups": lambda n: "1" + ",234" * (n // 4),
+    "thousands then a digit": lambda n: ("1" + ",234" * 10 + "5") * (n // 42),
+    "broken thousands": lambda n: "1,23" * (n // 4),
+    "money signs": lambda n: "$" * n,
+    "money ranges": lambda n: "¥1.5-" * (n // 5),
+    "currency codes": lambda n: "USD" * (n // 3),
+    "amounts before codes": lambda n: "1" * (n - 3) + "US",
+    "yuan decimals": lambda n: "1.5" * (n // 3) + "元",
+    "range chains": lambda n: "1-" * (n // 2),
+    "range with spaces": lambda n: "1" + " " * (n - 3) + "-x",
+    "unit ranges": lambda n: "1kg-" * (n // 4),
+    "year ranges": lambda n: "1990-" * (n // 5),
+    "date dashes": lambda n: "日-" * (n // 2),
+    "time ranges": lambda n: "9:00-" * (n // 5),
+    "ratios": lambda n: "1:" * (n // 2),
+    "versions": lambda n: "v" + "1." * (n // 2),
+    "dotted numbers": lambda n: "1." * (n // 2),
+    "model numbers": lambda n: ("AB" + "1" * 20) * (n // 22),
+    "code words": lambda n: "电话" + "1" * (n - 2),
+    "code words repeated": lambda n: "电话1" * (n // 3),
+    "hyphenated letters": lambda n: "a-" * (n // 2),
+    "domains": lambda n: "a." * (n // 2),
+    "clock times": lambda n: "1 p" * (n // 3),
 }
 
 
 def _front_end_seconds(text: str, repeats: int = 5) -> float:
-    """The fastest of a few runs of what the request thread does with new text."""
+    """The fastest of a few runs of what the request thread does with new text.
+
+    Counted in this thread's CPU time, not wall time: on a machine shared by
+    busy test suites, wall time mostly measures the wait for a core.
+    """
     import time
 
     best = float("inf")
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = time.thread_time()
         split_sentences(normalize(text), max_len=40)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.thread_time() - started)
     return best
 
 
