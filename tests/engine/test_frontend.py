@@ -40,7 +40,7 @@ def test_normalize(text, spoken):
 
 
 def test_split_sentences_keeps_pauses_and_drops_empty_pieces():
-    pieces = split_sentences("你好，世界！……今天。ok")
+    pieces = split_sentences("你好，世界！……今天。!!")
     assert [p.text for p in pieces] == ["你好", "世界", "今天"]
     assert [p.pause_s for p in pieces] == [0.15, 0.3, 0.0]
 
@@ -63,8 +63,41 @@ def test_neutral_tone_and_umlaut(mapper):
 
 def test_unsayable_characters_are_skipped_with_a_warning(mapper, caplog):
     with caplog.at_level(logging.WARNING):
-        assert mapper.syllables("hi你好😀") == ["ni2", "hao3"]
-    assert "😀" in caplog.text and "h" in caplog.text
+        assert mapper.syllables("hi你好😀") == ["ei1", "chi1", "ai4", "ni2", "hao3"]
+    assert "😀" in caplog.text and "skipping" in caplog.text
+
+
+def test_only_the_unsayable_is_warned_about(mapper, caplog):
+    with caplog.at_level(logging.WARNING):
+        mapper.syllables("我用iPhone和Python写了一个TTS demo，α粒子，《好》")
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    "text, syllables",
+    [
+        # Words said as words; acronyms and unknown words spelled with the voice's syllables.
+        ("我用iPhone和Python写了一个TTS demo",
+         "wo3 yong4 ai4 feng1 he2 pai4 sen1 xie3 le5 yi2 ge4 ti4 ti4 ai4 si1 dei1 mou5"),
+        ("CPU和GPU", "xi1 pi1 you1 he2 ji4 pi1 you1"),
+        ("OK", "ou1 kei4"),
+        ("iOS", "ai4 ou1 ai4 si1"),
+        ("Wi-Fi", "wai1 fei1"),
+        ("v1.2.3", "wei1 yi4 dian3 er4 dian3 san1"),
+        ("$5", "wu3 mei3 yuan2"),
+        ("3-5个", "san1 dao4 wu3 ge4"),
+        ("¥12.50", "shi2 er4 yuan2 wu3 jiao3"),
+        ("1,234,567人", "yi4 bai3 er4 shi2 san1 wan4 si4 qian1 wu3 bai3 liu4 shi2 qi1 ren2"),
+        ("α粒子", "a1 er3 fa3 li4 zi5"),
+    ],
+)
+def test_the_engine_receives_these_syllables(mapper, text, syllables):
+    """What the acoustic model is given, through the whole front end (normalize, cut, map)."""
+    from ttsha.engine.embedded import EmbeddedEngine
+
+    engine = EmbeddedEngine()
+    said = [s for piece in engine.pieces(text) for s in mapper.syllables(piece.text)]
+    assert " ".join(said) == syllables
 
 
 def test_punctuation_is_silent(mapper, caplog):
@@ -74,7 +107,8 @@ def test_punctuation_is_silent(mapper, caplog):
 
 
 def test_nothing_sayable_gives_no_ids(mapper):
-    assert mapper.ids("hello") == []
+    assert mapper.ids("😀…") == []
+    assert len(mapper.ids("hello")) == len(mapper.phones("hello")) + 1  # spelled: 哈喽
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])

@@ -21,11 +21,16 @@ from pathlib import Path
 from pypinyin import Style, lazy_pinyin
 
 from ..errors import EngineError, InputError
+from . import lexicon
 from .normalize import normalize  # noqa: F401  (re-exported: callers import it from here)
 
 log = logging.getLogger(__name__)
 
 _HAN = re.compile(r"[\u4e00-\u9fff]")
+#: What the embedded voice can say: Chinese characters, Latin letters (spelled), lexicon marks.
+SPEAKABLE = re.compile("[\u4e00-\u9fffA-Za-z\U000f0000-\U000ffffd]")
+#: Stretches the phone mapper reads without pypinyin.
+_SPECIAL = re.compile("[\U000f0000-\U000ffffd]+|[A-Za-z]+|[\u0391-\u03a9\u03b1-\u03c9]")
 
 # Sentence-final marks end a piece with a longer pause than clause marks.
 _SENTENCE_END = "。！？!?；;…"
@@ -131,28 +136,60 @@ class PhoneMapper:
         return cls(symbols, table)
 
     def syllables(self, text: str) -> list[str]:
-        """Toned pinyin syllables (``zhong1``) for the Chinese characters of ``text``.
+        """Toned pinyin syllables (``zhong1``) for ``text``.
 
-        Anything that is not a Chinese character is dropped, with a warning
-        naming it; tone sandhi (一, 不, third tones) is applied by pypinyin.
+        Chinese characters are read by pypinyin, with tone sandhi (一, 不,
+        third tones); a lexicon's marks (:func:`~.lexicon.pinyin_marks`) by
+        what they stand for; Latin words by :data:`~.lexicon.WORDS` or letter
+        by letter (:data:`~.lexicon.LETTERS`), Greek letters by name. Anything
+        else that is not punctuation or space is dropped with a warning naming it.
         """
         result: list[str] = []
         skipped: list[str] = []
+        start = 0
+        for match in _SPECIAL.finditer(text):
+            self._chinese(text[start : match.start()], result, skipped)
+            start = match.end()
+            found = match.group(0)
+            if lexicon.MARKS.match(found):
+                said: tuple[str, ...] | list[str] = [lexicon.read_mark(c) for c in found]
+            elif found[0].isascii():
+                lower = found.lower()
+                said = lexicon.WORDS.get(lower) or [s for c in lower for s in lexicon.LETTERS[c]]
+            else:
+                said = lexicon.GREEK.get(found, ())
+            self._keep(said, result, skipped)
+        self._chinese(text[start:], result, skipped)
+        if skipped:
+            self.skipped.extend(skipped)
+            log.warning("skipping what the voice cannot say: %s", " ".join(dict.fromkeys(skipped)))
+        return result
+
+    def _chinese(self, text: str, result: list[str], skipped: list[str]) -> None:
+        if not text:
+            return
 
         def keep_unknown(chunk: str) -> list[str]:
             # Punctuation and spaces are silent by nature; anything else is news.
             skipped.extend(c for c in chunk if unicodedata.category(c)[0] not in "PZC")
             return []
 
-        for syllable in lazy_pinyin(
-            text,
-            style=Style.TONE3,
-            neutral_tone_with_five=True,
-            tone_sandhi=True,
-            # pypinyin documents a callback returning a list (here []: drop the chunk),
-            # but annotates the parameter as returning str.
-            errors=keep_unknown,  # type: ignore[arg-type]
-        ):
+        self._keep(
+            lazy_pinyin(
+                text,
+                style=Style.TONE3,
+                neutral_tone_with_five=True,
+                tone_sandhi=True,
+                # pypinyin documents a callback returning a list (here []: drop the chunk),
+                # but annotates the parameter as returning str.
+                errors=keep_unknown,  # type: ignore[arg-type]
+            ),
+            result,
+            skipped,
+        )
+
+    def _keep(self, syllables: tuple[str, ...] | list[str], result: list[str], skipped: list[str]) -> None:
+        for syllable in syllables:
             syllable = syllable.strip()
             if not syllable:
                 continue
@@ -165,10 +202,6 @@ class PhoneMapper:
                 skipped.append(syllable)
                 continue
             result.append(base + syllable[-1])
-        if skipped:
-            self.skipped.extend(skipped)
-            log.warning("skipping what the voice cannot say: %s", " ".join(dict.fromkeys(skipped)))
-        return result
 
     def phones(self, text: str) -> list[str]:
         """The symbol sequence for one piece: ``sil i f #0 i f ... sil``."""

@@ -97,6 +97,7 @@ _SCORE_AFTER = ("获胜", "战胜", "取胜", "击败", "落败", "告负", "险
 _NUMBER = r"-?(?<!\d)\d+(?:\.\d+)?"
 _UNSIGNED = r"\d+(?:\.\d+)?"
 _DASH = r"[-~–—]"
+_PRIVATE = re.compile("[\U000f0000-\U000fffff]")
 
 
 def _read_digits(digits: str, yao: bool = False) -> str:
@@ -394,6 +395,8 @@ def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     # NFKC maps full-width punctuation to ASCII; keep Chinese sentence marks.
     text = text.replace("\r", "").replace("\t", " ")
+    # Private-use characters of plane 15 are the lexicon's syllable marks: nobody else may write them.
+    text = _PRIVATE.sub("", text)
     for pattern, replace in _RULES:
         text = pattern.sub(replace, text)  # type: ignore[call-overload]
     for symbol, word in _SYMBOLS.items():
