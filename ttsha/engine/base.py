@@ -151,7 +151,7 @@ class Engine(abc.ABC):
             text = lexicon.mark_pinyin(text)
         pieces = split_sentences(text, speakable=self.speakable, max_len=self.max_piece_chars)
         if not pieces:
-            raise InputError("text has nothing to say (no Chinese characters)", code="nothing_to_say")
+            raise InputError("text has nothing to say (no Chinese characters or letters)", code="nothing_to_say")
         return pieces
 
     def stream(

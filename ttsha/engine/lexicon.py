@@ -192,18 +192,20 @@ class Lexicon:
     stamp: tuple[int, int, int] | None = None
     _text_matcher: _Matcher = field(init=False, repr=False, compare=False)
     _pinyin_matcher: _Matcher = field(init=False, repr=False, compare=False)
+    _fingerprint: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Computed once: every request's id includes it.
+        canonical = json.dumps([sorted(self.pinyin.items()), sorted(self.text.items())], ensure_ascii=False)
+        fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        object.__setattr__(self, "_fingerprint", fingerprint if self.pinyin or self.text else "")
         object.__setattr__(self, "_text_matcher", _Matcher(self.text))
         object.__setattr__(self, "_pinyin_matcher", _Matcher(self.pinyin))
 
     @property
     def fingerprint(self) -> str:
         """A hash of the entries ("" for none): part of every result id, so a changed reading is a new result."""
-        if not self.pinyin and not self.text:
-            return ""
-        canonical = json.dumps([sorted(self.pinyin.items()), sorted(self.text.items())], ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        return self._fingerprint
 
     def replace_text(self, text: str) -> str:
         """``text`` with the words of ``[text]`` replaced."""
