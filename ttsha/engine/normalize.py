@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 import cn2an
@@ -274,8 +275,10 @@ def _money_sign(match: re.Match[str]) -> str:
 
 
 def _money_code(match: re.Match[str]) -> str:
-    code = match.group(1) or match.group(5)
-    return _money(match.group(2), match.group(3), match.group(4) or "", _CURRENCY_CODES[code])
+    """USD 100 or 100 USD."""
+    if match.group(1):
+        return _money(match.group(2), match.group(3), match.group(4) or "", _CURRENCY_CODES[match.group(1)])
+    return _money(match.group(5), match.group(6), match.group(7) or "", _CURRENCY_CODES[match.group("code")])
 
 
 def _money_yuan(match: re.Match[str]) -> str:
@@ -294,7 +297,7 @@ def _range(match: re.Match[str]) -> str:
     elif match.group(4) == "%":
         said = "百分之" + _read_number(first)
     else:
-        said = _counted(first, after) if first == "2" and _MEASURE.match(after) else _read_number(first)
+        said = _counted(first, after)
     return said + "到" + second
 
 
@@ -323,16 +326,16 @@ def _plain_number(match: re.Match[str]) -> str:
 
 
 def _plain_number_text(number: str, match: re.Match[str], before: str) -> str:
-    if "." in number and (before[-1:].isalpha() and before[-1:].isascii() or before.endswith(("版本", " ")) and
-                          before[:1].isascii() and before[:1].isalpha()):
-        # Python 3.11, iOS 17.2: a version, each part by value.
+    latin = before[-1:] if before[-1:] != " " else before[:1]
+    if "." in number and (latin.isascii() and latin.isalpha() or before.endswith("版本")):
+        # Python 3.11, iOS 17.2, 版本3.10: a version, each part by value.
         return "点".join(_read_integer(p) for p in number.split("."))
     if before[-1:] == "第":
         return _read_number(number)
     return _counted(number, _after(match))
 
 
-_RULES: list[tuple[re.Pattern[str], object]] = [
+_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     # Thousands separators go first: every later rule sees 1234567.
     (re.compile(r"(?<![\d,.])\d{1,3}(?:,\d{3})+(?!\d|,\d)"), lambda m: m.group(0).replace(",", "")),
     # Phone numbers, digit by digit with 幺: mobile (+86 optional), landline, 400/800 service lines.
@@ -358,8 +361,7 @@ _RULES: list[tuple[re.Pattern[str], object]] = [
      _money_sign),
     (re.compile(rf"(?<![A-Za-z])(?:({_CODE_RE})\s?{_MONEY_AMOUNT}|(?<![\d.])(\d+)(\.\d+)?(万|亿)?\s?"
                 rf"(?P<code>{_CODE_RE}))(?![A-Za-z])"),
-     lambda m: _money_code(m) if m.group(1) else _money(m.group(5), m.group(6), m.group(7) or "",
-                                                          _CURRENCY_CODES[m.group("code")])),
+     _money_code),
     (re.compile(r"(?<![\d.])(\d+)(\.\d{1,2})元"), _money_yuan),
     # Versions and addresses, before decimals: v1.2.3, 1.2.3, 192.168.1.1.
     (re.compile(r"(?<![A-Za-z\d.])([vV])(\d+(?:\.\d+)*)(?!\d|\.\d)"), _version),
@@ -398,7 +400,7 @@ def normalize(text: str) -> str:
     # Private-use characters of plane 15 are the lexicon's syllable marks: nobody else may write them.
     text = _PRIVATE.sub("", text)
     for pattern, replace in _RULES:
-        text = pattern.sub(replace, text)  # type: ignore[call-overload]
+        text = pattern.sub(replace, text)
     for symbol, word in _SYMBOLS.items():
         text = text.replace(symbol, word)
     return text
