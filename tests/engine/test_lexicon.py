@@ -161,3 +161,22 @@ def test_the_shipped_example_loads(mapper):
     example = load(Path(__file__).parents[2] / "conf" / "examples" / "lexicon.toml")
     assert example.pinyin["曾小贤"] == ("zeng1", "xiao3", "xian2") and example.text["CEO"] == "首席执行官"
     assert said("仇先生在GitHub", mapper, example) == "qiu2 xian1 sheng1 zai4 ji1 te4 ha1 bu4"
+
+
+def test_the_loaded_engine_is_given_the_lexicon_reading(embedded_engine, monkeypatch):
+    """Through the real engine's stream: the symbol ids its acoustic model receives."""
+    lexicon = parse({"pinyin": {"曾小贤": "zeng1 xiao3 xian2"}}, "t")
+    received = []
+    real_mel = embedded_engine.mel
+
+    def spy(ids, prosody):
+        received.append(ids)
+        return real_mel(ids, prosody)
+
+    monkeypatch.setattr(embedded_engine, "mel", spy)
+    audio = list(embedded_engine.stream("曾小贤", lexicon=lexicon)) + list(embedded_engine.stream("曾小贤"))
+    assert sum(len(a) for a in audio) > 0
+    names = {v: k for k, v in embedded_engine.mapper.symbol_to_id.items()}
+    with_lexicon, without = ([names[i] for i in ids] for ids in received)
+    assert with_lexicon[1:3] == ["z", "eng1"] and without[1:3] == ["c", "eng2"]
+    assert with_lexicon[3:] == without[3:]
