@@ -56,7 +56,7 @@ class SynthRequest:
     speed: float
     id: str
     #: The lexicon the id was computed with, which the synthesis then reads (a reload between does not mix them).
-    lexicon: Lexicon | None = None
+    lexicon: Lexicon | None = field(default=None, compare=False)
 
 
 #: Every value of ``/health``'s status (``ttsha_node_status`` has a series for each).
