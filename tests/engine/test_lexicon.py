@@ -158,7 +158,7 @@ def test_matching_is_linear_in_the_text():
 def test_the_shipped_example_loads(mapper):
     from pathlib import Path
 
-    example = load(Path(__file__).parents[2] / "conf" / "examples" / "lexicon.toml")
+    example = load(Path(__file__).parents[2] / "conf" / "lexicon" / "lexicon.toml")
     assert example.pinyin["曾小贤"] == ("zeng1", "xiao3", "xian2") and example.text["CEO"] == "首席执行官"
     assert said("仇先生在GitHub", mapper, example) == "qiu2 xian1 sheng1 zai4 ji1 te4 ha1 bu4"
 
