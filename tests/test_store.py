@@ -23,6 +23,15 @@ def test_ids_are_stable_and_depend_on_every_parameter():
         assert result_id(**{**BASE, key: value}) != rid, key
 
 
+def test_a_lexicon_is_part_of_the_id_and_no_lexicon_keeps_the_old_ids():
+    rid = result_id(**BASE)
+    assert result_id(**BASE, lexicon="") == rid
+    # The id as it was computed before lexicons existed: results stored then stay hits.
+    assert rid == "c035e83b3a68f936fbfb39dccd1050e3"
+    one, two = result_id(**BASE, lexicon="0123456789abcdef"), result_id(**BASE, lexicon="fedcba9876543210")
+    assert len({rid, one, two}) == 3
+
+
 def test_normalize_key_text():
     assert normalize_key_text("ＡＢ  c\n d") == "AB c d"
 

@@ -255,6 +255,10 @@ class EngineConfig:
     )
     voice: str = _field("", "default voice; empty: the engine's own default")
     threads: int = _field(0, "torch threads per worker; 0: cores / workers", min=0, max=256)
+    lexicon: Path | None = _field(
+        None, "pronunciation lexicon (TOML: [pinyin] word = \"chong2 qing4\", [text] word = \"what to say\"); "
+        "under [replicate] local_models the standby gets a copy; reloaded on SIGHUP; empty: none"
+    )
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,28 @@ def check_model_dir(config: Config) -> Check:
     return Check("sambert model dir", OK, str(path))
 
 
+def check_lexicon(config: Config) -> Check:
+    """The pronunciation lexicon loads, and sits where the replicator copies it to the standby."""
+    from .engine.lexicon import load
+    from .errors import ConfigError
+
+    path = config.engine.lexicon
+    if path is None:
+        return Check("lexicon", SKIP, "none configured")
+    if not path.is_file():
+        return Check("lexicon", WARN, f"{path}: does not exist (read as empty)",
+                     "create it, or let 'ttsha replicate' bring the primary's")
+    try:
+        lexicon = load(path)
+    except ConfigError as exc:
+        return Check("lexicon", FAIL, exc.message, "fix the entry named; serve keeps the lexicon it has")
+    detail = f"{path}: {len(lexicon.pinyin)} readings, {len(lexicon.text)} replacements"
+    if not path.resolve().is_relative_to(Path(config.replicate.local_models).resolve()):
+        return Check("lexicon", WARN, detail + "; outside [replicate] local_models, so the standby gets no copy",
+                     "move it under [replicate] local_models, or copy it to the standby yourself")
+    return Check("lexicon", OK, detail)
+
+
 def check_store(config: Config) -> Check:
     path = config.store.path
     if not path.exists():
@@ -189,6 +211,7 @@ def run(config: Config) -> list[Check]:
         check_engine_data(config),
         check_modelscope(config),
         check_model_dir(config),
+        check_lexicon(config),
         check_store(config),
         check_nginx(config),
         *check_nodes(config),

@@ -1,7 +1,8 @@
 """Content-addressed audio store.
 
 A result's id is a hash of everything that determines its audio (engine,
-model version, voice, emotion, speed, sample rate, normalized text), so the
+model version, voice, emotion, speed, sample rate, normalized text, the
+pronunciation lexicon's fingerprint when there is one), so the
 same request always names the same file: a repeat is a cache hit, and a
 retry on the standby produces the same id. Files live in two-character
 shards: ``ab/abcdef….wav`` with its JSON sidecar ``ab/abcdef….json``.
@@ -55,13 +56,19 @@ def result_id(
     speed: float,
     sample_rate: int,
     text: str,
+    lexicon: str = "",
 ) -> str:
-    """The content address of a synthesis request."""
-    key = json.dumps(
-        [engine, model_version, voice, emotion, round(float(speed), 4), int(sample_rate), normalize_key_text(text)],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    """The content address of a synthesis request.
+
+    ``lexicon`` is the pronunciation lexicon's fingerprint: a changed reading
+    is a new result. Without one the id is what it was before lexicons.
+    """
+    fields: list[object] = [
+        engine, model_version, voice, emotion, round(float(speed), 4), int(sample_rate), normalize_key_text(text)
+    ]
+    if lexicon:
+        fields.append(lexicon)
+    key = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 

@@ -43,7 +43,8 @@ def test_long_article_with_every_option(tmp_path):
     info = sf.info(out)
     assert info.samplerate == 16000
     assert 20 < info.duration < 120
-    assert "skipping what the voice cannot say" in proc.stderr  # the Latin letters
+    # Latin letters (Sambert-HifiGan, AI) are spelled, so nothing here is unsayable.
+    assert "skipping what the voice cannot say" not in proc.stderr
 
 
 def test_doctor_and_voices():

@@ -227,3 +227,56 @@ def test_sighup_applies_the_connection_limits_and_names_what_needs_a_restart(tmp
         assert "serve.host changed; restart" in caplog.text
     finally:
         daemon.server.server_close()
+
+
+def test_sighup_rereads_the_lexicon_and_a_changed_reading_is_a_new_result(tmp_path):
+    port = free_port()
+    lexicon = tmp_path / "models" / "lexicon.toml"
+    lexicon.parent.mkdir()
+    lexicon.write_text('[pinyin]\n"曾小贤" = "zeng1 xiao3 xian2"\n', encoding="utf-8")
+    proc = start_serve(tmp_path, port, config=f'[engine]\nlexicon = "{lexicon}"\n')
+
+    def result_id():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/synthesize?return=json", body=json.dumps({"text": "曾小贤"}).encode(),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 200, body
+        return body["id"]
+
+    try:
+        wait_ready(port, timeout=180)  # other suites may share the 2 cores
+        first = result_id()
+        assert result_id() == first  # same lexicon, same result
+        # Written whole into place, as the replicator does; SIGHUP reads it at once.
+        lexicon.with_suffix(".tmp").write_text('[pinyin]\n"曾小贤" = "ceng2 xiao3 xian2"\n', encoding="utf-8")
+        lexicon.with_suffix(".tmp").rename(lexicon)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and result_id() == first:
+            time.sleep(0.1)
+        second = result_id()
+        assert second != first
+        meta = json.loads(next((tmp_path / "audio").glob(f"*/{second}.json")).read_text())
+        assert meta["lexicon"] and meta["text"] == "曾小贤"
+        # A bad lexicon is refused; the running one stays, and so do the ids.
+        lexicon.write_text('[pinyin]\n"曾小贤" = "ceng2 xiao3"\n', encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None and result_id() == second
+        # On the standby nobody sends SIGHUP: a file the replicator puts in place is read by itself.
+        lexicon.with_suffix(".tmp").write_text('[pinyin]\n"曾小贤" = "zeng4 xiao3 xian2"\n', encoding="utf-8")
+        lexicon.with_suffix(".tmp").rename(lexicon)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and result_id() in (first, second):
+            time.sleep(0.2)
+        assert result_id() not in (first, second)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert "lexicon refused, keeping the running one" in err and "3 characters but 2 syllables" in err

@@ -7,15 +7,21 @@ production nodes with a local model directory.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..config import EngineConfig
 from ..errors import ConfigError
 from .base import Audio, Engine, EngineInfo, check_audio
+from .lexicon import Lexicon
+from .lexicon import load as load_lexicon
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("embedded", "sambert")
 
-__all__ = ["Audio", "Engine", "EngineInfo", "ENGINES", "check_audio", "create_engine"]
+__all__ = ["Audio", "Engine", "EngineInfo", "ENGINES", "Lexicon", "check_audio", "create_engine", "install_lexicon",
+           "load_lexicon"]
 
 #: OpenMP's worker threads spin between parallel regions by default, each
 #: burning a core. On a node the cores are shared (several synthesis workers,
@@ -37,14 +43,29 @@ def create_engine(config: EngineConfig, name: str | None = None, workers: int = 
     """
     name = name or config.engine
     threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    engine: Engine
     if name == "embedded":
         from .embedded import EmbeddedEngine
 
-        return EmbeddedEngine(config.data_dir, threads=threads)
-    if name == "sambert":
+        engine = EmbeddedEngine(config.data_dir, threads=threads)
+    elif name == "sambert":
         from .sambert import VOICES, SambertEngine
 
         voice = config.voice or "zhitian_emo"
         voices = VOICES if voice in VOICES else (*VOICES, voice)
-        return SambertEngine(config.model_dir, voices=voices, default_voice=voice)
-    raise ConfigError(f"engine.engine: unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+        engine = SambertEngine(config.model_dir, voices=voices, default_voice=voice)
+    else:
+        raise ConfigError(f"engine.engine: unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+    install_lexicon(engine, load_lexicon(config.lexicon))
+    return engine
+
+
+def install_lexicon(engine: Engine, lexicon: Lexicon) -> None:
+    """Make ``lexicon`` the one ``engine`` reads from its next request on."""
+    if lexicon.pinyin and not engine.reads_pinyin:
+        log.warning("lexicon %s: engine %s does not read [pinyin] entries; only [text] applies",
+                    lexicon.source, engine.name)
+    engine.lexicon = lexicon
+    if lexicon.source is not None:
+        log.info("lexicon %s: %d readings, %d replacements, fingerprint %s", lexicon.source,
+                 len(lexicon.pinyin), len(lexicon.text), lexicon.fingerprint or "none")

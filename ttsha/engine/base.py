@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import EngineError, InputError
 from .frontend import Piece, normalize, require_text, split_sentences
+from .lexicon import EMPTY, Lexicon
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,14 @@ class Engine(abc.ABC):
     speakable = re.compile(r"[\u4e00-\u9fff]")
     #: Longest piece (characters) said in one pass; longer unpunctuated text is cut.
     max_piece_chars: int = 100
+    #: Whether the engine reads a lexicon's [pinyin] entries (ttsha's phone mapper does).
+    reads_pinyin: bool = False
 
     def __init__(self) -> None:
         self._info: EngineInfo | None = None
         self._load_lock = threading.Lock()
+        #: The pronunciation lexicon; replaced whole on reload, so a request reads one lexicon throughout.
+        self.lexicon: Lexicon = EMPTY
 
     # -- lifecycle -------------------------------------------------------
     def load(self) -> EngineInfo:
@@ -135,14 +140,18 @@ class Engine(abc.ABC):
                              code="bad_speed")
         return voice, emotion, speed
 
-    def pieces(self, text: str) -> list[Piece]:
-        """Normalized pieces of ``text``; refuses text with nothing to say."""
-        text = require_text(text)
-        pieces = split_sentences(
-            normalize(text) if self.normalize_text else text, speakable=self.speakable, max_len=self.max_piece_chars
-        )
+    def pieces(self, text: str, lexicon: Lexicon | None = None) -> list[Piece]:
+        """Normalized pieces of ``text`` read with ``lexicon`` (default: the engine's);
+        refuses text with nothing to say."""
+        lexicon = lexicon or self.lexicon
+        text = lexicon.replace_text(require_text(text))
+        if self.normalize_text:
+            text = normalize(text)
+        if self.reads_pinyin:
+            text = lexicon.mark_pinyin(text)
+        pieces = split_sentences(text, speakable=self.speakable, max_len=self.max_piece_chars)
         if not pieces:
-            raise InputError("text has nothing to say (no Chinese characters)", code="nothing_to_say")
+            raise InputError("text has nothing to say (no Chinese characters or letters)", code="nothing_to_say")
         return pieces
 
     def stream(
@@ -152,6 +161,7 @@ class Engine(abc.ABC):
         emotion: str | None = None,
         speed: float | None = None,
         early_start: bool = False,
+        lexicon: Lexicon | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield checked samples piece by piece, pauses included.
 
@@ -161,7 +171,7 @@ class Engine(abc.ABC):
         """
         voice, emotion, speed = self.resolve(voice, emotion, speed)
         rate = self.info.sample_rate
-        for index, piece in enumerate(self.pieces(text)):
+        for index, piece in enumerate(self.pieces(text, lexicon)):
             if early_start and index == 0:
                 parts = self._synthesize_piece_in_parts(piece.text, voice, emotion, speed)
             else:

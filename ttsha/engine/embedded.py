@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import EngineError
 from .base import Engine, EngineInfo
-from .frontend import cut_long
+from .frontend import SPEAKABLE, cut_long
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ class EmbeddedEngine(Engine):
     #: The model says at most 2048 mel frames (25.6 s) in one pass; at speed
     #: 0.5 with the slowest preset a character takes up to ~40 frames.
     max_piece_chars = 40
+    reads_pinyin = True
+    speakable = SPEAKABLE  # Latin letters are spelled
 
     def __init__(self, data_dir: Path | None = None, threads: int = 0) -> None:
         super().__init__()

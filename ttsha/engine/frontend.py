@@ -1,7 +1,8 @@
 """Chinese text front end: normalization, pinyin, and the voice's phone symbols.
 
-``normalize`` rewrites what a reader would say aloud (numbers, dates, times,
-percentages, phone numbers, units, full-width forms) as Chinese characters.
+``normalize`` (in :mod:`.normalize`) rewrites what a reader would say aloud
+(numbers, money, ranges, versions, dates, times, percentages, phone numbers,
+units, full-width forms) as Chinese characters.
 ``split_sentences`` cuts text at punctuation into pieces that are synthesized
 one by one. ``PhoneMapper`` turns a piece into the symbol ids the embedded
 FastSpeech2 voice was trained on: ``sil``, then initial and toned final for
@@ -17,150 +18,23 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cn2an
 from pypinyin import Style, lazy_pinyin
 
 from ..errors import EngineError, InputError
+from . import lexicon
+from .normalize import normalize  # noqa: F401  (re-exported: callers import it from here)
 
 log = logging.getLogger(__name__)
 
-_DIGITS = "零一二三四五六七八九"
 _HAN = re.compile(r"[\u4e00-\u9fff]")
-
-# Units read after a number; longest first so "km/h" wins over "km".
-_UNITS = {
-    "km/h": "千米每小时",
-    "m/s": "米每秒",
-    "kg": "千克",
-    "km": "千米",
-    "cm": "厘米",
-    "mm": "毫米",
-    "ml": "毫升",
-    "mg": "毫克",
-    "GB": "吉字节",
-    "MB": "兆字节",
-    "KB": "千字节",
-    "TB": "太字节",
-    "Hz": "赫兹",
-    "kHz": "千赫兹",
-    "ms": "毫秒",
-    "℃": "摄氏度",
-    "°C": "摄氏度",
-    "°": "度",
-    "m": "米",
-    "g": "克",
-    "L": "升",
-    "s": "秒",
-    "h": "小时",
-    "元": "元",
-}
-_UNIT_RE = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
-
-_SYMBOLS = {"+": "加", "=": "等于", "&": "和", "@": "艾特", "~": "到", "×": "乘", "÷": "除以"}
+#: What the embedded voice can say: Chinese characters, Latin letters (spelled), lexicon marks.
+SPEAKABLE = re.compile("[\u4e00-\u9fffA-Za-z\U000f0000-\U000ffffd]")
+#: Stretches the phone mapper reads without pypinyin.
+_SPECIAL = re.compile("[\U000f0000-\U000ffffd]+|[A-Za-z]+|[\u0391-\u03a9\u03b1-\u03c9]")
 
 # Sentence-final marks end a piece with a longer pause than clause marks.
 _SENTENCE_END = "。！？!?；;…"
 _CLAUSE_END = "，,、：:"
-
-
-def _read_digits(digits: str) -> str:
-    """Digit by digit, as phone numbers and years are read ("1" as 幺 in phone numbers)."""
-    return "".join(_DIGITS[int(d)] for d in digits)
-
-
-def _read_integer(digits: str) -> str:
-    """By value up to twelve significant digits; longer strings (ids, codes) digit by digit."""
-    # cn2an refuses more than 16 digits in all, leading zeros included.
-    if len(digits.lstrip("0") or "0") <= 12 and len(digits) <= 16:
-        return cn2an.an2cn(digits)
-    return _read_digits(digits)
-
-
-def _read_number(number: str) -> str:
-    """A decimal number by value: 1205.5 -> 一千二百零五点五."""
-    negative = number.startswith("-")
-    number = number.lstrip("-+")
-    if "." in number:
-        whole, frac = number.split(".", 1)
-        text = _read_integer(whole or "0") + "点" + _read_digits(frac)
-    else:
-        text = _read_integer(number)
-    return ("负" if negative else "") + text
-
-
-def _phone(match: re.Match[str]) -> str:
-    return _read_digits(re.sub(r"\D", "", match.group(0))).replace("一", "幺")
-
-
-def _date(match: re.Match[str]) -> str:
-    year, month, day = match.group("y"), match.group("m"), match.group("d")
-    text = ""
-    if year:
-        text += _read_digits(year) + "年"
-    if month:
-        text += _read_number(month) + "月"
-    if day:
-        text += _read_number(day) + ("日" if match.group("sfx") in ("日", "", None) else "号")
-    return text
-
-
-def _time(match: re.Match[str]) -> str:
-    hour, minute, second = match.group(1), match.group(2), match.group(3)
-    text = _read_number(hour) + "点"
-    if minute and int(minute):
-        text += ("零" if minute.startswith("0") else "") + _read_number(str(int(minute))) + "分"
-    if second and int(second):
-        text += _read_number(str(int(second))) + "秒"
-    return text
-
-
-def _percent(match: re.Match[str]) -> str:
-    return "百分之" + _read_number(match.group(1))
-
-
-def _fraction(match: re.Match[str]) -> str:
-    return _read_number(match.group(2)) + "分之" + _read_number(match.group(1))
-
-
-def _number_with_unit(match: re.Match[str]) -> str:
-    return _read_number(match.group(1)) + _UNITS[match.group(2)]
-
-
-# A number starts where a digit run starts: without the look-behind, a pattern
-# that fails after a run of n digits is retried from each of its n positions,
-# O(n^2) in one regex call that holds the GIL (2000 digits: about 0.4 s).
-# Every number pattern below starts at a run's first digit (or its sign), so
-# each digit is scanned a bounded number of times and normalize is linear.
-_NUMBER = r"-?(?<!\d)\d+(?:\.\d+)?"
-_PERCENT = re.compile(rf"({_NUMBER})\s*%")
-_WITH_UNIT = re.compile(rf"({_NUMBER})\s*({_UNIT_RE})(?![A-Za-z])")
-
-
-def normalize(text: str) -> str:
-    """Rewrite ``text`` as it would be read aloud, in Chinese characters.
-
-    Linear in the length of ``text`` (hostile input cannot make it slow).
-    """
-    text = unicodedata.normalize("NFKC", text)
-    # NFKC maps full-width punctuation to ASCII; keep Chinese sentence marks.
-    text = text.replace("\r", "").replace("\t", " ")
-    text = re.sub(r"(?<!\d)(1[3-9]\d)[- ]?(\d{4})[- ]?(\d{4})(?!\d)", _phone, text)
-    text = re.sub(r"(?<!\d)(0\d{2,3})-(\d{7,8})(?!\d)", _phone, text)
-    text = re.sub(
-        r"(?<!\d)(?P<y>\d{4})[年/.-](?P<m>\d{1,2})[月/.-](?P<d>\d{1,2})(?P<sfx>[日号]?)",
-        _date,
-        text,
-    )
-    text = re.sub(r"(?<!\d)(?P<y>\d{2,4})年(?:(?P<m>\d{1,2})月)?(?:(?P<d>\d{1,2})(?P<sfx>[日号]))?", _date, text)
-    text = re.sub(r"(?<![\d年])(?P<y>)(?P<m>\d{1,2})月(?:(?P<d>\d{1,2})(?P<sfx>[日号]))?", _date, text)
-    text = re.sub(r"(?<!\d)(\d{1,2}):(\d{2})(?::(\d{2}))?(?!\d)", _time, text)
-    text = _PERCENT.sub(_percent, text)
-    text = re.sub(r"(?<![\d/])(\d+)/(\d+)(?![\d/])", _fraction, text)
-    text = _WITH_UNIT.sub(_number_with_unit, text)
-    text = re.sub(r"(?<![\d.])-?\d+(?:\.\d+)?", lambda m: _read_number(m.group(0)), text)
-    for symbol, word in _SYMBOLS.items():
-        text = text.replace(symbol, word)
-    return text
 
 
 @dataclass
@@ -262,28 +136,60 @@ class PhoneMapper:
         return cls(symbols, table)
 
     def syllables(self, text: str) -> list[str]:
-        """Toned pinyin syllables (``zhong1``) for the Chinese characters of ``text``.
+        """Toned pinyin syllables (``zhong1``) for ``text``.
 
-        Anything that is not a Chinese character is dropped, with a warning
-        naming it; tone sandhi (一, 不, third tones) is applied by pypinyin.
+        Chinese characters are read by pypinyin, with tone sandhi (一, 不,
+        third tones); a lexicon's marks (:func:`~.lexicon.pinyin_marks`) by
+        what they stand for; Latin words by :data:`~.lexicon.WORDS` or letter
+        by letter (:data:`~.lexicon.LETTERS`), Greek letters by name. Anything
+        else that is not punctuation or space is dropped with a warning naming it.
         """
         result: list[str] = []
         skipped: list[str] = []
+        start = 0
+        for match in _SPECIAL.finditer(text):
+            self._chinese(text[start : match.start()], result, skipped)
+            start = match.end()
+            found = match.group(0)
+            if lexicon.MARKS.match(found):
+                said: tuple[str, ...] | list[str] = [lexicon.read_mark(c) for c in found]
+            elif found[0].isascii():
+                lower = found.lower()
+                said = lexicon.WORDS.get(lower) or [s for c in lower for s in lexicon.LETTERS[c]]
+            else:
+                said = lexicon.GREEK.get(found, ())
+            self._keep(said, result, skipped)
+        self._chinese(text[start:], result, skipped)
+        if skipped:
+            self.skipped.extend(skipped)
+            log.warning("skipping what the voice cannot say: %s", " ".join(dict.fromkeys(skipped)))
+        return result
+
+    def _chinese(self, text: str, result: list[str], skipped: list[str]) -> None:
+        if not text:
+            return
 
         def keep_unknown(chunk: str) -> list[str]:
             # Punctuation and spaces are silent by nature; anything else is news.
             skipped.extend(c for c in chunk if unicodedata.category(c)[0] not in "PZC")
             return []
 
-        for syllable in lazy_pinyin(
-            text,
-            style=Style.TONE3,
-            neutral_tone_with_five=True,
-            tone_sandhi=True,
-            # pypinyin documents a callback returning a list (here []: drop the chunk),
-            # but annotates the parameter as returning str.
-            errors=keep_unknown,  # type: ignore[arg-type]
-        ):
+        self._keep(
+            lazy_pinyin(
+                text,
+                style=Style.TONE3,
+                neutral_tone_with_five=True,
+                tone_sandhi=True,
+                # pypinyin documents a callback returning a list (here []: drop the chunk),
+                # but annotates the parameter as returning str.
+                errors=keep_unknown,  # type: ignore[arg-type]
+            ),
+            result,
+            skipped,
+        )
+
+    def _keep(self, syllables: tuple[str, ...] | list[str], result: list[str], skipped: list[str]) -> None:
+        for syllable in syllables:
             syllable = syllable.strip()
             if not syllable:
                 continue
@@ -296,10 +202,6 @@ class PhoneMapper:
                 skipped.append(syllable)
                 continue
             result.append(base + syllable[-1])
-        if skipped:
-            self.skipped.extend(skipped)
-            log.warning("skipping what the voice cannot say: %s", " ".join(dict.fromkeys(skipped)))
-        return result
 
     def phones(self, text: str) -> list[str]:
         """The symbol sequence for one piece: ``sil i f #0 i f ... sil``."""

@@ -2,23 +2,28 @@
 
 Signals are fed into the main loop: SIGTERM/SIGINT stop (new connections
 are refused, in-flight requests finish within ``drain_timeout``, exit 0),
-SIGHUP re-reads the configuration for what can change without a restart.
+SIGHUP re-reads the configuration for what can change without a restart,
+and the pronunciation lexicon; a lexicon file that changes on disk (the
+replicator brings the primary's to the standby) is read again by itself.
 Under systemd: READY=1 after warm-up, WATCHDOG=1 from a thread that checks
 the synthesis workers, STOPPING=1 on shutdown.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 from .. import systemd
 from ..alert import Alert, Alerter
 from ..config import Config, load, this_node
-from ..engine import create_engine
+from ..engine import create_engine, install_lexicon, load_lexicon
+from ..engine.lexicon import stamp_of
 from ..errors import TTSHAError
 from ..protocol import RoleVerifier, load_secret
 from ..quality import golden_path
@@ -30,6 +35,9 @@ from .http import BoundedWSGIServer
 from .service import STUCK_AFTER_S, Service
 
 log = logging.getLogger(__name__)
+
+#: How often serve looks at the lexicon file's mtime, size and inode (a stat call).
+LEXICON_CHECK_S = 2.0
 
 
 def _ack_gate(config: Config) -> AckGate:
@@ -123,9 +131,10 @@ class ServeDaemon:
         except TTSHAError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
         else:
-            restart_needed = [
-                name for name in ("engine", "store") if getattr(new, name) != getattr(self.config, name)
-            ]
+            # The lexicon is read again below; any other engine key needs a new process.
+            restart_needed = ["engine"] if dataclasses.replace(new.engine, lexicon=None) != dataclasses.replace(
+                self.config.engine, lexicon=None) else []
+            restart_needed += ["store"] if new.store != self.config.store else []
             restart_needed += [f"serve.{key}" for key in ("host", "port", "workers", "node", "claims_file")
                                if getattr(new.serve, key) != getattr(self.config.serve, key)]
             if new.monitor.secret_file != self.config.monitor.secret_file:
@@ -141,7 +150,21 @@ class ServeDaemon:
                 self.service.acks.timeout = new.replicate.ack_timeout
             self.config = new
             log.info("configuration reloaded from %s", source or "defaults")
+            self._reload_lexicon()
         systemd.ready()
+
+    def _reload_lexicon(self) -> None:
+        """Read ``[engine] lexicon`` again; a bad one is refused and the running one stays."""
+        try:
+            lexicon = load_lexicon(self.config.engine.lexicon)
+        except TTSHAError as exc:
+            log.error("lexicon refused, keeping the running one: %s", exc)
+            # Not read again until the file changes again.
+            path = self.config.engine.lexicon
+            self.service.engine.lexicon = dataclasses.replace(
+                self.service.engine.lexicon, source=path, stamp=stamp_of(path) if path else None)
+            return
+        install_lexicon(self.service.engine, lexicon)
 
     def run(self) -> int:
         """Serve until SIGTERM; the exit code."""
@@ -154,10 +177,16 @@ class ServeDaemon:
         interval = systemd.watchdog_interval()
         if interval:
             threading.Thread(target=self._watchdog, args=(interval,), name="watchdog", daemon=True).start()
+        lexicon_checked = time.monotonic()
         while not self._stop.wait(0.5):
             if self._reload.is_set():
                 self._reload.clear()
                 self._apply_reload()
+            elif time.monotonic() - lexicon_checked >= LEXICON_CHECK_S:
+                lexicon_checked = time.monotonic()
+                if self.service.engine.lexicon.changed_on_disk():
+                    log.info("lexicon %s changed on disk; reading it again", self.config.engine.lexicon)
+                    self._reload_lexicon()
         drain = self.config.serve.drain_timeout
         systemd.stopping(f"draining for up to {drain:.0f} s")
         log.info("stopping: refusing new connections, draining in-flight requests")

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..audio import to_pcm16, wav_bytes, wav_header
 from ..config import ServeConfig
-from ..engine import Engine
+from ..engine import Engine, Lexicon
 from ..errors import ConfigError, EngineError, InputError, StoreError
 from ..protocol import Claim, RoleVerifier
 from ..quality import CANARY_TEXT, Golden, compare
@@ -55,6 +55,8 @@ class SynthRequest:
     emotion: str
     speed: float
     id: str
+    #: The lexicon the id was computed with, which the synthesis then reads (a reload between does not mix them).
+    lexicon: Lexicon | None = field(default=None, compare=False)
 
 
 #: Every value of ``/health``'s status (``ttsha_node_status`` has a series for each).
@@ -215,7 +217,9 @@ class Service:
                 raise InputError("speed must be a finite number", code="bad_speed")
         voice, emotion, speed = self.engine.resolve(voice or None, emotion or None, speed)
         info = self.engine.info
+        lexicon = self.engine.lexicon
         rid = result_id(
+            lexicon=lexicon.fingerprint,
             engine=info.engine,
             model_version=info.model_version,
             voice=voice,
@@ -224,10 +228,10 @@ class Service:
             sample_rate=info.sample_rate,
             text=text,
         )
-        req = SynthRequest(normalize_key_text(text), voice, emotion, speed, rid)
+        req = SynthRequest(normalize_key_text(text), voice, emotion, speed, rid, lexicon)
         # A stored result proves the text was sayable; only new text pays for the front end.
         if not self.store.audio_path(rid).is_file():
-            self.engine.pieces(text)  # refuses text with nothing to say
+            self.engine.pieces(text, lexicon)  # refuses text with nothing to say
         return req
 
     def lookup(self, req: SynthRequest) -> StoredResult | None:
@@ -296,7 +300,8 @@ class Service:
         started = time.perf_counter()
         parts = []
         early = on_piece is not None
-        for samples in self.engine.stream(req.text, req.voice, req.emotion, req.speed, early_start=early):
+        for samples in self.engine.stream(req.text, req.voice, req.emotion, req.speed, early_start=early,
+                                          lexicon=req.lexicon):
             parts.append(samples)
             if on_piece is not None:
                 on_piece(to_pcm16(samples))
@@ -310,6 +315,7 @@ class Service:
             "speed": req.speed,
             "engine": info.engine,
             "model_version": info.model_version,
+            **({"lexicon": req.lexicon.fingerprint} if req.lexicon and req.lexicon.fingerprint else {}),
             "sample_rate": info.sample_rate,
             "duration_s": round(duration, 3),
         }
