@@ -13,7 +13,19 @@ from .base import Audio, Engine, EngineInfo, check_audio
 
 ENGINES = ("embedded", "sambert")
 
-__all__ = ["Audio", "Engine", "EngineInfo", "ENGINES", "check_audio", "create_engine"]
+__all__ = ["Audio", "Engine", "EngineInfo", "ENGINES", "check_audio", "create_engine", "known_voices"]
+
+
+def known_voices(config: EngineConfig) -> tuple[str, ...]:
+    """The voices the engine ``config`` names will offer, without loading it."""
+    if config.engine == "embedded":
+        from .embedded import VOICE
+
+        return (VOICE,)
+    from .sambert import VOICES
+
+    voice = config.voice or "zhitian_emo"
+    return VOICES if voice in VOICES else (*VOICES, voice)
 
 
 def create_engine(config: EngineConfig, name: str | None = None, workers: int = 1) -> Engine:
@@ -31,9 +43,7 @@ def create_engine(config: EngineConfig, name: str | None = None, workers: int = 
 
         return EmbeddedEngine(config.data_dir, threads=threads)
     if name == "sambert":
-        from .sambert import VOICES, SambertEngine
+        from .sambert import SambertEngine
 
-        voice = config.voice or "zhitian_emo"
-        voices = VOICES if voice in VOICES else (*VOICES, voice)
-        return SambertEngine(config.model_dir, voices=voices, default_voice=voice)
+        return SambertEngine(config.model_dir, voices=known_voices(config), default_voice=config.voice or "zhitian_emo")
     raise ConfigError(f"engine.engine: unknown engine {name!r}; choose from {', '.join(ENGINES)}")

@@ -65,7 +65,7 @@ class ServeDaemon:
         replication = Path(config.replicate.queue_file).with_suffix(".json")
         self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config),
                                roles=role_verifier(config, host, port))
-        self.app = create_app(self.service)
+        self.app = create_app(self.service, config.openai)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._failed: Exception | None = None  # set by a start-up that failed (run raises it)
@@ -126,6 +126,7 @@ class ServeDaemon:
                 log.warning("reload: %s changed; restart the service to apply", ", ".join(restart_needed))
             # Limits apply to the next request; the pool and engine stay.
             self.service.serve = new.serve
+            self.app.openai = new.openai
             if self.service.acks is not None:
                 self.service.acks.timeout = new.replicate.ack_timeout
             self.config = new
