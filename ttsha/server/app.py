@@ -13,7 +13,8 @@ Routes::
     GET  /metrics               Prometheus text format
     GET  /                      a minimal web page
 
-Every error is JSON: ``{"error": code, "message": text}`` with its 4xx/5xx.
+Every error is JSON: ``{"error": code, "message": text}`` with its 4xx/5xx; on the
+OpenAI-compatible routes in OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ class App:
         except Exception:
             log.exception("unhandled error on %s", request.path)
             response = ApiError(500, "internal_error", "internal error; see the server log").get_response()
+        if route.startswith("openai_") and response.status_code >= 400 and response.mimetype == "application/json":
+            body = openai_api.error_body(json.loads(response.get_data()), response.status_code)
+            response.set_data(json.dumps(body, ensure_ascii=False))
         self.service.metrics.requests.labels(route, str(response.status_code)).inc()
         return response
 

@@ -24,6 +24,9 @@ from . import formats
 
 #: Keys of OpenAI's request body we act on, and ttsha's own (emotion, stream).
 SPEECH_KEYS = frozenset({"model", "input", "voice", "response_format", "speed", "stream_format", "emotion", "stream"})
+#: Keys OpenAI's clients send that no engine here can follow: accepted, and
+#: named in ``X-Ignored`` so the caller can tell. Any other key is a 400.
+IGNORED_KEYS = frozenset({"instructions"})
 #: OpenAI's bounds for ``speed``; within them the engine's own range applies.
 SPEED_RANGE = (0.25, 4.0)
 #: OpenAI's raw PCM is 24 kHz, 16-bit little-endian; clients play it as such.
@@ -44,6 +47,8 @@ class Speech:
     stream: bool
     #: Resample to this rate (None: the engine's).
     rate: int | None
+    #: Keys given that are not acted on (IGNORED_KEYS).
+    ignored: tuple[str, ...] = ()
 
 
 def accepted_voices(config: OpenAIConfig, info: EngineInfo) -> dict[str, str]:
@@ -56,7 +61,7 @@ def accepted_voices(config: OpenAIConfig, info: EngineInfo) -> dict[str, str]:
 def parse_speech(data: dict[str, Any], config: OpenAIConfig, info: EngineInfo,
                  speed_range: tuple[float, float]) -> Speech:
     """The meaning of an OpenAI speech request; :class:`InputError` (a 400) when it has none."""
-    unknown = sorted(set(data) - SPEECH_KEYS)
+    unknown = sorted(set(data) - SPEECH_KEYS - IGNORED_KEYS)
     if unknown:
         raise InputError(f"unknown keys: {', '.join(unknown)}; accepted: {', '.join(sorted(SPEECH_KEYS))}",
                          code="unknown_keys")
@@ -83,7 +88,7 @@ def parse_speech(data: dict[str, Any], config: OpenAIConfig, info: EngineInfo,
         raise InputError("stream must be true or false", code="bad_stream")
     return Speech(text=data.get("input"), voice=voice, emotion=data.get("emotion"), speed=applied,
                   speed_requested=requested, format=fmt, stream=stream or stream_format == "audio",
-                  rate=PCM_RATE if fmt == "pcm" else None)
+                  rate=PCM_RATE if fmt == "pcm" else None, ignored=tuple(sorted(set(data) & IGNORED_KEYS)))
 
 
 def _speed(value: Any, engine: tuple[float, float]) -> tuple[float, float]:
@@ -100,8 +105,18 @@ def _speed(value: Any, engine: tuple[float, float]) -> tuple[float, float]:
 
 def speech_headers(speech: Speech, voice: str) -> dict[str, str]:
     """What was done with the request, where it differs from what was asked."""
-    return {"X-Speed-Requested": f"{speech.speed_requested:g}", "X-Speed-Applied": f"{speech.speed:g}",
-            "X-Voice": voice}
+    headers = {"X-Speed-Requested": f"{speech.speed_requested:g}", "X-Speed-Applied": f"{speech.speed:g}",
+               "X-Voice": voice}
+    if speech.ignored:
+        headers["X-Ignored"] = ", ".join(speech.ignored)
+    return headers
+
+
+def error_body(body: dict[str, Any], status: int) -> dict[str, Any]:
+    """ttsha's error ``{"error": code, "message": …}`` in OpenAI's shape: its clients
+    show ``error.message`` and nothing else."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": body.get("message", ""), "type": kind, "param": None, "code": body.get("error")}}
 
 
 def models_body(config: OpenAIConfig, info: EngineInfo) -> dict[str, Any]:
