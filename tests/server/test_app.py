@@ -155,6 +155,8 @@ def test_voices(fake_node):
     info = body_json(data)
     assert info["voices"] == ["alice", "bob"] and info["default_voice"] == "alice"
     assert info["emotions"] == ["neutral", "happy"] and info["sample_rate"] == 16000
+    assert info["speed_range"] == [0.5, 2.0] and info["max_chars"] == 200
+    assert info["formats"] == ["wav", "pcm", "mp3", "opus", "flac"]
 
 
 def test_overload_answers_503_at_once(make_node, fake_engine):

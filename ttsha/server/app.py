@@ -185,6 +185,10 @@ class App:
                 "default_voice": info.default_voice,
                 "voices": list(info.voices),
                 "emotions": list(info.emotions),
+                # What requests may ask for (the web page offers exactly this).
+                "speed_range": list(self.service.engine.speed_range),
+                "max_chars": self.service.serve.max_chars,
+                "formats": list(formats.FORMATS),
             }
         )
 
