@@ -201,6 +201,24 @@ def _check_argv(value: list) -> str | None:
     return None
 
 
+def _check_voice_map(value: dict) -> str | None:
+    for name, target in value.items():
+        if not _NODE_NAME.fullmatch(name):
+            return f"voice names may use letters, digits, '.', '_' and '-', got {name!r}"
+        if target and not _NODE_NAME.fullmatch(target):
+            return f"{name}: expected one of the engine's voices (or \"\" for its default), got {target!r}"
+    return None
+
+
+def _check_names(value: list) -> str | None:
+    if not value:
+        return "at least one name is required"
+    for name in value:
+        if not _NODE_NAME.fullmatch(name):
+            return f"names may use letters, digits, '.', '_' and '-', got {name!r}"
+    return None
+
+
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "host": _check_host,
     "hostport": _check_hostport,
@@ -212,6 +230,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "rate": _check_rate,
     "nginx_path": _check_nginx_path,
     "argv": _check_argv,
+    "voice_map": _check_voice_map,
+    "names": _check_names,
 }
 
 
@@ -302,6 +322,30 @@ class ServeConfig:
     claims_file: Path | None = _field(
         None, "where this node records the newest role-claim epoch it believed, fsynced, so that a restart "
         "cannot be used to replay older claims; empty: role-claims.json beside [store] path"
+    )
+    encoded_cache: Size = _field(
+        Size(32 * 2**20), "memory kept for stored results encoded to mp3, opus or flac, so a repeat is not "
+        "encoded again (least recently used go first); 0: encode every time"
+    )
+
+
+#: OpenAI's voice names, each the engine's default voice unless [openai] voices says otherwise.
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    voices: dict = _field(
+        {name: "" for name in OPENAI_VOICES},
+        "OpenAI voice names the OpenAI-compatible route accepts, each mapped to one of the engine's voices "
+        "(\"\": the engine's default); a table in the file replaces this one; the engine's own voice names are "
+        "accepted as well",
+        check="voice_map",
+    )
+    models: list = _field(
+        ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"],
+        "model names the OpenAI-compatible route accepts and GET /v1/models lists (all are the configured engine)",
+        check="names",
     )
 
 
@@ -481,6 +525,7 @@ def _default_nodes() -> dict[str, NodeConfig]:
 class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     nodes: dict[str, NodeConfig] = field(default_factory=_default_nodes)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
@@ -562,6 +607,9 @@ def toml_literal(value: Any) -> str:
     return _toml_value(_plain_value(value))
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -569,6 +617,10 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{k if _BARE_KEY.fullmatch(k) else json.dumps(k)} = {_toml_value(v)}"
+                          for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
     if value is None:
         return '""'
     # A JSON string is a valid TOML basic string (same escapes).
@@ -580,6 +632,8 @@ def _plain_value(value: Any) -> Any:
         return str(value)
     if isinstance(value, list):
         return list(value)
+    if isinstance(value, dict):
+        return dict(value)
     if isinstance(value, Duration):
         return float(value)
     if isinstance(value, Size):
@@ -624,6 +678,10 @@ def _convert(value: Any, hint: Any, meta: dict[str, Any], where: str) -> Any:
             if not isinstance(value, str) or not value:
                 raise ValueError(f"expected a path, got {value!r}")
             result = Path(value)
+        elif hint is dict or origin is dict:
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError(f"expected a table of strings, got {value!r}")
+            result = dict(value)
         elif hint is list or origin is list:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"expected a list of strings, got {value!r}")
@@ -685,7 +743,22 @@ def _check(config: Config, where: str) -> None:
         raise ConfigError(f"{where}: serve.node: {config.serve.node!r} is not one of the [nodes] tables")
     if config.replicate.peer and config.replicate.peer not in config.nodes:
         raise ConfigError(f"{where}: replicate.peer: {config.replicate.peer!r} is not one of the [nodes] tables")
+    _check_openai_voices(config, where)
     _check_vrrp(config, where)
+
+
+def _check_openai_voices(config: Config, where: str) -> None:
+    """Each voice [openai] voices maps to is one the configured engine has."""
+    targets = {name: voice for name, voice in config.openai.voices.items() if voice}
+    if not targets:
+        return  # every name is the engine's default: nothing to look up
+    from .engine import known_voices  # the engine package imports this module
+
+    voices = known_voices(config.engine)
+    for name, voice in targets.items():
+        if voice not in voices:
+            raise ConfigError(f"{where}: openai.voices.{name}: {voice!r} is not a voice of engine "
+                              f"{config.engine.engine} ({', '.join(voices)})")
 
 
 _INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")

@@ -286,7 +286,8 @@ def test_ordinary_requests_work_through_the_bounded_server(server):
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("POST", "/v1/audio/speech", body=iter([json.dumps({"model": "tts-1", "input": "你好"}).encode()]),
+    body = {"model": "tts-1", "input": "你好", "response_format": "wav"}  # mp3 is OpenAI's default
+    conn.request("POST", "/v1/audio/speech", body=iter([json.dumps(body).encode()]),
                  headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}, encode_chunked=True)
     resp = conn.getresponse()
     assert resp.status == 200 and resp.read()[:4] == b"RIFF"

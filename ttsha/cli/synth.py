@@ -38,16 +38,12 @@ def _read_text(text: str | None, file: Path | None) -> str:
 
 def _write_wav(path: str, samples, rate: int) -> None:
     """Write WAV to a file atomically, or to stdout for ``-``."""
-    import io
-
-    import soundfile as sf
-
+    from ..audio import wav_bytes
     from ..fsutil import atomic_write
 
-    buf = io.BytesIO()
-    sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    wav = wav_bytes(samples, rate)  # the one WAV writer, as serve's
     if path == "-":
-        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.write(wav)
         sys.stdout.buffer.flush()
         return
     target = Path(path)
@@ -56,7 +52,7 @@ def _write_wav(path: str, samples, rate: int) -> None:
         raise UsageError(f"{target}: directory {directory} does not exist")
     umask = os.umask(0)
     os.umask(umask)
-    atomic_write(target, buf.getvalue(), mode=0o666 & ~umask, sync_dir=False)
+    atomic_write(target, wav, mode=0o666 & ~umask, sync_dir=False)
 
 
 @click.command()

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 ENGINES = ("embedded", "sambert")
 
 __all__ = ["Audio", "Engine", "EngineInfo", "ENGINES", "Lexicon", "check_audio", "create_engine", "install_lexicon",
-           "load_lexicon"]
+           "load_lexicon", "known_voices"]
 
 #: OpenMP's worker threads spin between parallel regions by default, each
 #: burning a core. On a node the cores are shared (several synthesis workers,
@@ -33,6 +33,18 @@ __all__ = ["Audio", "Engine", "EngineInfo", "ENGINES", "Lexicon", "check_audio",
 #: operator's own setting wins.
 OMP_WAIT_POLICY = "PASSIVE"
 os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+
+
+def known_voices(config: EngineConfig) -> tuple[str, ...]:
+    """The voices the engine ``config`` names will offer, without loading it."""
+    if config.engine == "embedded":
+        from .embedded import VOICE
+
+        return (VOICE,)
+    from .sambert import VOICES
+
+    voice = config.voice or "zhitian_emo"
+    return VOICES if voice in VOICES else (*VOICES, voice)
 
 
 def create_engine(config: EngineConfig, name: str | None = None, workers: int = 1) -> Engine:
@@ -49,11 +61,10 @@ def create_engine(config: EngineConfig, name: str | None = None, workers: int = 
 
         engine = EmbeddedEngine(config.data_dir, threads=threads)
     elif name == "sambert":
-        from .sambert import VOICES, SambertEngine
+        from .sambert import SambertEngine
 
-        voice = config.voice or "zhitian_emo"
-        voices = VOICES if voice in VOICES else (*VOICES, voice)
-        engine = SambertEngine(config.model_dir, voices=voices, default_voice=voice)
+        engine = SambertEngine(config.model_dir, voices=known_voices(config),
+                               default_voice=config.voice or "zhitian_emo")
     else:
         raise ConfigError(f"engine.engine: unknown engine {name!r}; choose from {', '.join(ENGINES)}")
     install_lexicon(engine, load_lexicon(config.lexicon))

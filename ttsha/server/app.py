@@ -4,14 +4,17 @@ Routes::
 
     POST /v1/synthesize         JSON {text, voice?, emotion?, speed?, format?, stream?}
     GET  /v1/synthesize?text=…  the same, for curl
-    POST /v1/audio/speech       OpenAI-compatible {model, input, voice, response_format, speed?}
-    GET  /v1/audio/<id>.wav     a stored result (HEAD and Range supported)
+    POST /v1/audio/speech       OpenAI-compatible {model, input, voice, response_format, speed?} (openai_api)
+    GET  /v1/models             OpenAI-compatible model list
+    GET  /v1/audio/voices       voice names the OpenAI-compatible route accepts
+    GET  /v1/audio/<id>.<fmt>   a stored result as wav, pcm, mp3, opus or flac (formats)
     GET  /v1/voices             engine, voices, emotions
     GET  /health                readiness, from memory
     GET  /metrics               Prometheus text format
     GET  /                      a minimal web page
 
-Every error is JSON: ``{"error": code, "message": text}`` with its 4xx/5xx.
+Every error is JSON: ``{"error": code, "message": text}`` with its 4xx/5xx; on the
+OpenAI-compatible routes in OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from urllib.parse import unquote_to_bytes
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect, Rule
-from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import FileWrapper
 
+from ..config import OpenAIConfig
 from ..errors import EngineError, InputError, StoreError
 from ..protocol import GATEWAY_HEADER
+from . import formats, openai_api
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .page import PAGE
 from .pool import Overloaded
@@ -37,16 +41,11 @@ from .service import Service, SynthRequest
 
 log = logging.getLogger(__name__)
 
-WAV_HEADER_BYTES = 44
 #: Retry-After of a failed store write: the monitor takes the node out within seconds.
 STORE_RETRY_AFTER_S = 5
 #: Stored audio goes out in blocks this large: werkzeug's 8 KiB default costs
 #: a 200 KB cache hit about 25 socket writes and a millisecond.
 FILE_BLOCK_BYTES = 256 * 1024
-#: OpenAI voice names map to the engine's default voice so clients work unchanged.
-OPENAI_VOICES = frozenset(
-    {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
-)
 #: Keys ttsha's own route accepts in a JSON body (others are refused: a
 #: misspelt or unsupported option must not be silently ignored).
 SYNTHESIZE_KEYS = frozenset({"text", "voice", "emotion", "speed", "format", "stream"})
@@ -83,8 +82,11 @@ def _json(data: Any, status: int = 200) -> Response:
 class App:
     """``create_app(service)`` returns one; call it as a WSGI application."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, openai: OpenAIConfig | None = None) -> None:
         self.service = service
+        #: [openai]: voice names and models of the OpenAI-compatible route (SIGHUP replaces it).
+        self.openai = openai or OpenAIConfig()
+        self.encoded = formats.EncodedCache(service.serve.encoded_cache)
         self.url_map = Map(
             [
                 Rule("/", endpoint="page", methods=["GET"]),
@@ -93,7 +95,10 @@ class App:
                 Rule("/v1/voices", endpoint="voices", methods=["GET"]),
                 Rule("/v1/synthesize", endpoint="synthesize", methods=["GET", "POST"]),
                 Rule("/v1/audio/speech", endpoint="openai_speech", methods=["POST"]),
-                Rule("/v1/audio/<rid>.wav", endpoint="audio", methods=["GET"]),
+                Rule("/v1/models", endpoint="openai_models", methods=["GET"]),
+                Rule("/v1/models/<model>", endpoint="openai_model", methods=["GET"]),
+                Rule("/v1/audio/voices", endpoint="openai_voices", methods=["GET"]),
+                Rule("/v1/audio/<rid>.<fmt>", endpoint="audio", methods=["GET"]),
             ],
             strict_slashes=False,
         )
@@ -124,6 +129,8 @@ class App:
             response = getattr(self, f"on_{endpoint}")(request, **args)
         except ApiError as exc:
             response = exc.get_response()
+        except InputError as exc:
+            response = ApiError(400, exc.code, exc.message).get_response()
         except RequestRedirect as exc:  # //v1//voices and the like: JSON, with the Location
             response = ApiError(exc.code, "moved", f"see {exc.new_url}", {"Location": exc.new_url}).get_response()
         except HTTPException as exc:
@@ -133,6 +140,9 @@ class App:
         except Exception:
             log.exception("unhandled error on %s", request.path)
             response = ApiError(500, "internal_error", "internal error; see the server log").get_response()
+        if route.startswith("openai_") and response.status_code >= 400 and response.mimetype == "application/json":
+            body = openai_api.error_body(json.loads(response.get_data()), response.status_code)
+            response.set_data(json.dumps(body, ensure_ascii=False))
         self.service.metrics.requests.labels(route, str(response.status_code)).inc()
         return response
 
@@ -189,6 +199,10 @@ class App:
                 "default_voice": info.default_voice,
                 "voices": list(info.voices),
                 "emotions": list(info.emotions),
+                # What requests may ask for (the web page offers exactly this).
+                "speed_range": list(self.service.engine.speed_range),
+                "max_chars": self.service.serve.max_chars,
+                "formats": list(formats.FORMATS),
             }
         )
 
@@ -206,9 +220,7 @@ class App:
                                f"accepted: {', '.join(sorted(SYNTHESIZE_KEYS))}")
             if _query_flag(request, "stream"):
                 data["stream"] = True
-        fmt = data.get("format", "wav")
-        if fmt not in ("wav", "pcm"):
-            raise ApiError(400, "bad_format", f"format must be 'wav' or 'pcm', got {fmt!r}")
+        fmt = formats.choose(data.get("format"), "format", "wav")
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "bad_stream", "stream must be true or false")
@@ -224,7 +236,8 @@ class App:
             return _json(
                 {
                     "id": stored.id,
-                    "url": f"/v1/audio/{stored.id}.wav",
+                    "url": f"/v1/audio/{stored.id}.{fmt}",
+                    "format": fmt,
                     "duration_s": stored.meta.get("duration_s"),
                     "sample_rate": stored.meta.get("sample_rate"),
                     "cached": cached,
@@ -235,24 +248,34 @@ class App:
         return self._audio_response(request, stored, fmt, cached)
 
     def on_openai_speech(self, request: Request) -> Response:
-        data = self._json_body(request)
-        fmt = data.get("response_format", "wav")
-        if fmt not in ("wav", "pcm"):
-            raise ApiError(400, "bad_format", f"response_format must be 'wav' or 'pcm' (got {fmt!r})")
-        voice = data.get("voice")
-        if isinstance(voice, str) and voice in OPENAI_VOICES:
-            voice = None
-        req = self._validate(data.get("input"), voice, data.get("emotion"), data.get("speed"))
-        if data.get("stream") is True:
-            return self._stream(request, req, fmt)
-        stored, cached = self._result(req)
-        return self._audio_response(request, stored, fmt, cached)
+        info = self._ready_engine()
+        speech = openai_api.parse_speech(self._json_body(request), self.openai, info, self.service.engine.speed_range)
+        req = self._validate(speech.text, speech.voice, speech.emotion, speech.speed)
+        if speech.stream:
+            response = self._stream(request, req, speech.format, speech.rate)
+        else:
+            stored, cached = self._result(req)
+            response = self._audio_response(request, stored, speech.format, cached, speech.rate)
+        response.headers.update(openai_api.speech_headers(speech, req.voice))
+        return response
 
-    def on_audio(self, request: Request, rid: str) -> Response:
+    def on_openai_models(self, request: Request) -> Response:
+        return _json(openai_api.models_body(self.openai, self._ready_engine()))
+
+    def on_openai_model(self, request: Request, model: str) -> Response:
+        if model not in self.openai.models:
+            raise ApiError(404, "not_found", f"no model {model!r}; the models are {', '.join(self.openai.models)}")
+        return _json(openai_api.model_body(model, self._ready_engine()))
+
+    def on_openai_voices(self, request: Request) -> Response:
+        return _json(openai_api.voices_body(self.openai, self._ready_engine()))
+
+    def on_audio(self, request: Request, rid: str, fmt: str) -> Response:
+        fmt = formats.choose(fmt, "the extension", "wav")
         stored = self.service.store.get(rid)
         if stored is None:
             raise ApiError(404, "not_found", f"no audio with id {rid!r}")
-        return self._audio_response(request, stored, "wav", cached=True)
+        return self._audio_response(request, stored, fmt, cached=True)
 
     @staticmethod
     def _gone(stored) -> ApiError:
@@ -307,46 +330,25 @@ class App:
         except EngineError as exc:
             raise ApiError(500, "engine_error", exc.message) from None
 
-    def _stream(self, request: Request, req: SynthRequest, fmt: str) -> Response:
+    def _stream(self, request: Request, req: SynthRequest, fmt: str, rate: int | None = None) -> Response:
         found = self.service.lookup(req)
         if found is not None:
-            return self._audio_response(request, found, fmt, cached=True)
+            return self._audio_response(request, found, fmt, cached=True, rate=rate)
         try:
-            body = self.service.stream(req, fmt)
+            pieces = self.service.stream(req)
         except Overloaded as exc:
             raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from None
-        rate = self.service.engine.info.sample_rate
-        mimetype = "audio/wav" if fmt == "wav" else "audio/L16"
-        response = Response(body, mimetype=mimetype, direct_passthrough=True)
-        # Nginx buffers responses (see ttsha.nginx); a stream must pass through as it is made.
-        response.headers.update({"X-Audio-Id": req.id, "X-Sample-Rate": str(rate), "X-Cache": "MISS",
-                                 "X-Accel-Buffering": "no"})
+        response = formats.stream_response(pieces, fmt, self.service.engine.info.sample_rate, rate)
+        response.headers.update({"X-Audio-Id": req.id, "X-Cache": "MISS"})
         return response
 
-    def _audio_response(self, request: Request, stored, fmt: str, cached: bool) -> Response:
-        headers = {
-            "X-Audio-Id": stored.id,
-            "X-Cache": "HIT" if cached else "MISS",
-            "X-Sample-Rate": str(stored.meta.get("sample_rate", "")),
-        }
+    def _audio_response(self, request: Request, stored, fmt: str, cached: bool, rate: int | None = None) -> Response:
+        self.encoded.limit = self.service.serve.encoded_cache  # SIGHUP may have changed it
         try:
-            if fmt == "pcm":
-                with open(stored.path, "rb") as f:
-                    pcm = f.read()[WAV_HEADER_BYTES:]
-                response = Response(pcm, mimetype="audio/L16")
-            else:
-                # Once open, a removal cannot hurt: the open file is sent whole.
-                response = send_file(
-                    stored.path,
-                    request.environ,
-                    mimetype="audio/wav",
-                    conditional=True,
-                    etag=stored.id,
-                    max_age=86400,
-                )
+            response = formats.stored_response(request, stored, fmt, self.encoded, rate)
         except FileNotFoundError:
             raise self._gone(stored) from None
-        response.headers.update(headers)
+        response.headers.update({"X-Audio-Id": stored.id, "X-Cache": "HIT" if cached else "MISS"})
         return response
 
 
@@ -440,6 +442,6 @@ def _slug(name: str) -> str:
     return name.lower().replace(" ", "_")
 
 
-def create_app(service: Service) -> App:
+def create_app(service: Service, openai: OpenAIConfig | None = None) -> App:
     """The WSGI app for ``service`` (tests drive it in-process or on a real socket)."""
-    return App(service)
+    return App(service, openai)

@@ -79,7 +79,7 @@ class ServeDaemon:
         replication = Path(config.replicate.queue_file).with_suffix(".json")
         self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config),
                                roles=role_verifier(config, host, port, store_dir), golden_path=golden_path(config))
-        self.app = create_app(self.service)
+        self.app = create_app(self.service, config.openai)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._failed: Exception | None = None  # set by a start-up that failed (run raises it)
@@ -146,6 +146,7 @@ class ServeDaemon:
             self.server.max_connections = new.serve.max_connections
             self.server.header_timeout = new.serve.header_timeout
             self.server.body_timeout = new.serve.body_timeout
+            self.app.openai = new.openai
             if self.service.acks is not None:
                 self.service.acks.timeout = new.replicate.ack_timeout
             self.config = new

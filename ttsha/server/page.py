@@ -1,4 +1,10 @@
-"""The minimal web page served at ``/``: type, choose, play."""
+"""The web page served at ``/``: type, choose, play.
+
+Everything it offers comes from ``GET /v1/voices`` (voices, emotions, the
+speed range, the longest text, the formats), so it never offers what the
+server would refuse; an error the server does return is shown beside the
+field it concerns.
+"""
 
 PAGE = """<!doctype html>
 <html lang="zh-CN">
@@ -7,9 +13,13 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>ttsha 语音合成</title>
 <style>
- body { font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; }
- textarea { width: 100%; min-height: 8rem; font-size: 1.1rem; }
+ body { font-family: system-ui, "Noto Sans CJK SC", "WenQuanYi Micro Hei", sans-serif;
+        max-width: 46rem; margin: 2rem auto; padding: 0 1rem; }
+ textarea { width: 100%; min-height: 8rem; font-size: 1.1rem; box-sizing: border-box; }
  .row { display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; margin: .8rem 0; }
+ .hint { color: #555; font-size: .9rem; }
+ .error { color: #b00020; font-size: .9rem; min-height: 1.2em; }
+ .invalid { outline: 2px solid #b00020; }
  #status { color: #555; min-height: 1.4em; }
  #status.error { color: #b00020; }
  audio { width: 100%; margin-top: .5rem; }
@@ -17,45 +27,88 @@ PAGE = """<!doctype html>
 </head>
 <body>
 <h1>ttsha 语音合成</h1>
-<textarea id="text" maxlength="2000">欢迎使用语音合成服务。</textarea>
+<label for="text">文本</label>
+<textarea id="text" maxlength="2000" aria-describedby="text-count text-error">欢迎使用语音合成服务。</textarea>
+<div class="row hint"><span id="text-count"></span></div>
+<div id="text-error" class="error" role="alert"></div>
 <div class="row">
  <label>声音 <select id="voice"></select></label>
  <label>情感 <select id="emotion"></select></label>
+ <label>格式 <select id="format"></select></label>
  <label>语速 <input id="speed" type="range" min="0.5" max="2" step="0.1" value="1">
   <output id="speed-value">1.0</output></label>
  <button id="play" type="button">合成并播放</button>
 </div>
+<div id="field-error" class="error" role="alert"></div>
 <div id="status" role="status"></div>
 <audio id="player" controls></audio>
+<div class="hint"><a id="download" href="" download hidden>下载音频</a></div>
 <script>
 const $ = (id) => document.getElementById(id);
+const EMOTIONS = { neutral: "中性", happy: "高兴", sad: "悲伤", angry: "生气", calm: "平静",
+                   fear: "恐惧", surprise: "惊讶", disgust: "厌恶" };
+const FORMATS = { wav: "WAV（无损）", mp3: "MP3", opus: "Opus（Ogg）", flac: "FLAC（无损）" };
+// Which field each of the server's error codes is about.
+const FIELD_OF = { empty_text: "text", text_too_long: "text", nothing_to_say: "text", bad_text: "text",
+                   unknown_voice: "voice", bad_voice: "voice", unknown_emotion: "emotion", bad_emotion: "emotion",
+                   bad_speed: "speed", bad_format: "format" };
+let maxChars = 2000;
 const status = (text, error) => { $("status").textContent = text; $("status").className = error ? "error" : ""; };
+function clearErrors() {
+  $("text-error").textContent = ""; $("field-error").textContent = "";
+  for (const id of ["text", "voice", "emotion", "speed", "format"]) $(id).classList.remove("invalid");
+}
+function showError(code, message) {
+  const field = FIELD_OF[code];
+  if (field) $(field).classList.add("invalid");
+  (field === "text" ? $("text-error") : $("field-error")).textContent = message;
+  status("合成失败", true);
+}
+function count() {
+  const n = $("text").value.length;
+  $("text-count").textContent = `${n} / ${maxChars} 字`;
+}
+$("text").addEventListener("input", () => { count(); clearErrors(); });
 $("speed").addEventListener("input", () => { $("speed-value").textContent = Number($("speed").value).toFixed(1); });
 async function loadVoices() {
-  const resp = await fetch("/v1/voices");
-  if (!resp.ok) { status("服务尚未就绪，请稍候…", true); setTimeout(loadVoices, 2000); return; }
-  const info = await resp.json();
+  let info;
+  try {
+    const resp = await fetch("/v1/voices");
+    if (!resp.ok) throw new Error(resp.status);
+    info = await resp.json();
+  } catch (err) {
+    status("服务尚未就绪，请稍候…", true); setTimeout(loadVoices, 2000); return;
+  }
   $("voice").replaceChildren(
     ...info.voices.map((v) => new Option(v, v, v === info.default_voice, v === info.default_voice)));
-  $("emotion").replaceChildren(...info.emotions.map((e) => new Option(e, e, e === "neutral", e === "neutral")));
-  const [low, high] = info.engine === "sambert" ? [1, 1] : [0.5, 2];
-  $("speed").min = low; $("speed").max = high;
-  status(`引擎 ${info.engine} · ${info.sample_rate} Hz`);
+  $("emotion").replaceChildren(...info.emotions.map(
+    (e) => new Option(EMOTIONS[e] || e, e, e === "neutral", e === "neutral")));
+  // Raw PCM has no header a browser can play.
+  $("format").replaceChildren(...info.formats.filter((f) => f !== "pcm").map(
+    (f) => new Option(FORMATS[f] || f, f, f === "wav", f === "wav")));
+  const [low, high] = info.speed_range;
+  $("speed").min = low; $("speed").max = high; $("speed").disabled = low === high;
+  maxChars = info.max_chars;
+  $("text").maxLength = maxChars;
+  count();
+  status(`引擎 ${info.engine} · ${info.sample_rate} Hz · 语速 ${low}–${high}`);
 }
 $("play").addEventListener("click", async () => {
   $("play").disabled = true;
+  clearErrors();
   status("合成中…");
   try {
     const resp = await fetch("/v1/synthesize?return=json", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text: $("text").value, voice: $("voice").value,
-                             emotion: $("emotion").value, speed: Number($("speed").value) }),
+      body: JSON.stringify({ text: $("text").value, voice: $("voice").value, emotion: $("emotion").value,
+                             speed: Number($("speed").value), format: $("format").value }),
     });
     const body = await resp.json();
-    if (!resp.ok) { status(body.message || "合成失败", true); return; }
+    if (!resp.ok) { showError(body.error, body.message || "合成失败"); return; }
     $("player").src = body.url;
-    status(`${body.duration_s.toFixed(2)} 秒${body.cached ? "（缓存）" : ""}`);
+    $("download").href = body.url; $("download").hidden = false;
+    status(`${body.duration_s.toFixed(2)} 秒 · ${body.format.toUpperCase()}${body.cached ? "（缓存）" : ""}`);
     $("player").play().catch(() => {});
   } catch (err) {
     status("请求失败：" + err, true);
@@ -63,6 +116,7 @@ $("play").addEventListener("click", async () => {
     $("play").disabled = false;
   }
 });
+count();
 loadVoices();
 </script>
 </body>

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio import to_pcm16, wav_bytes, wav_header
+from ..audio import to_pcm16, wav_bytes
 from ..config import ServeConfig
 from ..engine import Engine, Lexicon
 from ..errors import ConfigError, EngineError, InputError, StoreError
@@ -255,14 +255,13 @@ class Service:
         self._confirm(req.id)
         return stored, False
 
-    def stream(self, req: SynthRequest, fmt: str) -> Iterator[bytes]:
-        """Audio bytes sentence by sentence as they are synthesized (WAV or raw PCM).
+    def stream(self, req: SynthRequest) -> Iterator[bytes]:
+        """PCM16 sentence by sentence as it is synthesized (encoded by the caller).
 
         The synthesis runs on a pool worker; the finished result is stored
         for the cache when the last piece is done.
         """
         chunks: queue.Queue[bytes | BaseException | None] = queue.Queue()
-        rate = self.engine.info.sample_rate
 
         def produce() -> None:
             try:
@@ -277,8 +276,6 @@ class Service:
         self._update_gauges()
 
         def body() -> Iterator[bytes]:
-            if fmt == "wav":
-                yield wav_header(rate, None)
             while True:
                 item = chunks.get()
                 if item is None:
