@@ -33,6 +33,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,26 @@ def summarize(samples: list[dict[str, Any]], fault_at: float, standby: str, name
         "retried_by_gateway": sum(1 for s in samples if "," in str(s.get("upstream") or "")),
         "notable": sorted(notable, key=lambda n: n["due"]),
     }
+
+
+def reason(error: str) -> str:
+    """A failed answer's reason in a word: ttsha's JSON ``error``, or the title of Nginx's HTML page."""
+    found = re.search(r'"error":\s*"([^"]+)"', error)  # the body may be cut short: no json.loads
+    if found:
+        return found.group(1)
+    if "<title>" in error:
+        return error.split("<title>", 1)[1].split("</title>", 1)[0].split(" ", 1)[-1]
+    return error.split(":", 1)[0][:40]
+
+
+def failure_groups(notable: list[dict[str, Any]]) -> dict[tuple[int, str, str], list[float]]:
+    """Failed requests by (status, reason, nodes tried): when each was due."""
+    groups: dict[tuple[int, str, str], list[float]] = {}
+    for n in notable:
+        if n["status"] != 200:
+            key = (n["status"], reason(n["error"]), " then ".join(n["nodes"]) or "no node")
+            groups.setdefault(key, []).append(n["due"])
+    return groups
 
 
 def monitor_events(events: list[dict[str, Any]], wall_fault: float) -> list[dict[str, Any]]:
@@ -432,6 +453,15 @@ def table(r: dict[str, Any]) -> list[str]:
             lines.append(f"- {fault}: {n['kind']} due {n['due']:+.2f}, {what} after {n['waited_s']:.2f} s "
                          f"via {tried} ({n['upstream_status'] or '-'})")
     if not any_notable:
+        lines.append("- none")
+    lines += ["", "What failed in the article's setup, by answer (when the requests were due, from the fault):", ""]
+    any_failed = False
+    for fault, pair in r["faults"].items():
+        for (status, why, tried), sent in failure_groups(pair["article"]["notable"]).items():
+            any_failed = True
+            lines.append(f"- {fault}: {len(sent)} x {status or 'no answer'} {why} from {tried}, "
+                         f"due {min(sent):+.1f} to {max(sent):+.1f} s")
+    if not any_failed:
         lines.append("- none")
     if r.get("plot"):
         lines += ["", f"![latency and failures through a kill -9 of the primary]({r['plot']})"]

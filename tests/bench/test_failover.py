@@ -79,3 +79,14 @@ def test_lab_lock_waits_for_its_holder_and_uses_an_inherited_one(tmp_path):
     # Released afterwards.
     with open(lock) as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_failure_groups_name_the_reason():
+    notable = [
+        {"status": 502, "due": -0.5, "nodes": ["primary"], "error": "<html> <head><title>502 Bad Gateway</title>"},
+        {"status": 502, "due": 0.2, "nodes": ["primary"], "error": "<html> <head><title>502 Bad Gateway</title>"},
+        {"status": 503, "due": 1.0, "nodes": ["primary"], "error": '{"error": "overloaded", "message": "x'},
+        {"status": 200, "due": 2.0, "nodes": ["standby"], "error": ""},
+    ]
+    assert failover.failure_groups(notable) == {(502, "Bad Gateway", "primary"): [-0.5, 0.2],
+                                                (503, "overloaded", "primary"): [1.0]}
