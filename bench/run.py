@@ -96,6 +96,8 @@ def main() -> None:
             "(`max_fails=2 fail_timeout=10s`, a `backup` server) and Nginx's defaults otherwise (a POST already",
             "sent is not retried elsewhere, 60 s timeouts), no monitor: its `health_check` is Nginx Plus only.",
             "The bench holds `/tmp/ttsha-lab.lock` while a lab is up, so it waits for e2e runs and labs.",
+            "First success on the standby \"never\": that gateway sent every request to the faulty primary until",
+            "the fault was undone (a freeze or isolation shorter than Nginx's 60 s timeouts is a stall there).",
         ], failover),
         ("Replication", [
             "ttsha's replicator and `rsync -a -e ssh` against the same sshd on loopback, in the same run.",
