@@ -322,33 +322,6 @@ include {include};
 """  # noqa: E501 - Nginx directives, kept byte-for-byte as conf/nginx/ttsha.conf (a test compares them)
 
 
-def render_article_baseline(config: Config, primary: str, standby: str) -> tuple[str, str]:
-    """(upstream, site) as in the article ttsha improves on, for side-by-side benchmarks:
-    passive checks only (max_fails=2 fail_timeout=10s), Nginx's default
-    retry policy (a failed POST is not retried) and default timeouts."""
-    nodes = config.nodes
-    addresses = [_safe(node_address(nodes[n]), f"nodes.{n} address") for n in (primary, standby)]
-    upstream = (
-        f'map "" $ttsha_generation {{ default "article"; }}\n'
-        f"upstream {UPSTREAM_NAME} {{\n"
-        f"    server {addresses[0]} max_fails=2 fail_timeout=10s;\n"
-        f"    server {addresses[1]} backup;\n"
-        "}\n"
-    )
-    site = f"""include {_safe(config.nginx.upstream_file, "nginx.upstream_file")};
-server {{
-    listen {_safe(config.nginx.listen, "nginx.listen")};
-    location / {{
-        proxy_pass http://{UPSTREAM_NAME};
-        proxy_set_header Host $host;
-        add_header X-Upstream $upstream_addr always;
-        add_header X-Upstream-Status $upstream_status always;
-    }}
-}}
-"""
-    return upstream, site
-
-
 def render_main(config: Config, prefix: Path) -> str:
     """A complete nginx.conf for a private prefix (the lab, tests, a dedicated gateway)."""
     site = prefix / "ttsha-site.conf"
