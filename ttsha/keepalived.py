@@ -20,13 +20,13 @@ writes it. Choices, each for a reason:
 
 from __future__ import annotations
 
-import http.client
 import shlex
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from . import httpclient
 from .alert import Alert, Alerter
 from .config import Config, GatewayConfig
 from .errors import ConfigError, TTSHAError
@@ -170,15 +170,11 @@ def check(config: Config, timeout: float = 0.8) -> list[str]:
     problems = []
     host, _, port = config.nginx.listen.rpartition(":")
     host = "127.0.0.1" if host in ("", "0.0.0.0", "*") else host.strip("[]")
-    try:
-        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-        conn.request("GET", "/ttsha_generation")
-        status = conn.getresponse().status
-        conn.close()
-        if status != 200:
-            problems.append(f"nginx answered /ttsha_generation with {status}")
-    except (OSError, http.client.HTTPException) as exc:
-        problems.append(f"nginx on {config.nginx.listen} does not answer: {exc}")
+    served = httpclient.get(httpclient.host_url(host, int(port), "/ttsha_generation"), timeout=timeout)
+    if not served.status:
+        problems.append(f"nginx on {config.nginx.listen} does not answer: {served.error}")
+    elif served.status != 200:
+        problems.append(f"nginx answered /ttsha_generation with {served.status}")
     try:
         reply = control.call(config.monitor.control_socket, {"op": "ping"}, timeout=timeout)
         if not reply.get("ok"):

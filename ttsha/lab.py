@@ -27,13 +27,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import httpclient
 from .errors import PeerUnreachable, TTSHAError
 from .fsutil import atomic_write
+from .monitor import statefile
+from .protocol import Health
 
 log = logging.getLogger(__name__)
 
@@ -540,17 +541,16 @@ class Lab:
     def wait_monitor(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = self.monitor_state()
-            if state and state.get("primary") and state.get("nginx", {}).get("ok"):
-                return state
+            state = statefile.read(self.root / "monitor.json")
+            if state and state.primary and state.nginx_ok:
+                return state.raw
             time.sleep(0.1)
         raise LabError(f"the monitor did not take control within {timeout:.0f} s (see {self.root}/monitor.log)")
 
     def monitor_state(self) -> dict | None:
-        try:
-            return json.loads((self.root / "monitor.json").read_text())
-        except (OSError, ValueError):
-            return None
+        """The monitor's state document (raw: tests and the bench index it), or None."""
+        state = statefile.read(self.root / "monitor.json")
+        return state.raw if state else None
 
     def status(self) -> dict[str, dict]:
         layout = self.layout()
@@ -680,13 +680,8 @@ def _alive(pid: int) -> bool:
 
 def health(url: str, timeout: float = 1.0) -> str:
     """The node's /health status word, or "unreachable"."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
-            return json.loads(resp.read()).get("status", "?")
-    except urllib.error.HTTPError as exc:
-        try:
-            return json.loads(exc.read()).get("status", str(exc.code))
-        except (ValueError, OSError):  # the body cut short (a node restarting) still tells the code
-            return str(exc.code)
-    except OSError:
+    reply = httpclient.get(url.rstrip("/") + "/health", timeout=timeout)
+    if not reply.status:
         return "unreachable"
+    health = None if reply.error else Health.parse(reply.json())  # a body cut short (a node restarting)
+    return health.status if health else str(reply.status)  # still tells the code

@@ -427,13 +427,10 @@ class UpstreamController:
         return gateway_url(self.nginx) + "/ttsha_generation"
 
     def served_generation(self, timeout: float = 0.5) -> str | None:
-        import urllib.request
+        from . import httpclient
 
-        try:
-            with urllib.request.urlopen(self._generation_url(), timeout=timeout) as resp:
-                return resp.read().decode().strip()
-        except OSError:
-            return None
+        reply = httpclient.get(self._generation_url(), timeout=timeout)
+        return reply.body.decode(errors="replace").strip() if reply.ok else None
 
     def _wait_live(self, generation: str, timeout: float) -> float | None:
         import time

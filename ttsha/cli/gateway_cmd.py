@@ -108,15 +108,11 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     Example:
       ttsha status --events 20
     """
-    path = ctx.config.monitor.state_file
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TTSHAError(f"no monitor state at {path}: is 'ttsha monitor' running on this host?") from None
-    except (OSError, ValueError) as exc:
-        raise TTSHAError(f"cannot read the monitor state {path}: {exc}") from None
+    from ..monitor import statefile
+
+    state = statefile.load(ctx.config.monitor.state_file)
     if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(state.raw, ensure_ascii=False, indent=2))
         return
     from rich.markup import escape
     from rich.table import Table
@@ -124,17 +120,17 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     from .output import literal, table_console
 
     now = time.time()
-    age = now - data.get("updated_at", 0)
+    age = now - state.updated_at
     console = table_console()
-    table = Table(title=literal(f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)"))
+    table = Table(title=literal(f"ttsha nodes ({state.mode}; state {age:.0f} s old)"))
     for column in ("node", "role", "health", "since", "probe", "model", "replication", "last error"):
         table.add_column(column)
     styles = {"up": "green", "down": "bold red", "unknown": "yellow"}
-    for name, node in data.get("nodes", {}).items():
-        since = f"{now - node['since']:.0f} s ago" if node.get("since") else "-"
-        probe = f"{node['last_probe_ms']:.1f} ms" if node.get("last_probe_ms") is not None else "-"
-        model = f"{node.get('engine', '')} {node.get('model_version', '')}".strip() or "-"
-        rep = node.get("replication") or {}
+    for name, node in state.nodes.items():
+        since = f"{now - node.since:.0f} s ago" if node.since else "-"
+        probe = f"{node.last_probe_ms:.1f} ms" if node.last_probe_ms is not None else "-"
+        model = f"{node.engine} {node.model_version}".strip() or "-"
+        rep = node.replication or {}
         if rep:
             lag = (rep.get("lag_s") or {}).get("p99")
             replication = (f"queue {rep.get('queue_depth')}, lag p99 "
@@ -149,16 +145,16 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
                 replication += ", acks sync"
         else:
             replication = "-"
-        table.add_row(literal(name), literal(node.get("role", "?")),
-                      literal(node["status"], styles.get(node["status"], "")),
-                      since, probe, literal(model), replication, literal(node.get("last_error") or ""))
+        table.add_row(literal(name), literal(node.role),
+                      literal(node.status, styles.get(node.status, "")),
+                      since, probe, literal(model), replication, literal(node.last_error))
     console.print(table)
-    events = data.get("events", [])[-n_events:]
+    events = state.events[-n_events:]
     if events:
         ev = Table(title="recent events")
         for column in ("when", "event", "node", "detail"):
             ev.add_column(column)
         for e in events:
-            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), literal(e["kind"]), literal(e["node"]),
-                       literal(e["detail"]))
+            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e.at)), literal(e.kind), literal(e.node),
+                       literal(e.detail))
         console.print(ev)
