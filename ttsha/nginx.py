@@ -205,11 +205,15 @@ def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generat
     """The upstream include for ``roles`` (node name -> primary/backup/active/down).
 
     ``generation`` is served at ``/ttsha_generation`` by the site config, so
-    whoever changed the file can tell when the reloaded workers use it.
+    whoever changed the file can tell when the reloaded workers use it. The
+    roles are kept in ``$ttsha_roles`` (``name=role`` pairs), in the same
+    file so that they can never disagree with it: :func:`roles_of` reads them back.
     """
+    pairs = " ".join(f"{_safe(name, 'node name')}={roles.get(name, DOWN)}" for name in nodes)
     lines = [
         "# Written by ttsha monitor; do not edit: the next switchover rewrites it.",
         f'map "" $ttsha_generation {{ default "{_safe(generation, "generation")}"; }}',
+        f'map "" $ttsha_roles {{ default "{pairs}"; }}',
         f"upstream {UPSTREAM_NAME} {{",
     ]
     for name, node in nodes.items():
@@ -413,15 +417,13 @@ class UpstreamController:
         except FileNotFoundError:
             return None
 
+    def current_roles(self) -> dict[str, str]:
+        """The roles the existing upstream file routes by (empty: no file)."""
+        return {name: role for name, role in roles_of(self.current() or "").items() if name in self.nodes}
+
     def current_primary(self) -> str | None:
         """The node the existing upstream file routes to first, if any."""
-        text = self.current() or ""
-        for line in text.splitlines():
-            if line.rstrip().endswith(f": {PRIMARY}") and "#" in line:
-                name = line.rsplit("#", 1)[1].split(":")[0].strip()
-                if name in self.nodes:
-                    return name
-        return None
+        return next((name for name, role in self.current_roles().items() if role == PRIMARY), None)
 
     def _generation_url(self) -> str:
         return gateway_url(self.nginx) + "/ttsha_generation"
@@ -481,8 +483,24 @@ class UpstreamController:
         return ApplyResult(changed=True, test_s=tested - started, reload_s=reloaded - tested, live_s=live)
 
 
-def _generation_of(text: str) -> str:
+def _map_value(text: str, variable: str) -> str | None:
     for line in text.splitlines():
-        if line.startswith('map "" $ttsha_generation'):
+        if line.startswith(f'map "" ${variable} '):
             return line.split('default "', 1)[1].split('"', 1)[0]
-    return "0"
+    return None
+
+
+def _generation_of(text: str) -> str:
+    return _map_value(text, "ttsha_generation") or "0"
+
+
+def roles_of(text: str) -> dict[str, str]:
+    """Node name -> role, as an upstream file written by :func:`render_upstream` records them."""
+    pairs = _map_value(text, "ttsha_roles")
+    if pairs is None:  # written before $ttsha_roles existed: the role comments on the server lines
+        return {m["name"]: m["role"] for m in _LEGACY_ROLE.finditer(text)}
+    found = dict(pair.split("=", 1) for pair in pairs.split() if "=" in pair)
+    return {name: role for name, role in found.items() if role in ROLES}
+
+
+_LEGACY_ROLE = re.compile(r"^\s*server .*#\s*(?P<name>[^:\s]+):\s*(?P<role>\w+)\s*$", re.MULTILINE)
