@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import httpclient
+from .config import load as load_config
 from .errors import PeerUnreachable, TTSHAError
 from .fsutil import atomic_write
 from .monitor import statefile
+from .nginx import PrivateGateway
 from .protocol import Health
 
 log = logging.getLogger(__name__)
@@ -446,8 +448,8 @@ class Lab:
             generate_secret(self.root / "monitor.secret")
         write_config(layout, nginx)
         self._write_ssh(layout, keygen)
-        subprocess.run(self._ttsha("nginx", "render", "--prefix", str(layout.gateway), "--force"), check=True,
-                       capture_output=True)
+        gateway = PrivateGateway(load_config(self.root / "ttsha.toml"), layout.gateway, nginx)
+        gateway.write(force=True)
         for name in NODE_HOSTS:
             self.start_node(name)
             (layout.node_dir(name) / "models").mkdir(parents=True, exist_ok=True)
@@ -458,12 +460,12 @@ class Lab:
             self.start_sshd(name)
         for name in NODE_HOSTS:
             self.start_replicate(name)
-        proc = subprocess.run([nginx, "-p", str(layout.gateway), "-c", str(layout.gateway / "nginx.conf")],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise LabError(f"nginx did not start: {proc.stderr.strip()}")
+        try:
+            nginx_pid = gateway.start()
+        except TTSHAError as exc:
+            raise LabError(str(exc)) from None
         pids = self._pids()
-        pids["nginx"] = int((layout.gateway / "nginx.pid").read_text())
+        pids["nginx"] = nginx_pid
         self._save_pids(pids)
         self.wait_healthy(layout, timeout)
         if monitor:

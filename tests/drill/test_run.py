@@ -9,8 +9,9 @@ import pytest
 from ttsha.config import Config, MonitorConfig, NginxConfig, NodeConfig
 from ttsha.drill import Mix, TrafficSettings, read_state, run_drill
 from ttsha.drill.core import with_capacity
+from ttsha.nginx import PrivateGateway
 
-from ..monitor.conftest import Gateway, NodeProcess, free_port, need
+from ..monitor.conftest import NodeProcess, free_port, need
 from ..monitor.test_gateway import start_monitor
 
 
@@ -40,7 +41,7 @@ def test_a_drill_sees_the_standby_named_by_its_address_override(tmp_path):
 
     (prefix / "ttsha-upstream.conf").write_text(render_upstream(config.nodes, {"primary": "primary",
                                                                                "standby": "backup"}))
-    gateway = Gateway(prefix, config, binary)
+    gateway = PrivateGateway(config, prefix, binary)
     monitor = None
     try:
         primary.start()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import TTSHAError
 from . import Context, pass_ctx
 
 
@@ -41,38 +40,12 @@ def render(ctx: Context, prefix: Path | None, to_stdout: bool, force: bool) -> N
       ttsha nginx render --stdout > /etc/nginx/conf.d/ttsha.conf
       ttsha nginx render --prefix /tmp/gw && nginx -p /tmp/gw -c /tmp/gw/nginx.conf
     """
-    from ..fsutil import atomic_write
-    from ..nginx import BACKUP, PRIMARY, render_main, render_site, render_upstream
+    from ..nginx import render_site, write_gateway_files
 
-    cfg = ctx.config
-    site = render_site(cfg)
     if to_stdout:
-        click.echo(site, nl=False)
+        click.echo(render_site(ctx.config), nl=False)
         return
-    written = []
-    # With API keys the site holds them: readable by the Nginx master (root) only.
-    site_mode = 0o600 if cfg.nginx.api_keys_file is not None else 0o644
-    try:
-        if prefix is not None:
-            prefix = prefix.resolve()
-            for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-                # Workers run as an unprivileged user when the master is root.
-                (prefix / "tmp" / sub).chmod(0o1777)
-            atomic_write(prefix / "nginx.conf", render_main(cfg, prefix))
-            atomic_write(prefix / "ttsha-site.conf", site, mode=site_mode)
-            written += [prefix / "nginx.conf", prefix / "ttsha-site.conf"]
-        else:
-            atomic_write(cfg.nginx.site_file, site, mode=site_mode)
-            written.append(cfg.nginx.site_file)
-        upstream = cfg.nginx.upstream_file
-        if force or not upstream.exists():
-            first = max(cfg.nodes, key=lambda n: cfg.nodes[n].priority)
-            roles = {name: PRIMARY if name == first else BACKUP for name in cfg.nodes}
-            atomic_write(upstream, render_upstream(cfg.nodes, roles))
-            written.append(upstream)
-    except OSError as exc:
-        raise TTSHAError(f"cannot write the Nginx configuration: {exc}") from None
+    written = write_gateway_files(ctx.config, prefix, force)
     for path in written:
         click.echo(f"wrote {path}", err=True)
 
