@@ -194,3 +194,22 @@ def test_stores_get_a_filesystem_of_their_own_as_root_and_down_removes_it(tmp_pa
         for m in mounts:
             if _mount_source(Path(m)) is not None:
                 subprocess.run(["umount", "-l", m], check=False)
+
+
+def test_the_lab_configs_are_built_as_tables_and_differ_only_where_the_standby_does(tmp_path):
+    import dataclasses
+
+    from ttsha.config import load
+
+    layout = lab_module.LabLayout(tmp_path, {"primary": 8901, "standby": 8902}, 8081, 2222)
+    lab_module.write_config(layout, "/usr/sbin/nginx")
+    primary, standby = load(tmp_path / "ttsha.toml"), load(tmp_path / "ttsha-standby.toml")
+    assert (primary.serve.host, primary.serve.port) == (lab_module.NODE_HOSTS["primary"], 8901)
+    assert (standby.serve.host, standby.serve.port) == (lab_module.NODE_HOSTS["standby"], 8902)
+    assert primary.nginx.test_command[:2] == ["/usr/sbin/nginx", "-t"] and primary.monitor.rise == 3
+    assert (primary.replicate.peer, standby.replicate.peer) == ("standby", "primary")
+    assert standby.replicate.remote_store == tmp_path / "primary" / "audio"
+    assert standby.replicate.queue_file == tmp_path / "standby" / "replicate.sqlite"
+    # Nothing else differs: the standby is the primary's configuration turned round.
+    same = dataclasses.replace(standby, serve=primary.serve, replicate=primary.replicate)
+    assert same == primary

@@ -29,13 +29,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import httpclient
 from .config import load as load_config
+from .config import parse as parse_config
+from .config import to_toml
 from .errors import PeerUnreachable, TTSHAError
 from .fsutil import atomic_write
 from .monitor import statefile
-from .nginx import PrivateGateway
+from .nginx import PrivateGateway, prefix_commands
 from .protocol import Health
 
 log = logging.getLogger(__name__)
@@ -155,92 +158,75 @@ class LabLayout:
         return f"http://{GATEWAY_HOST}:{self.gateway_port}"
 
 
-def write_config(layout: LabLayout, nginx_binary: str) -> None:
-    """The lab's ttsha.toml: everything under ``layout.root``, all on loopback."""
-    import getpass
+def lab_settings(layout: LabLayout, nginx_binary: str, user: str) -> dict[str, dict[str, Any]]:
+    """The primary's configuration, as the TOML tables it is read from: everything under
+    ``layout.root``, all on loopback."""
+    gw, root = layout.gateway, layout.root
 
-    gw = layout.gateway
-    user = getpass.getuser()
-    def start(name: str, command: str = "start-node") -> str:
+    def start(name: str, command: str = "start-node") -> list[str]:
         # Drills restart a node over SSH with this, as systemctl would on a real node;
         # after a crash, power-on runs here (the node's sshd is gone) and starts all of it.
-        argv = [sys.executable, "-m", "ttsha", "lab", command, name, "--dir", str(layout.root)]
-        return "[" + ", ".join(json.dumps(a) for a in argv) + "]"
+        return [sys.executable, "-m", "ttsha", "lab", command, name, "--dir", str(root)]
 
-    nodes = "\n".join(
-        f'[nodes.{name}]\nurl = "{layout.url(name)}"\npriority = {200 if name == "primary" else 100}\n'
-        f'ssh_host = "{NODE_HOSTS[name]}"\nssh_port = {layout.ssh_port}\nssh_user = "{user}"\n'
-        f"start_command = {start(name)}\npower_on_command = {start(name, 'power-on')}\n"
-        f'store = "{layout.node_dir(name)}/audio"\n'
-        for name in NODE_HOSTS
-    )
-    text = f"""# Written by `ttsha lab up`.
-[serve]
-# This node's address: its replicator asks it for its role (see [replicate] models).
-host = "{NODE_HOSTS['primary']}"
-port = {layout.node_ports['primary']}
-workers = 2
-canary_interval = "30s"
-drain_timeout = "10s"
+    test_command, reload_command = prefix_commands(nginx_binary, gw)
+    return {
+        # This node's address: its replicator asks it for its role (see [replicate] models).
+        "serve": {"host": NODE_HOSTS["primary"], "port": layout.node_ports["primary"], "workers": 2,
+                  "canary_interval": "30s", "drain_timeout": "10s"},
+        "store": {"path": f"{root}/primary/audio"},
+        "nodes": {name: {"url": layout.url(name), "priority": 200 if name == "primary" else 100,
+                         "ssh_host": NODE_HOSTS[name], "ssh_port": layout.ssh_port, "ssh_user": user,
+                         "start_command": start(name), "power_on_command": start(name, "power-on"),
+                         "store": f"{layout.node_dir(name)}/audio"}
+                  for name in NODE_HOSTS},
+        "monitor": {"interval": "500ms", "fast_interval": "100ms", "connect_timeout": "200ms",
+                    "read_timeout": "500ms",
+                    # Every node is on this machine: /health answers in a few ms, so 100 ms is slow.
+                    "slow_probe": "100ms", "fall": 2, "rise": 3,
+                    "state_file": f"{root}/monitor.json", "control_socket": f"{root}/monitor.sock",
+                    # Signs the roles the monitor gives the nodes (written by `ttsha lab up`, mode 0600).
+                    "secret_file": f"{root}/monitor.secret"},
+        "nginx": {"listen": f"{GATEWAY_HOST}:{layout.gateway_port}",
+                  # The lab's texts are short: a request stuck on a frozen node is retried
+                  # on the standby after 10 s instead of 60.
+                  "proxy_read_timeout": "10s",
+                  "upstream_file": f"{gw}/ttsha-upstream.conf", "site_file": f"{gw}/ttsha-site.conf",
+                  "test_command": test_command, "reload_command": reload_command},
+        "replicate": {"peer": "standby", "known_hosts": f"{layout.ssh}/known_hosts",
+                      "key_file": f"{layout.ssh}/id_ed25519", "remote_store": f"{root}/standby/audio",
+                      "remote_models": f"{root}/standby/models", "local_models": f"{root}/primary/models",
+                      "queue_file": f"{root}/primary/replicate.sqlite", "interval": "1m"},
+        # 80 % of what the primary is measured to synthesize: a shared lab machine has no fixed capacity.
+        "drill": {"duration": "20s", "load": 0.8},
+    }
 
-[store]
-path = "{layout.root}/primary/audio"
 
-{nodes}
-[monitor]
-interval = "500ms"
-fast_interval = "100ms"
-connect_timeout = "200ms"
-read_timeout = "500ms"
-# Every node is on this machine: /health answers in a few ms, so 100 ms is slow.
-slow_probe = "100ms"
-fall = 2
-rise = 3
-state_file = "{layout.root}/monitor.json"
-control_socket = "{layout.root}/monitor.sock"
-# Signs the roles the monitor gives the nodes (written by `ttsha lab up`, mode 0600).
-secret_file = "{layout.root}/monitor.secret"
+def standby_settings(layout: LabLayout, primary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The standby's tables: the primary's, with its own address and the replication turned round.
 
-[nginx]
-listen = "{GATEWAY_HOST}:{layout.gateway_port}"
-# The lab's texts are short: a request stuck on a frozen node is retried
-# on the standby after 10 s instead of 60.
-proxy_read_timeout = "10s"
-upstream_file = "{gw}/ttsha-upstream.conf"
-site_file = "{gw}/ttsha-site.conf"
-test_command = ["{nginx_binary}", "-t", "-q", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
-reload_command = ["{nginx_binary}", "-s", "reload", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
-
-[replicate]
-peer = "standby"
-known_hosts = "{layout.ssh}/known_hosts"
-key_file = "{layout.ssh}/id_ed25519"
-remote_store = "{layout.root}/standby/audio"
-remote_models = "{layout.root}/standby/models"
-local_models = "{layout.root}/primary/models"
-queue_file = "{layout.root}/primary/replicate.sqlite"
-interval = "1m"
-
-[drill]
-duration = "20s"
-# 80 % of what the primary is measured to synthesize: a shared lab machine has no fixed capacity.
-load = 0.8
-"""
-    layout.config.write_text(text, encoding="utf-8")
-    # The standby replicates back to the primary: results are immutable and
-    # content-addressed, so whichever node serves, its audio reaches the other.
-    # Audio flows both ways; models from whichever node the monitor made the
-    # primary (models = "primary", the default).
-    back = text.replace('peer = "standby"', 'peer = "primary"')
-    back = back.replace(f'host = "{NODE_HOSTS["primary"]}"\nport = {layout.node_ports["primary"]}\n',
-                        f'host = "{NODE_HOSTS["standby"]}"\nport = {layout.node_ports["standby"]}\n')
+    The standby replicates back to the primary: results are immutable and
+    content-addressed, so whichever node serves, its audio reaches the other.
+    Audio flows both ways; models from whichever node the monitor made the
+    primary (models = "primary", the default).
+    """
     root = layout.root
-    back = back.replace(f'remote_store = "{root}/standby/audio"', f'remote_store = "{root}/primary/audio"')
-    back = back.replace(f'remote_models = "{root}/standby/models"', f'remote_models = "{root}/primary/models"')
-    back = back.replace(f'local_models = "{root}/primary/models"', f'local_models = "{root}/standby/models"')
-    back = back.replace(f'queue_file = "{root}/primary/replicate.sqlite"',
-                        f'queue_file = "{root}/standby/replicate.sqlite"')
-    (layout.root / "ttsha-standby.toml").write_text(back, encoding="utf-8")
+    back = {table: dict(values) for table, values in primary.items()}
+    back["serve"].update(host=NODE_HOSTS["standby"], port=layout.node_ports["standby"])
+    back["replicate"].update(peer="primary", remote_store=f"{root}/primary/audio",
+                             remote_models=f"{root}/primary/models", local_models=f"{root}/standby/models",
+                             queue_file=f"{root}/standby/replicate.sqlite")
+    return back
+
+
+def write_config(layout: LabLayout, nginx_binary: str) -> None:
+    """The lab's ttsha.toml and ttsha-standby.toml, checked by the config loader and written by its one TOML writer."""
+    import getpass
+
+    primary = lab_settings(layout, nginx_binary, getpass.getuser())
+    header = "# Written by `ttsha lab up` (see ttsha.lab.lab_settings for why each setting).\n"
+    for path, tables in ((layout.config, primary),
+                         (layout.root / "ttsha-standby.toml", standby_settings(layout, primary))):
+        path.write_text(header + to_toml(parse_config(tables, path)), encoding="utf-8")
 
 
 class Lab:
