@@ -44,7 +44,7 @@ from .procs import (
     start_time,
     wait_port,
 )
-from .sshd import HOST_AND_CLIENT_KEYS, render_sshd_config
+from .sshd import known_hosts, render_sshd_config, sshd_command, write_keys
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,8 @@ class Lab:
         """Start a node's SSH endpoint (the replicator's and the drills' way in)."""
         layout = self.layout()
         sshd = find_binary("sshd", "openssh-server")
-        pid = self._spawn(f"sshd-{name}", [sshd, "-D", "-f", str(layout.ssh / f"sshd_config-{name}"),
-                                           "-E", str(self.root / f"sshd-{name}.log")])
+        pid = self._spawn(f"sshd-{name}", sshd_command(sshd, layout.ssh / f"sshd_config-{name}",
+                                                       self.root / f"sshd-{name}.log"))
         wait_port(NODE_HOSTS[name], layout.ssh_port)
         return pid
 
@@ -318,18 +318,8 @@ class Lab:
     def _write_ssh(self, layout: LabLayout, keygen: str) -> None:
         """Host key, client key, authorized_keys and known_hosts for the standby's sshd."""
         ssh = layout.ssh
-        ssh.mkdir(parents=True, exist_ok=True)
-        for key in HOST_AND_CLIENT_KEYS:
-            if not (ssh / key).exists():
-                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"ttsha-lab-{key}",
-                                "-f", str(ssh / key)],
-                               check=True)
-        os.chmod(ssh / "id_ed25519", 0o600)
-        (ssh / "authorized_keys").write_text((ssh / "id_ed25519.pub").read_text())
-        host_key = (ssh / "host_ed25519.pub").read_text().split()
-        (ssh / "known_hosts").write_text(
-            "".join(f"[{host}]:{layout.ssh_port} {host_key[0]} {host_key[1]}\n" for host in NODE_HOSTS.values())
-        )
+        write_keys(ssh, keygen)
+        (ssh / "known_hosts").write_text(known_hosts(ssh, [(host, layout.ssh_port) for host in NODE_HOSTS.values()]))
         for name, host in NODE_HOSTS.items():
             (ssh / f"sshd_config-{name}").write_text(render_sshd_config(host, layout.ssh_port, ssh, name))
 
