@@ -11,6 +11,7 @@ import pytest
 from ttsha import failover
 from ttsha.cli import main
 from ttsha.errors import EXIT_REFUSED, EXIT_USAGE, Refused
+from ttsha.history import entries, history_file
 from ttsha.monitor.control import GatewayLock, lock_path
 
 from .monitor.conftest import pair  # noqa: F401  (fixture)
@@ -45,7 +46,7 @@ def test_switchover_through_the_monitor_fails_no_request(pair, tmp_path):  # noq
         assert monitor.decider.primary == "b" and primary_in_upstream(config) == "b"
         state = json.loads(config.monitor.state_file.read_text())
         assert any(e["kind"] == "switchover" and "manual" in e["detail"] for e in state["events"])
-        history = [json.loads(line) for line in failover.history_file(config).read_text().splitlines()]
+        history = entries(config)
         assert history[-1]["kind"] == "switchover" and history[-1]["target"] == "b"
         # Again to the same node: nothing to do.
         assert not failover.execute(config, failover.plan(config, "b", force=True, wait=0)).changed
@@ -78,7 +79,7 @@ def test_refuses_an_unhealthy_target(pair, tmp_path):  # noqa: F811
     with pytest.raises(Refused, match="target healthy: b /health: no answer"):
         failover.execute(config, plan)
     assert config.nginx.upstream_file.read_text() == before
-    assert not failover.history_file(config).exists()
+    assert not history_file(config).exists()
 
 
 def test_replication_must_be_caught_up(pair, tmp_path, monkeypatch):  # noqa: F811

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from ttsha import lab as lab_module
-from ttsha.lab import Lab, LabError, find_binary
+from ttsha.lab import Lab, LabError, find_binary, procs
 
 
 def test_missing_binary_names_the_debian_package(monkeypatch):
-    monkeypatch.setattr(lab_module.shutil, "which", lambda name: None)
-    monkeypatch.setattr(lab_module.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(procs.shutil, "which", lambda name: None)
+    monkeypatch.setattr(procs.os.path, "exists", lambda path: False)
     with pytest.raises(LabError, match="apt-get install -y nginx"):
         find_binary("nginx", "nginx")
 
@@ -107,7 +107,7 @@ def test_down_signals_only_what_the_lab_started(tmp_path):
     """A planted pids.json naming an unrelated process of ours (pid and start time right) is ignored."""
     import json
 
-    from ttsha.lab import _start_time
+    from ttsha.lab.procs import start_time
 
     lab = Lab(tmp_path / "lab")
     lab.root.mkdir()
@@ -116,7 +116,7 @@ def test_down_signals_only_what_the_lab_started(tmp_path):
     try:
         lab.pids.write_text(json.dumps({"monitor": bystander.pid, "nginx": legacy.pid}))
         # The monitor's start time is right; nginx has none recorded, so it cannot be verified.
-        lab.starts.write_text(json.dumps({"monitor": _start_time(bystander.pid)}))
+        lab.starts.write_text(json.dumps({"monitor": start_time(bystander.pid)}))
         assert lab.down(timeout=2) == []
         assert bystander.poll() is None and legacy.poll() is None
     finally:
@@ -128,14 +128,14 @@ def test_down_signals_only_what_the_lab_started(tmp_path):
 def test_down_checks_the_start_time_of_a_recorded_pid(tmp_path):
     import json
 
-    from ttsha.lab import _start_time
+    from ttsha.lab.procs import start_time
 
     lab = Lab(tmp_path / "lab")
     lab.root.mkdir()
     reused = _sleeper(str(lab.root))  # names the lab, but started after the pid was recorded
     try:
         lab.pids.write_text(json.dumps({"primary": reused.pid}))
-        lab.starts.write_text(json.dumps({"primary": _start_time(reused.pid) - 1}))
+        lab.starts.write_text(json.dumps({"primary": start_time(reused.pid) - 1}))
         assert lab.down(timeout=2) == []
         assert reused.poll() is None
     finally:
@@ -151,7 +151,7 @@ def test_down_stops_a_process_it_started(tmp_path):
     lab.root.mkdir()
     pid = lab._spawn("primary", [sys.executable, "-c", "import time; time.sleep(60)", str(lab.root)])
     assert lab.down(timeout=5) == ["primary"]  # down waits until it is gone
-    assert not lab_module._alive(pid)
+    assert not lab_module.alive(pid)
     os.waitpid(pid, 0)
 
 
@@ -174,7 +174,8 @@ def test_stores_get_a_filesystem_of_their_own_as_root_and_down_removes_it(tmp_pa
     import os
     import subprocess
 
-    from ttsha.lab import NODE_HOSTS, STORE_FS_SOURCE, LabLayout, _mount_source
+    from ttsha.lab import NODE_HOSTS, STORE_FS_SOURCE, LabLayout
+    from ttsha.lab.core import _mount_source
 
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
@@ -194,3 +195,22 @@ def test_stores_get_a_filesystem_of_their_own_as_root_and_down_removes_it(tmp_pa
         for m in mounts:
             if _mount_source(Path(m)) is not None:
                 subprocess.run(["umount", "-l", m], check=False)
+
+
+def test_the_lab_configs_are_built_as_tables_and_differ_only_where_the_standby_does(tmp_path):
+    import dataclasses
+
+    from ttsha.config import load
+
+    layout = lab_module.LabLayout(tmp_path, {"primary": 8901, "standby": 8902}, 8081, 2222)
+    lab_module.write_config(layout, "/usr/sbin/nginx")
+    primary, standby = load(tmp_path / "ttsha.toml"), load(tmp_path / "ttsha-standby.toml")
+    assert (primary.serve.host, primary.serve.port) == (lab_module.NODE_HOSTS["primary"], 8901)
+    assert (standby.serve.host, standby.serve.port) == (lab_module.NODE_HOSTS["standby"], 8902)
+    assert primary.nginx.test_command[:2] == ["/usr/sbin/nginx", "-t"] and primary.monitor.rise == 3
+    assert (primary.replicate.peer, standby.replicate.peer) == ("standby", "primary")
+    assert standby.replicate.remote_store == tmp_path / "primary" / "audio"
+    assert standby.replicate.queue_file == tmp_path / "standby" / "replicate.sqlite"
+    # Nothing else differs: the standby is the primary's configuration turned round.
+    same = dataclasses.replace(standby, serve=primary.serve, replicate=primary.replicate)
+    assert same == primary

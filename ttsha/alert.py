@@ -13,11 +13,10 @@ import queue
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import httpclient
 from .config import AlertConfig
 
 log = logging.getLogger(__name__)
@@ -92,15 +91,11 @@ class Alerter:
     def _deliver(self, alert: Alert) -> None:
         body = json.dumps(payload(alert, self.config.format, self.source), ensure_ascii=False).encode()
         for attempt in range(self.config.retries + 1):
-            request = urllib.request.Request(
-                self.config.webhook_url, data=body, headers={"Content-Type": "application/json"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=5) as resp:
-                    if 200 <= resp.status < 300:
-                        self.sent.append(alert)
-                        return
-            except (urllib.error.URLError, OSError) as exc:
-                log.warning("alert delivery attempt %d failed: %s", attempt + 1, exc)
+            reply = httpclient.request("POST", self.config.webhook_url, body=body,
+                                       headers={"Content-Type": "application/json"}, timeout=5)
+            if reply.ok:
+                self.sent.append(alert)
+                return
+            log.warning("alert delivery attempt %d failed: %s", attempt + 1, reply.error or f"HTTP {reply.status}")
             time.sleep(self.backoff * (2**attempt))
         log.error("alert %s dropped after %d attempts", alert.kind, self.config.retries + 1)

@@ -7,11 +7,10 @@ import os
 import shutil
 import socket
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import httpclient
 from .config import Config
 
 OK, FAIL, WARN, SKIP = "OK", "FAIL", "WARN", "SKIP"
@@ -155,14 +154,13 @@ def check_nodes(config: Config) -> list[Check]:
     checks = []
     for name, node in config.nodes.items():
         url = node.url.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=2.0) as resp:
-                checks.append(Check(f"node {name}", OK, f"{url} -> {resp.status}"))
-        except urllib.error.HTTPError as exc:
-            checks.append(Check(f"node {name}", WARN, f"{url} -> {exc.code}", "the node answers but is not ready"))
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            checks.append(Check(f"node {name}", FAIL, f"{url}: {reason}", "is 'ttsha serve' running there?"))
+        reply = httpclient.get(url, timeout=2.0)
+        if not reply.status:
+            checks.append(Check(f"node {name}", FAIL, f"{url}: {reply.error}", "is 'ttsha serve' running there?"))
+        elif reply.status >= 400:
+            checks.append(Check(f"node {name}", WARN, f"{url} -> {reply.status}", "the node answers but is not ready"))
+        else:
+            checks.append(Check(f"node {name}", OK, f"{url} -> {reply.status}"))
     return checks
 
 

@@ -12,20 +12,20 @@ requests reach the target, and records the event in the history file.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from . import history, httpclient
 from .config import Config
 from .errors import PeerUnreachable, Refused, TTSHAError, UsageError
 from .fsutil import atomic_write
 from .monitor import control
 from .nginx import BACKUP, DOWN, PRIMARY, NginxError, UpstreamController, gateway_url, node_address, render_upstream
+from .protocol import Health
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +38,12 @@ READING_MARGIN_S = 1.5
 def get_json(url: str, timeout: float = 2.0,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
     """GET ``url``: (status, JSON body or {}, lower-case headers); status 0 when unreachable."""
-    parts = urlsplit(url)
-    if not parts.hostname:  # node URLs are checked at config load; a URL from elsewhere may lack one
+    reply = httpclient.get(url, timeout=timeout, headers=headers)
+    if reply.error.startswith("invalid url"):  # node URLs are checked at config load; one from elsewhere may not be
         raise UsageError(f"no host in URL {url!r}")
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-    try:
-        conn.request("GET", parts.path or "/", headers={"Connection": "close", **(headers or {})})
-        resp = conn.getresponse()
-        raw = resp.read(1 << 20)
-        headers = {k.lower(): v for k, v in resp.getheaders()}
-    except (OSError, http.client.HTTPException):
+    if reply.error:
         return 0, {}, {}
-    finally:
-        conn.close()
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = {}
-    return resp.status, body if isinstance(body, dict) else {}, headers
+    return reply.status, reply.json_object(), reply.headers
 
 
 def node_health(config: Config, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
@@ -72,19 +60,9 @@ def node_health(config: Config, name: str, timeout: float = 2.0) -> dict[str, An
     return body if status else None
 
 
-def history_file(config: Config) -> Path:
-    """Switchovers and drills, one JSON line each, next to the monitor's state file."""
-    return Path(config.monitor.state_file).with_name("failover-history.jsonl")
-
-
-def record(config: Config, entry: dict[str, Any]) -> None:
-    path = history_file(config)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"at": time.time(), **entry}, ensure_ascii=False) + "\n")
-    except OSError as exc:
-        log.warning("cannot record the event in %s: %s", path, exc)
+def node_state(config: Config, name: str, timeout: float = 2.0) -> Health | None:
+    """:func:`node_health` as the typed document; None when it does not answer or answers no health document."""
+    return Health.parse(node_health(config, name, timeout))
 
 
 def current_primary(config: Config) -> str | None:
@@ -195,16 +173,16 @@ def plan(config: Config, target: str, force: bool = False, wait: float = 10.0) -
     via = "monitor" if control.monitor_running(config.monitor.control_socket) else "direct"
     source = current_primary(config)
     result = Plan(source, target, via, force=force)
-    health = node_health(config, target)
-    ready = health is not None and health.get("status") == "ready"
+    health = node_state(config, target)
+    ready = health is not None and health.ready
     result.checks.append(Check("target healthy", ready, f"{target} /health: "
-                               + ((health or {}).get("status") or "no answer")))
+                               + (health.status if health else "no answer")))
     if source and source != target:
-        src = node_health(config, source)
+        src = node_state(config, source)
         if src and health:
-            same = (src.get("engine"), src.get("model_version")) == (health.get("engine"), health.get("model_version"))
-            result.checks.append(Check("same model", same, f"{source}: {src.get('engine')} {src.get('model_version')}, "
-                                       f"{target}: {health.get('engine')} {health.get('model_version')}"))
+            same = (src.engine, src.model_version) == (health.engine, health.model_version)
+            result.checks.append(Check("same model", same, f"{source}: {src.engine} {src.model_version}, "
+                                       f"{target}: {health.engine} {health.model_version}"))
         else:  # name the node that did not answer (the target's silence fails "target healthy" already)
             silent = target if health is None else source
             result.checks.append(Check("same model", True, f"{silent} does not answer; nothing to compare with"))
@@ -214,8 +192,8 @@ def plan(config: Config, target: str, force: bool = False, wait: float = 10.0) -
         if name == target:
             result.roles[name] = PRIMARY
         else:
-            other = node_health(config, name)
-            result.roles[name] = BACKUP if other and other.get("status") == "ready" else DOWN
+            other = node_state(config, name)
+            result.roles[name] = BACKUP if other and other.ready else DOWN
     return result
 
 
@@ -274,7 +252,7 @@ def execute(config: Config, chosen: Plan) -> Outcome:
     verified = verify_through_gateway(config, chosen.target)
     outcome = Outcome(chosen.source, chosen.target, chosen.via, changed, time.monotonic() - started, verified,
                       [f"{c.name}: {c.detail}" for c in chosen.failed])
-    record(config, {"kind": "switchover", **outcome.to_dict()})
+    history.record(config, {"kind": "switchover", **outcome.to_dict()})
     if verified is None:
         raise TTSHAError(f"switched to {chosen.target}, but requests through {gateway_url(config.nginx)} "
                          f"do not reach it yet; check 'ttsha status' and the Nginx error log")

@@ -205,11 +205,15 @@ def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generat
     """The upstream include for ``roles`` (node name -> primary/backup/active/down).
 
     ``generation`` is served at ``/ttsha_generation`` by the site config, so
-    whoever changed the file can tell when the reloaded workers use it.
+    whoever changed the file can tell when the reloaded workers use it. The
+    roles are kept in ``$ttsha_roles`` (``name=role`` pairs), in the same
+    file so that they can never disagree with it: :func:`roles_of` reads them back.
     """
+    pairs = " ".join(f"{_safe(name, 'node name')}={roles.get(name, DOWN)}" for name in nodes)
     lines = [
         "# Written by ttsha monitor; do not edit: the next switchover rewrites it.",
         f'map "" $ttsha_generation {{ default "{_safe(generation, "generation")}"; }}',
+        f'map "" $ttsha_roles {{ default "{pairs}"; }}',
         f"upstream {UPSTREAM_NAME} {{",
     ]
     for name, node in nodes.items():
@@ -386,27 +390,22 @@ class UpstreamController:
         except FileNotFoundError:
             return None
 
+    def current_roles(self) -> dict[str, str]:
+        """The roles the existing upstream file routes by (empty: no file)."""
+        return {name: role for name, role in roles_of(self.current() or "").items() if name in self.nodes}
+
     def current_primary(self) -> str | None:
         """The node the existing upstream file routes to first, if any."""
-        text = self.current() or ""
-        for line in text.splitlines():
-            if line.rstrip().endswith(f": {PRIMARY}") and "#" in line:
-                name = line.rsplit("#", 1)[1].split(":")[0].strip()
-                if name in self.nodes:
-                    return name
-        return None
+        return next((name for name, role in self.current_roles().items() if role == PRIMARY), None)
 
     def _generation_url(self) -> str:
         return gateway_url(self.nginx) + "/ttsha_generation"
 
     def served_generation(self, timeout: float = 0.5) -> str | None:
-        import urllib.request
+        from . import httpclient
 
-        try:
-            with urllib.request.urlopen(self._generation_url(), timeout=timeout) as resp:
-                return resp.read().decode().strip()
-        except OSError:
-            return None
+        reply = httpclient.get(self._generation_url(), timeout=timeout)
+        return reply.body.decode(errors="replace").strip() if reply.ok else None
 
     def _wait_live(self, generation: str, timeout: float) -> float | None:
         import time
@@ -457,8 +456,131 @@ class UpstreamController:
         return ApplyResult(changed=True, test_s=tested - started, reload_s=reloaded - tested, live_s=live)
 
 
-def _generation_of(text: str) -> str:
+def _map_value(text: str, variable: str) -> str | None:
     for line in text.splitlines():
-        if line.startswith('map "" $ttsha_generation'):
+        if line.startswith(f'map "" ${variable} '):
             return line.split('default "', 1)[1].split('"', 1)[0]
-    return "0"
+    return None
+
+
+def _generation_of(text: str) -> str:
+    return _map_value(text, "ttsha_generation") or "0"
+
+
+def roles_of(text: str) -> dict[str, str]:
+    """Node name -> role, as an upstream file written by :func:`render_upstream` records them."""
+    pairs = _map_value(text, "ttsha_roles")
+    if pairs is None:  # written before $ttsha_roles existed: the role comments on the server lines
+        return {m["name"]: m["role"] for m in _LEGACY_ROLE.finditer(text)}
+    found = dict(pair.split("=", 1) for pair in pairs.split() if "=" in pair)
+    return {name: role for name, role in found.items() if role in ROLES}
+
+
+_LEGACY_ROLE = re.compile(r"^\s*server .*#\s*(?P<name>[^:\s]+):\s*(?P<role>\w+)\s*$", re.MULTILINE)
+
+
+# -- a gateway's files, and a gateway on a private prefix ---------------------
+
+#: Scratch directories a private-prefix nginx.conf (render_main) points at.
+_PREFIX_TMP = ("body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def initial_roles(nodes: dict[str, NodeConfig]) -> dict[str, str]:
+    """Before the monitor decides: the highest-priority node leads, the others back it up."""
+    first = max(nodes, key=lambda n: nodes[n].priority)
+    return {name: PRIMARY if name == first else BACKUP for name in nodes}
+
+
+def write_gateway_files(config: Config, prefix: Path | None = None, force: bool = False) -> list[Path]:
+    """Write the site (to ``[nginx] site_file``, or a whole private prefix:
+    nginx.conf, site, scratch directories) and, unless it exists (or
+    ``force``), the upstream file with :func:`initial_roles`. Returns what was written."""
+    written = []
+    # With API keys the site holds them: readable by the Nginx master (root) only.
+    site_mode = 0o600 if config.nginx.api_keys_file is not None else 0o644
+    site = render_site(config)
+    try:
+        if prefix is not None:
+            prefix = prefix.resolve()
+            for sub in _PREFIX_TMP:
+                (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+                # Workers run as an unprivileged user when the master is root.
+                (prefix / "tmp" / sub).chmod(0o1777)
+            atomic_write(prefix / "nginx.conf", render_main(config, prefix))
+            atomic_write(prefix / "ttsha-site.conf", site, mode=site_mode)
+            written += [prefix / "nginx.conf", prefix / "ttsha-site.conf"]
+        else:
+            atomic_write(config.nginx.site_file, site, mode=site_mode)
+            written.append(config.nginx.site_file)
+        upstream = config.nginx.upstream_file
+        if force or not upstream.exists():
+            atomic_write(upstream, render_upstream(config.nodes, initial_roles(config.nodes)))
+            written.append(upstream)
+    except OSError as exc:
+        raise TTSHAError(f"cannot write the Nginx configuration: {exc}") from None
+    return written
+
+
+def prefix_commands(binary: str, prefix: Path) -> tuple[list[str], list[str]]:
+    """``[nginx] test_command`` and ``reload_command`` for a gateway on ``prefix``."""
+    base = ["-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    return [binary, "-t", "-q", *base], [binary, "-s", "reload", *base]
+
+
+class PrivateGateway:
+    """A real Nginx on a private prefix (the lab, tests, benchmarks): write, start, reload, stop.
+
+    Its files come from :func:`write_gateway_files`, its routing from
+    :class:`UpstreamController` like any gateway's.
+    """
+
+    def __init__(self, config: Config, prefix: Path, binary: str) -> None:
+        self.config, self.prefix, self.binary = config, Path(prefix), binary
+        self.conf = self.prefix / "nginx.conf"
+        self.port = int(config.nginx.listen.rsplit(":", 1)[1])
+
+    def command(self, *args: str) -> list[str]:
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *args]
+
+    def write(self, force: bool = False) -> list[Path]:
+        return write_gateway_files(self.config, self.prefix, force)
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.prefix / "nginx.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def start(self, timeout: float = 10.0) -> int:
+        """Write the files if missing, start the master, wait until it serves; its pid."""
+        if not self.conf.exists():
+            self.write()
+        proc = subprocess.run(self.command(), capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            raise NginxError(f"nginx did not start: {proc.stderr.strip()}")
+        controller = UpstreamController(self.config.nginx, self.config.nodes)
+        import time
+
+        deadline = time.monotonic() + timeout
+        while controller.served_generation() is None:
+            if time.monotonic() > deadline:
+                raise NginxError(f"nginx on {self.config.nginx.listen} does not answer after {timeout:.0f} s "
+                                 f"(see {self.prefix}/error.log)")
+            time.sleep(0.05)
+        pid = self.pid
+        if pid is None:
+            raise NginxError(f"nginx started but wrote no {self.prefix}/nginx.pid")
+        return pid
+
+    def reload(self) -> None:
+        _run(self.command("-s", "reload"), "nginx reload")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGQUIT through nginx -s quit); waits for the pid file to go."""
+        import time
+
+        subprocess.run(self.command("-s", "quit"), capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout
+        while (self.prefix / "nginx.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -66,9 +66,9 @@ import secrets
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import ConfigError
 from .fsutil import atomic_write
@@ -297,3 +297,79 @@ def probe_headers(secret: bytes | None, node: str, gateway: str) -> dict[str, st
 def valid_name(name: str) -> bool:
     """A node or gateway name as claims carry it."""
     return _NAME.fullmatch(name) is not None
+
+
+# -- the /health document ----------------------------------------------------
+
+#: ``status`` values a node's ``/health`` answers with (ttsha.server.service).
+READY = "ready"
+
+
+class HealthError(ValueError):
+    """A ``/health`` body that is not a health document (the reason names the field)."""
+
+
+def _optional(doc: dict[str, Any], key: str, kinds: tuple[type, ...]) -> Any:
+    value = doc.get(key)
+    # bool is an int to isinstance; no field of the document is a bool
+    if value is None or (isinstance(value, kinds) and not isinstance(value, bool)):
+        return value
+    raise HealthError(f"/health field {key!r}: expected {' or '.join(k.__name__ for k in kinds)}, "
+                      f"got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Health:
+    """A node's ``/health`` answer, checked once where it is read.
+
+    Only ``status`` is always there: a request without the gateway's claim
+    (or from another host) gets the status alone. ``raw`` keeps the whole
+    document for what reads sub-documents (replication, admission, canary).
+    """
+
+    status: str
+    reason: str | None = None
+    engine: str | None = None
+    model_version: str | None = None
+    pid: int | None = None
+    role: str | None = None
+    role_at: float | None = None
+    role_epoch: int | None = None
+    role_since: float | None = None
+    replication: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def ready(self) -> bool:
+        return self.status == READY
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Health:
+        """The document, validated; raises :class:`HealthError` naming the bad field."""
+        if not isinstance(doc, dict):
+            raise HealthError(f"/health body is {type(doc).__name__}, not a JSON object")
+        status = doc.get("status")
+        if not isinstance(status, str) or not status:
+            raise HealthError("/health has no 'status' string")
+        role_at = _optional(doc, "role_at", (int, float))
+        role_since = _optional(doc, "role_since", (int, float))
+        return cls(status=status, reason=_optional(doc, "reason", (str,)),
+                   engine=_optional(doc, "engine", (str,)),
+                   model_version=_optional(doc, "model_version", (str,)),
+                   pid=_optional(doc, "pid", (int,)), role=_optional(doc, "role", (str,)),
+                   role_at=None if role_at is None else float(role_at),
+                   role_epoch=_optional(doc, "role_epoch", (int,)),
+                   role_since=None if role_since is None else float(role_since),
+                   replication=_optional(doc, "replication", (dict,)), raw=doc)
+
+    @classmethod
+    def parse(cls, doc: Any) -> Health | None:
+        """:meth:`from_json`, or None for a body that is not a health document."""
+        try:
+            return cls.from_json(doc)
+        except HealthError:
+            return None
+
+    def role_fresh(self, now: float, max_age: float) -> bool:
+        """The monitor told this node its role within ``max_age`` s."""
+        return self.role is not None and self.role_at is not None and now - self.role_at <= max_age

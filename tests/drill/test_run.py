@@ -10,8 +10,9 @@ from ttsha.config import Config, DrillConfig, MonitorConfig, NginxConfig, NodeCo
 from ttsha.drill import Mix, TrafficSettings, read_state, run_drill
 from ttsha.drill.client import Gateway as Client
 from ttsha.drill.core import drill_api_key, with_capacity
+from ttsha.nginx import PrivateGateway
 
-from ..monitor.conftest import Gateway, NodeProcess, free_port, need
+from ..monitor.conftest import NodeProcess, free_port, need
 from ..monitor.test_gateway import start_monitor
 
 DRILL_KEY = "drill-0123456789abcdef0123456789"
@@ -59,7 +60,7 @@ def test_a_drill_sees_the_standby_named_by_its_address_override(tmp_path, keys):
 
     (prefix / "ttsha-upstream.conf").write_text(render_upstream(config.nodes, {"primary": "primary",
                                                                                "standby": "backup"}))
-    gateway = Gateway(prefix, config, binary)
+    gateway = PrivateGateway(config, prefix, binary)
     monitor = None
     try:
         primary.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ttsha.lab import NODE_HOSTS, Lab, _alive
+from ttsha.lab import NODE_HOSTS, Lab, alive
 
 from ..monitor.conftest import need
 
@@ -342,7 +342,7 @@ def test_down_stops_only_what_up_started(tmp_path):
     assert status.returncode == 0 and "ready" in status.stdout
     proc = ttsha("lab", "down", "--dir", str(root))
     assert proc.returncode == 0
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(alive(pid) for pid in pids.values())
     assert bystander.poll() is None
     bystander.send_signal(signal.SIGTERM)
     bystander.wait()

@@ -6,14 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ttsha.config import Config, MonitorConfig, NginxConfig, NodeConfig
-from ttsha.lab import wait_port
-from ttsha.nginx import render_main, render_site
+from ttsha.nginx import PrivateGateway
 from ttsha.protocol import generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -33,34 +31,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-class Gateway:
-    """A real Nginx on a private prefix, rendered by ttsha's own renderer."""
-
-    def __init__(self, prefix: Path, config: Config, binary: str) -> None:
-        self.prefix, self.binary = prefix, binary
-        self.conf = prefix / "nginx.conf"
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-            (prefix / "tmp" / sub).chmod(0o1777)
-        self.conf.write_text(render_main(config, prefix))
-        (prefix / "ttsha-site.conf").write_text(render_site(config))
-        self.port = int(config.nginx.listen.rsplit(":", 1)[1])
-
-    def command(self, *args: str) -> list[str]:
-        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *args]
-
-    def start(self) -> None:
-        subprocess.run(self.command(), check=True, timeout=30)
-        wait_port("127.0.0.1", self.port)
-
-    def stop(self) -> None:
-        subprocess.run(self.command("-s", "quit"), timeout=30)
-        pid = self.prefix / "nginx.pid"
-        deadline = time.monotonic() + 10
-        while pid.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 class NodeProcess:
@@ -133,7 +103,7 @@ def pair(tmp_path):
     from ttsha.nginx import render_upstream
 
     (prefix / "ttsha-upstream.conf").write_text(render_upstream(config.nodes, {"a": "primary", "b": "backup"}))
-    gateway = Gateway(prefix, config, binary)
+    gateway = PrivateGateway(config, prefix, binary)
     gateway.start()
     yield config, nodes_live, gateway
     gateway.stop()

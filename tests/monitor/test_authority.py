@@ -15,9 +15,9 @@ from dataclasses import replace
 
 from ttsha import keepalived
 from ttsha.monitor.authority import Authority, local_addresses
-from ttsha.nginx import render_upstream
+from ttsha.nginx import PrivateGateway, render_upstream
 
-from .conftest import Gateway, free_port
+from .conftest import free_port
 from .test_gateway import start_monitor, wait_for
 
 VIP = "192.0.2.100/24"
@@ -106,8 +106,9 @@ def second_gateway(config, tmp_path):
                       test_command=[binary, "-t", "-q", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
                       reload_command=[binary, "-s", "reload", "-p", str(prefix), "-c", str(prefix / "nginx.conf")]),
     )
+    gateway = PrivateGateway(config2, prefix, binary)
+    gateway.write()
     (prefix / "ttsha-upstream.conf").write_text(render_upstream(config2.nodes, {"a": "primary", "b": "backup"}))
-    gateway = Gateway(prefix, config2, binary)
     gateway.start()
     return config2, gateway
 

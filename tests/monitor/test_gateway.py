@@ -177,10 +177,10 @@ def test_rejected_config_is_rolled_back(pair):
 def test_the_gateway_buffers_whole_results_but_passes_streams_through(tmp_path):
     """Nginx takes a stored result from the node at once; a stream reaches the client piece by piece."""
     from ttsha.config import Config, NginxConfig, NodeConfig
-    from ttsha.nginx import render_upstream
+    from ttsha.nginx import PrivateGateway, render_upstream
 
     from ..server.conftest import SERVE, FakeEngine, Node
-    from .conftest import Gateway, free_port, need
+    from .conftest import free_port, need
 
     engine = FakeEngine()
     node = Node(engine, tmp_path / "store", SERVE)
@@ -190,7 +190,7 @@ def test_the_gateway_buffers_whole_results_but_passes_streams_through(tmp_path):
                     nginx=NginxConfig(listen=f"127.0.0.1:{free_port()}", upstream_file=prefix / "up.conf",
                                       site_file=prefix / "ttsha-site.conf"))
     (prefix / "up.conf").write_text(render_upstream(config.nodes, {"a": "primary"}))
-    gateway = Gateway(prefix, config, need("nginx", "nginx"))
+    gateway = PrivateGateway(config, prefix, need("nginx", "nginx"))
     gateway.start()
     try:
         engine.permits = threading.Semaphore(1)  # only the first sentence may be synthesized

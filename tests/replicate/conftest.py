@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ttsha.config import Config, NodeConfig, ReplicateConfig, StoreConfig
-from ttsha.lab import HOST_AND_CLIENT_KEYS, descendants, render_sshd_config, wait_port
+from ttsha.lab import descendants, render_sshd_config, wait_port
+from ttsha.lab.sshd import known_hosts, sshd_command, write_keys
 
 from ..monitor.conftest import free_port, need
 
@@ -20,19 +21,16 @@ class Sshd:
         keygen = need("ssh-keygen", "openssh-client")
         self.root = root
         self.port = free_port()
-        for key in HOST_AND_CLIENT_KEYS:
-            subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True)
+        write_keys(root, keygen, comment="ttsha-test")
         self.host_key = root / "host_ed25519"
         self.client_key = root / "id_ed25519"
-        (root / "authorized_keys").write_text((root / "id_ed25519.pub").read_text())
-        os.chmod(self.client_key, 0o600)
         self.config = root / "sshd_config"
         self.config.write_text(render_sshd_config("127.0.0.1", self.port, root, "test"))
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "-D", "-f", str(self.config), "-E", str(self.root / "sshd.log")])
+        self.proc = subprocess.Popen(sshd_command(self.binary, self.config, self.root / "sshd.log"))
         wait_port("127.0.0.1", self.port)
 
     def stop(self) -> None:
@@ -48,8 +46,7 @@ class Sshd:
                     pass
 
     def known_hosts_line(self) -> str:
-        key = (self.root / "host_ed25519.pub").read_text().split()
-        return f"[127.0.0.1]:{self.port} {key[0]} {key[1]}\n"
+        return known_hosts(self.root, [("127.0.0.1", self.port)])
 
 
 @pytest.fixture

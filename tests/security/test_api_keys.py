@@ -12,9 +12,9 @@ import pytest
 from ttsha.cli import main
 from ttsha.config import Config, MonitorConfig, NginxConfig, NodeConfig
 from ttsha.errors import ConfigError
-from ttsha.nginx import load_api_keys, render_site, render_upstream
+from ttsha.nginx import PrivateGateway, load_api_keys, render_site, render_upstream
 
-from ..monitor.conftest import Gateway, NodeProcess, free_port, need
+from ..monitor.conftest import NodeProcess, free_port, need
 
 GOOD = "k1-0123456789abcdef0123456789"
 SLOW = "k2-abcdef0123456789abcdef0123"
@@ -49,7 +49,7 @@ def _gateway(tmp_path, binary, node):
                           api_rate="50r/s", api_burst=3),
     )
     (prefix / "ttsha-upstream.conf").write_text(render_upstream(config.nodes, {"a": "primary"}))
-    gw = Gateway(prefix, config, binary)
+    gw = PrivateGateway(config, prefix, binary)
     gw.start()
     try:
         yield gw

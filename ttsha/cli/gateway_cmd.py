@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import TTSHAError
 from . import Context, pass_ctx
 
 
@@ -41,38 +40,12 @@ def render(ctx: Context, prefix: Path | None, to_stdout: bool, force: bool) -> N
       ttsha nginx render --stdout > /etc/nginx/conf.d/ttsha.conf
       ttsha nginx render --prefix /tmp/gw && nginx -p /tmp/gw -c /tmp/gw/nginx.conf
     """
-    from ..fsutil import atomic_write
-    from ..nginx import BACKUP, PRIMARY, render_main, render_site, render_upstream
+    from ..nginx import render_site, write_gateway_files
 
-    cfg = ctx.config
-    site = render_site(cfg)
     if to_stdout:
-        click.echo(site, nl=False)
+        click.echo(render_site(ctx.config), nl=False)
         return
-    written = []
-    # With API keys the site holds them: readable by the Nginx master (root) only.
-    site_mode = 0o600 if cfg.nginx.api_keys_file is not None else 0o644
-    try:
-        if prefix is not None:
-            prefix = prefix.resolve()
-            for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-                # Workers run as an unprivileged user when the master is root.
-                (prefix / "tmp" / sub).chmod(0o1777)
-            atomic_write(prefix / "nginx.conf", render_main(cfg, prefix))
-            atomic_write(prefix / "ttsha-site.conf", site, mode=site_mode)
-            written += [prefix / "nginx.conf", prefix / "ttsha-site.conf"]
-        else:
-            atomic_write(cfg.nginx.site_file, site, mode=site_mode)
-            written.append(cfg.nginx.site_file)
-        upstream = cfg.nginx.upstream_file
-        if force or not upstream.exists():
-            first = max(cfg.nodes, key=lambda n: cfg.nodes[n].priority)
-            roles = {name: PRIMARY if name == first else BACKUP for name in cfg.nodes}
-            atomic_write(upstream, render_upstream(cfg.nodes, roles))
-            written.append(upstream)
-    except OSError as exc:
-        raise TTSHAError(f"cannot write the Nginx configuration: {exc}") from None
+    written = write_gateway_files(ctx.config, prefix, force)
     for path in written:
         click.echo(f"wrote {path}", err=True)
 
@@ -108,15 +81,11 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     Example:
       ttsha status --events 20
     """
-    path = ctx.config.monitor.state_file
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TTSHAError(f"no monitor state at {path}: is 'ttsha monitor' running on this host?") from None
-    except (OSError, ValueError) as exc:
-        raise TTSHAError(f"cannot read the monitor state {path}: {exc}") from None
+    from ..monitor import statefile
+
+    state = statefile.load(ctx.config.monitor.state_file)
     if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(state.raw, ensure_ascii=False, indent=2))
         return
     from rich.markup import escape
     from rich.table import Table
@@ -124,17 +93,17 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
     from .output import literal, table_console
 
     now = time.time()
-    age = now - data.get("updated_at", 0)
+    age = now - state.updated_at
     console = table_console()
-    table = Table(title=literal(f"ttsha nodes ({data.get('mode')}; state {age:.0f} s old)"))
+    table = Table(title=literal(f"ttsha nodes ({state.mode}; state {age:.0f} s old)"))
     for column in ("node", "role", "health", "since", "probe", "model", "replication", "last error"):
         table.add_column(column)
     styles = {"up": "green", "down": "bold red", "unknown": "yellow"}
-    for name, node in data.get("nodes", {}).items():
-        since = f"{now - node['since']:.0f} s ago" if node.get("since") else "-"
-        probe = f"{node['last_probe_ms']:.1f} ms" if node.get("last_probe_ms") is not None else "-"
-        model = f"{node.get('engine', '')} {node.get('model_version', '')}".strip() or "-"
-        rep = node.get("replication") or {}
+    for name, node in state.nodes.items():
+        since = f"{now - node.since:.0f} s ago" if node.since else "-"
+        probe = f"{node.last_probe_ms:.1f} ms" if node.last_probe_ms is not None else "-"
+        model = f"{node.engine} {node.model_version}".strip() or "-"
+        rep = node.replication or {}
         if rep:
             lag = (rep.get("lag_s") or {}).get("p99")
             replication = (f"queue {rep.get('queue_depth')}, lag p99 "
@@ -149,21 +118,21 @@ def status(ctx: Context, as_json: bool, n_events: int) -> None:
                 replication += ", acks sync"
         else:
             replication = "-"
-        table.add_row(literal(name), literal(node.get("role", "?")),
-                      literal(node["status"], styles.get(node["status"], "")),
-                      since, probe, literal(model), replication, literal(node.get("last_error") or ""))
+        table.add_row(literal(name), literal(node.role),
+                      literal(node.status, styles.get(node.status, "")),
+                      since, probe, literal(model), replication, literal(node.last_error))
     console.print(table)
-    gateway = data.get("gateway") or {}
+    gateway = state.raw.get("gateway") or {}
     if gateway.get("vip"):
         holds = "holds" if gateway.get("holds") else "does not hold"
         console.print(literal(f"gateway {gateway.get('id')} {holds} the virtual IP {gateway['vip']} "
                               f"(role epoch {gateway.get('epoch')})"))
-    events = data.get("events", [])[-n_events:]
+    events = state.events[-n_events:]
     if events:
         ev = Table(title="recent events")
         for column in ("when", "event", "node", "detail"):
             ev.add_column(column)
         for e in events:
-            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), literal(e["kind"]), literal(e["node"]),
-                       literal(e["detail"]))
+            ev.add_row(time.strftime("%H:%M:%S", time.localtime(e.at)), literal(e.kind), literal(e.node),
+                       literal(e.detail))
         console.print(ev)

@@ -13,7 +13,6 @@ where the monitor runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -24,9 +23,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import history
 from ..config import Config, DrillConfig, Duration
 from ..errors import Refused, TTSHAError, UsageError
 from ..faults import FAULTS, Fault
+from ..monitor import statefile
+from ..monitor.statefile import MonitorState, StateFileError
 from . import stats
 from .client import Capacity, Gateway, Traffic, load_api_key, measure_capacity
 from .judge import Objectives, Outcome, judge
@@ -179,9 +181,9 @@ def run_drill(
         if not load.join(gw.timeout + 10):
             log.warning("some drill requests were still running after %.0f s", gw.timeout + 10)
     report.rejoined_as = _wait_rejoined(monitor_state, target)
-    state = monitor_state() or {}
+    state = _view(monitor_state)
     samples = sorted((_shift(s, fault_at) for s in list(load.samples)), key=lambda s: s.at)
-    timeline = failover_timeline(state.get("events", []), wall_fault, restore_at, target, standby)
+    timeline = failover_timeline(state.event_dicts() if state else [], wall_fault, restore_at, target, standby)
     timeline["first_success_on_standby"] = stats.first_success_on(samples, addresses[standby])
     report.timeline = timeline
     report.samples = samples
@@ -244,19 +246,28 @@ def _wait_rejoined(monitor_state: Callable[[], dict | None], target: str) -> str
     """The role the restored node got back from the monitor (None: not within the timeout, or no monitor)."""
     deadline = time.monotonic() + (REJOIN_TIMEOUT_S if monitor_state() is not None else 0)
     while True:
-        node = ((monitor_state() or {}).get("nodes") or {}).get(target) or {}
-        if node.get("status") == "up" and node.get("role") in ("backup", "primary"):
-            return node["role"]
+        state = _view(monitor_state)
+        node = state.nodes.get(target) if state else None
+        if node and node.status == "up" and node.role in ("backup", "primary"):
+            return node.role
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.2)
 
 
 def read_state(path: Path) -> dict | None:
-    """The monitor's state file, or None."""
+    """The monitor's state file as its raw document (what :func:`run_drill` is
+    given), or None; read by :mod:`ttsha.monitor.statefile`."""
+    state = statefile.read(path)
+    return state.raw if state else None
+
+
+def _view(monitor_state: Callable[[], dict | None]) -> MonitorState | None:
+    """What ``monitor_state`` returns, typed (None: no state, or not the monitor's document)."""
+    doc = monitor_state()
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return None if doc is None else MonitorState.from_json(doc)
+    except StateFileError:
         return None
 
 
@@ -354,18 +365,18 @@ def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
     target = failover.current_primary(config)
     if target is None:
         raise Refused("no primary: the monitor has not chosen one yet (see 'ttsha status')")
-    health = failover.node_health(config, target)
-    if not health or health.get("status") != "ready":
+    health = failover.node_state(config, target)
+    if not health or not health.ready:
         raise Refused(f"refusing to drill: the primary {target} is not healthy "
-                      f"({(health or {}).get('status') or 'no answer'})")
+                      f"({health.status if health else 'no answer'})")
     standbys = sorted(
         (n for n in config.nodes if n != target),
         key=lambda n: -config.nodes[n].priority,
     )
-    ready = [n for n in standbys if (failover.node_health(config, n) or {}).get("status") == "ready"]
+    ready = [n for n in standbys if (state := failover.node_state(config, n)) is not None and state.ready]
     if not ready:
         raise Refused(f"refusing to drill: no standby is healthy ({', '.join(standbys) or 'none configured'})")
-    pid = health.get("pid") if isinstance(health.get("pid"), int) else None
+    pid = health.pid
     fault = options.fault or settings.fault
     return DrillPlan(target, ready[0], gateway_url(config.nginx), Fault(config, target, fault, pid), settings,
                      traffic, api_key)
@@ -412,7 +423,6 @@ def with_capacity(traffic: TrafficSettings, gateway_url: str, timeout: float,
 
 def execute(config: Config, plan: DrillPlan) -> DrillReport:
     """Run a prepared drill and record it in the failover history."""
-    from .. import failover
 
     try:
         plan.fault.preflight()
@@ -424,7 +434,7 @@ def execute(config: Config, plan: DrillPlan) -> DrillReport:
     finally:
         plan.fault.close()
     slowest = None if math.isnan(report.max_latency_s) else round(report.max_latency_s, 3)
-    failover.record(config, {"kind": "drill", "fault": report.fault, "target": report.target,
+    history.record(config, {"kind": "drill", "fault": report.fault, "target": report.target,
                              "seed": traffic.seed, "rate": round(traffic.rate, 3), "requests": report.requests,
                              "failed": report.failed, "max_latency_s": slowest,
                              "rto_s": report.rto_s, "rpo_files": report.rpo_files, "missed": report.missed})

@@ -15,7 +15,6 @@ after ``proxy_read_timeout`` (60 s) on a frozen or isolated node.
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import json
 import logging
@@ -30,14 +29,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from .. import systemd
+from .. import httpclient, systemd
 from ..alert import Alert, Alerter
 from ..config import Config
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
-from ..protocol import DOWN, PRIMARY, default_gateway_id, load_secret, sign_claim
+from ..protocol import DOWN, PRIMARY, Health, HealthError, default_gateway_id, load_secret, sign_claim
 from .authority import Authority
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
@@ -77,43 +75,23 @@ def probe(url: str, connect_timeout: float, read_timeout: float,
     upstream (its replicator acts on it). An answer slower than ``slow_after``
     seconds (0: no limit) is a failure: ``/health`` answers from memory, so a
     node that takes that long is stalling (a gray failure) even while it answers."""
-    parts = urlsplit(url)
-    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    if not parts.hostname:  # the config check refuses it at load
-        return False, None, f"invalid url {url!r}: no host"
-    try:
-        conn = conn_cls(parts.hostname, parts.port, timeout=connect_timeout)
-    except ValueError as exc:  # a port out of range (the config check refuses it at load)
-        return False, None, f"invalid url {url!r}: {exc}"
-    try:
-        conn.connect()
-        # An answer later than slow_after fails the probe anyway: no point waiting longer for it.
-        conn.sock.settimeout(min(read_timeout, slow_after) if slow_after else read_timeout)
-        headers = {"Connection": "close", **(claim or {})}
-        started = time.monotonic()
-        conn.request("GET", "/health", headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read(65536)
-        took = time.monotonic() - started
-    except TimeoutError as exc:
-        if slow_after and slow_after < read_timeout and conn.sock is not None:
+    # An answer later than slow_after fails the probe anyway: no point waiting longer for it.
+    reply = httpclient.get(url.rstrip("/") + "/health", headers=claim, connect_timeout=connect_timeout,
+                           timeout=min(read_timeout, slow_after) if slow_after else read_timeout, limit=65536)
+    if reply.error:
+        if reply.timed_out and reply.connected and slow_after and slow_after < read_timeout:
             return False, None, f"slow: no answer within {1000 * slow_after:.0f} ms"
-        return False, None, f"{type(exc).__name__}: {exc}"
-    except (OSError, http.client.HTTPException) as exc:
-        return False, None, f"{type(exc).__name__}: {exc}"
-    finally:
-        conn.close()
+        return False, None, reply.error
     try:
-        body = json.loads(raw)
-    except ValueError:
-        return False, None, f"HTTP {resp.status}, not JSON"
-    status = body.get("status") if isinstance(body, dict) else None
-    if slow_after and took > slow_after:
-        return False, body if isinstance(body, dict) else None, \
-            f"slow: /health took {1000 * took:.0f} ms (over {1000 * slow_after:.0f} ms)"
-    if resp.status == 200 and status == "ready":
-        return True, body, ""
-    return False, body if isinstance(body, dict) else None, f"HTTP {resp.status} {status or ''}".strip()
+        health = Health.from_json(reply.json())
+    except HealthError as exc:
+        return False, None, f"HTTP {reply.status}, {'not JSON' if reply.json() is None else exc}"
+    if slow_after and reply.elapsed > slow_after:
+        return False, health.raw, \
+            f"slow: /health took {1000 * reply.elapsed:.0f} ms (over {1000 * slow_after:.0f} ms)"
+    if reply.status == 200 and health.ready:
+        return True, health.raw, ""
+    return False, health.raw, f"HTTP {reply.status} {health.status}"
 
 
 def fence_commands(command: list[str], address: str) -> list[list[str]]:

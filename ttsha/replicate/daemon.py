@@ -11,7 +11,6 @@ at start and after an inotify queue overflow finds anything missed. With
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -24,11 +23,11 @@ from urllib.parse import urlsplit
 
 import pyinotify
 
-from .. import systemd
+from .. import httpclient, systemd
 from ..config import Config, replication_peer
 from ..errors import TTSHAError
 from ..fsutil import atomic_write
-from ..protocol import ACTIVE, PRIMARY
+from ..protocol import ACTIVE, PRIMARY, Health
 from . import ack
 from .durable import AckSender, OnPeer, PathLocks
 from .local import NotSendable, stat_inside
@@ -85,21 +84,11 @@ def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, float
     """(role, since when) as :func:`local_role`: the second changes whenever the
     node's role does, even when it flips back between two reads."""
     host, port = local_health_url(config)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", "/health")
-        body = json.loads(conn.getresponse().read(65536))
-    except (OSError, http.client.HTTPException, ValueError):
+    reply = httpclient.get(httpclient.host_url(host, port, "/health"), timeout=timeout, limit=65536)
+    health = Health.parse(reply.json()) if not reply.error else None
+    if health is None or not health.role_fresh(time.time(), ROLE_FRESH_S):
         return None, None
-    finally:
-        conn.close()
-    if not isinstance(body, dict) or not isinstance(body.get("role"), str):
-        return None, None
-    told_at = body.get("role_at")
-    if not isinstance(told_at, (int, float)) or time.time() - told_at > ROLE_FRESH_S:
-        return None, None
-    since = body.get("role_since")
-    return body["role"], since if isinstance(since, (int, float)) else None
+    return health.role, health.role_since
 
 
 class _Handler(pyinotify.ProcessEvent):

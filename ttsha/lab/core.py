@@ -1,4 +1,4 @@
-"""``ttsha lab``: the whole HA pair on one machine, on 127.0.0.0/8.
+"""The lab itself (``ttsha lab``): the whole HA pair on one machine, on 127.0.0.0/8.
 
 Two ``ttsha serve`` nodes (127.0.0.2 and 127.0.0.3, each with its own store),
 a real Nginx gateway rendered by ttsha's renderer on a private prefix, and
@@ -17,227 +17,41 @@ as root, each node's store is a size-limited tmpfs of its own, so that the
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PeerUnreachable, TTSHAError
-from .fsutil import atomic_write
+from ..config import load as load_config
+from ..errors import PeerUnreachable, TTSHAError
+from ..fsutil import atomic_write
+from ..monitor import statefile
+from ..nginx import PrivateGateway
+from .layout import GATEWAY_HOST, NODE_HOSTS, LabError, LabLayout, node_cpus, write_config
+from .procs import (
+    alive,
+    check_dir,
+    descendants,
+    find_binary,
+    health,
+    open_log,
+    pick_port,
+    port_free,
+    start_time,
+    wait_port,
+)
+from .sshd import known_hosts, render_sshd_config, sshd_command, write_keys
 
 log = logging.getLogger(__name__)
 
-NODE_HOSTS = {"primary": "127.0.0.2", "standby": "127.0.0.3"}
 
-
-def node_cpus(name: str) -> list[str]:
-    """``taskset`` prefix giving each node a CPU of its own, as separate hosts would have.
-
-    Without it, a node restarting after a drill's fault (torch import, model
-    load, warm-up) takes CPU from the standby that is carrying all the
-    traffic, which no real pair sees. With a single CPU nothing is pinned.
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    taskset = shutil.which("taskset")
-    if len(cpus) < 2 or taskset is None:
-        return []
-    return [taskset, "-c", str(cpus[list(NODE_HOSTS).index(name) % len(cpus)])]
-GATEWAY_HOST = "127.0.0.1"
-
-
-HOST_AND_CLIENT_KEYS = ("host_ed25519", "id_ed25519")
 #: Size of each node's store filesystem when the lab runs as root (tmpfs: RAM, used only as filled).
 STORE_FS_SIZE = "256m"
 STORE_FS_SOURCE = "ttsha-lab-store"
-
-
-class LabError(TTSHAError):
-    """The lab could not be started or is not running."""
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def _pick_port(host: str, preferred: int) -> int:
-    if _port_free(host, preferred):
-        return preferred
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def render_sshd_config(host: str, port: int, ssh_dir: Path, name: str) -> str:
-    """An sshd_config for a loopback test endpoint: key authentication only, SFTP."""
-    return f"""# Written by ttsha: {name}'s SSH endpoint, loopback only.
-Port {port}
-ListenAddress {host}
-HostKey {ssh_dir}/host_ed25519
-PidFile {ssh_dir}/sshd-{name}.pid
-AuthorizedKeysFile {ssh_dir}/authorized_keys
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UsePAM no
-Subsystem sftp internal-sftp
-LogLevel ERROR
-"""
-
-
-def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
-    """Block until ``host:port`` accepts connections."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise LabError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
-
-
-def find_binary(name: str, package: str) -> str:
-    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
-    if path is None:
-        raise LabError(f"{name} not found: install it with 'apt-get install -y {package}'")
-    return path
-
-
-@dataclass
-class LabLayout:
-    root: Path
-    node_ports: dict[str, int]
-    gateway_port: int
-    ssh_port: int = 0
-    #: Each store on a filesystem of its own (a tmpfs: ``lab up`` as root), which disk-full needs.
-    store_mounts: tuple[str, ...] = ()
-
-    @property
-    def ssh(self) -> Path:
-        return self.root / "ssh"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "ttsha.toml"
-
-    @property
-    def gateway(self) -> Path:
-        return self.root / "gateway"
-
-    def node_dir(self, name: str) -> Path:
-        return self.root / name
-
-    def url(self, name: str) -> str:
-        return f"http://{NODE_HOSTS[name]}:{self.node_ports[name]}"
-
-    @property
-    def gateway_url(self) -> str:
-        return f"http://{GATEWAY_HOST}:{self.gateway_port}"
-
-
-def write_config(layout: LabLayout, nginx_binary: str) -> None:
-    """The lab's ttsha.toml: everything under ``layout.root``, all on loopback."""
-    import getpass
-
-    gw = layout.gateway
-    user = getpass.getuser()
-    def start(name: str, command: str = "start-node") -> str:
-        # Drills restart a node over SSH with this, as systemctl would on a real node;
-        # after a crash, power-on runs here (the node's sshd is gone) and starts all of it.
-        argv = [sys.executable, "-m", "ttsha", "lab", command, name, "--dir", str(layout.root)]
-        return "[" + ", ".join(json.dumps(a) for a in argv) + "]"
-
-    nodes = "\n".join(
-        f'[nodes.{name}]\nurl = "{layout.url(name)}"\npriority = {200 if name == "primary" else 100}\n'
-        f'ssh_host = "{NODE_HOSTS[name]}"\nssh_port = {layout.ssh_port}\nssh_user = "{user}"\n'
-        f"start_command = {start(name)}\npower_on_command = {start(name, 'power-on')}\n"
-        f'store = "{layout.node_dir(name)}/audio"\n'
-        for name in NODE_HOSTS
-    )
-    text = f"""# Written by `ttsha lab up`.
-[serve]
-# This node's address: its replicator asks it for its role (see [replicate] models).
-host = "{NODE_HOSTS['primary']}"
-port = {layout.node_ports['primary']}
-workers = 2
-canary_interval = "30s"
-drain_timeout = "10s"
-
-[store]
-path = "{layout.root}/primary/audio"
-
-{nodes}
-[monitor]
-interval = "500ms"
-fast_interval = "100ms"
-connect_timeout = "200ms"
-read_timeout = "500ms"
-# Every node is on this machine: /health answers in a few ms, so 100 ms is slow.
-slow_probe = "100ms"
-fall = 2
-rise = 3
-state_file = "{layout.root}/monitor.json"
-control_socket = "{layout.root}/monitor.sock"
-# Signs the roles the monitor gives the nodes (written by `ttsha lab up`, mode 0600).
-secret_file = "{layout.root}/monitor.secret"
-
-[nginx]
-listen = "{GATEWAY_HOST}:{layout.gateway_port}"
-# The lab's texts are short: a request stuck on a frozen node is retried
-# on the standby after 10 s instead of 60.
-proxy_read_timeout = "10s"
-upstream_file = "{gw}/ttsha-upstream.conf"
-site_file = "{gw}/ttsha-site.conf"
-test_command = ["{nginx_binary}", "-t", "-q", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
-reload_command = ["{nginx_binary}", "-s", "reload", "-p", "{gw}", "-c", "{gw}/nginx.conf"]
-
-[replicate]
-peer = "standby"
-known_hosts = "{layout.ssh}/known_hosts"
-key_file = "{layout.ssh}/id_ed25519"
-remote_store = "{layout.root}/standby/audio"
-remote_models = "{layout.root}/standby/models"
-local_models = "{layout.root}/primary/models"
-queue_file = "{layout.root}/primary/replicate.sqlite"
-interval = "1m"
-
-[drill]
-duration = "20s"
-# 80 % of what the primary is measured to synthesize: a shared lab machine has no fixed capacity.
-load = 0.8
-"""
-    layout.config.write_text(text, encoding="utf-8")
-    # The standby replicates back to the primary: results are immutable and
-    # content-addressed, so whichever node serves, its audio reaches the other.
-    # Audio flows both ways; models from whichever node the monitor made the
-    # primary (models = "primary", the default).
-    back = text.replace('peer = "standby"', 'peer = "primary"')
-    back = back.replace(f'host = "{NODE_HOSTS["primary"]}"\nport = {layout.node_ports["primary"]}\n',
-                        f'host = "{NODE_HOSTS["standby"]}"\nport = {layout.node_ports["standby"]}\n')
-    root = layout.root
-    back = back.replace(f'remote_store = "{root}/standby/audio"', f'remote_store = "{root}/primary/audio"')
-    back = back.replace(f'remote_models = "{root}/standby/models"', f'remote_models = "{root}/primary/models"')
-    back = back.replace(f'local_models = "{root}/primary/models"', f'local_models = "{root}/standby/models"')
-    back = back.replace(f'queue_file = "{root}/primary/replicate.sqlite"',
-                        f'queue_file = "{root}/standby/replicate.sqlite"')
-    (layout.root / "ttsha-standby.toml").write_text(back, encoding="utf-8")
 
 
 class Lab:
@@ -279,7 +93,7 @@ class Lab:
         starts = {}
         for name, pid in pids.items():
             old = records.get(name)
-            starts[name] = old["start"] if old and old["pid"] == pid else _start_time(pid)
+            starts[name] = old["start"] if old and old["pid"] == pid else start_time(pid)
         # Start times first: a pid is never recorded without the start time that vouches for it.
         atomic_write(self.starts, json.dumps(starts, indent=1), sync_dir=False)
         atomic_write(self.pids, json.dumps(pids, indent=1), sync_dir=False)
@@ -304,7 +118,7 @@ class Lab:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().decode(errors="replace")
-            same = start is not None and _start_time(pid) == start and str(self.root) in argv
+            same = start is not None and start_time(pid) == start and str(self.root) in argv
         except OSError:
             same = False
         if not same:
@@ -350,7 +164,7 @@ class Lab:
     def start_node(self, name: str) -> int:
         """Start a node's serve unless it already runs (like ``systemctl start``)."""
         running = self.pid(name)
-        if running is not None and _alive(running):
+        if running is not None and alive(running):
             return running
         layout = self.layout()
         store = layout.node_dir(name) / "audio"
@@ -362,7 +176,7 @@ class Lab:
     def start_replicate(self, name: str) -> int:
         """Start a node's replicator towards the other node unless it already runs."""
         running = self.pid(f"replicate-{name}")
-        if running is not None and _alive(running):
+        if running is not None and alive(running):
             return running
         layout = self.layout()
         return self._spawn(f"replicate-{name}", [*node_cpus(name), sys.executable, "-m", "ttsha", "--config",
@@ -372,7 +186,7 @@ class Lab:
     def power_on(self, name: str) -> int:
         """After a crash: the node's sshd, replicator and serve, as a booting node starts them."""
         running = self.pid(f"sshd-{name}")
-        if running is None or not _alive(running):
+        if running is None or not alive(running):
             self.start_sshd(name)
         self.start_replicate(name)
         return self.start_node(name)
@@ -381,8 +195,8 @@ class Lab:
         """Start a node's SSH endpoint (the replicator's and the drills' way in)."""
         layout = self.layout()
         sshd = find_binary("sshd", "openssh-server")
-        pid = self._spawn(f"sshd-{name}", [sshd, "-D", "-f", str(layout.ssh / f"sshd_config-{name}"),
-                                           "-E", str(self.root / f"sshd-{name}.log")])
+        pid = self._spawn(f"sshd-{name}", sshd_command(sshd, layout.ssh / f"sshd_config-{name}",
+                                                       self.root / f"sshd-{name}.log"))
         wait_port(NODE_HOSTS[name], layout.ssh_port)
         return pid
 
@@ -406,7 +220,7 @@ class Lab:
         finally:
             os.close(fd)
         deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def up(self, node_ports: dict[str, int] | None = None, gateway_port: int | None = None, monitor: bool = True,
@@ -430,23 +244,23 @@ class Lab:
         check_dir(self.root)
         find_binary("sshd", "openssh-server")
         keygen = find_binary("ssh-keygen", "openssh-client")
-        ports = node_ports or {name: _pick_port(host, 8900) for name, host in NODE_HOSTS.items()}
-        ssh_port = next((p for p in range(2222, 2300) if all(_port_free(h, p) for h in NODE_HOSTS.values())), 0)
+        ports = node_ports or {name: pick_port(host, 8900) for name, host in NODE_HOSTS.items()}
+        ssh_port = next((p for p in range(2222, 2300) if all(port_free(h, p) for h in NODE_HOSTS.values())), 0)
         if not ssh_port:
             raise LabError("no free SSH port for the lab between 2222 and 2299 on 127.0.0.2/3")
-        layout = LabLayout(self.root, ports, gateway_port or _pick_port(GATEWAY_HOST, 8080), ssh_port)
+        layout = LabLayout(self.root, ports, gateway_port or pick_port(GATEWAY_HOST, 8080), ssh_port)
         layout.store_mounts = self._mount_stores(layout)
         atomic_write(self.root / "lab.json", json.dumps({
             "node_ports": ports, "gateway_port": layout.gateway_port, "ssh_port": layout.ssh_port,
             "store_mounts": list(layout.store_mounts)}), sync_dir=False)
         if not (self.root / "monitor.secret").exists():
-            from .protocol import generate_secret
+            from ..protocol import generate_secret
 
             generate_secret(self.root / "monitor.secret")
         write_config(layout, nginx)
         self._write_ssh(layout, keygen)
-        subprocess.run(self._ttsha("nginx", "render", "--prefix", str(layout.gateway), "--force"), check=True,
-                       capture_output=True)
+        gateway = PrivateGateway(load_config(self.root / "ttsha.toml"), layout.gateway, nginx)
+        gateway.write(force=True)
         for name in NODE_HOSTS:
             self.start_node(name)
             (layout.node_dir(name) / "models").mkdir(parents=True, exist_ok=True)
@@ -457,12 +271,12 @@ class Lab:
             self.start_sshd(name)
         for name in NODE_HOSTS:
             self.start_replicate(name)
-        proc = subprocess.run([nginx, "-p", str(layout.gateway), "-c", str(layout.gateway / "nginx.conf")],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise LabError(f"nginx did not start: {proc.stderr.strip()}")
+        try:
+            nginx_pid = gateway.start()
+        except TTSHAError as exc:
+            raise LabError(str(exc)) from None
         pids = self._pids()
-        pids["nginx"] = int((layout.gateway / "nginx.pid").read_text())
+        pids["nginx"] = nginx_pid
         self._save_pids(pids)
         self.wait_healthy(layout, timeout)
         if monitor:
@@ -504,18 +318,8 @@ class Lab:
     def _write_ssh(self, layout: LabLayout, keygen: str) -> None:
         """Host key, client key, authorized_keys and known_hosts for the standby's sshd."""
         ssh = layout.ssh
-        ssh.mkdir(parents=True, exist_ok=True)
-        for key in HOST_AND_CLIENT_KEYS:
-            if not (ssh / key).exists():
-                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"ttsha-lab-{key}",
-                                "-f", str(ssh / key)],
-                               check=True)
-        os.chmod(ssh / "id_ed25519", 0o600)
-        (ssh / "authorized_keys").write_text((ssh / "id_ed25519.pub").read_text())
-        host_key = (ssh / "host_ed25519.pub").read_text().split()
-        (ssh / "known_hosts").write_text(
-            "".join(f"[{host}]:{layout.ssh_port} {host_key[0]} {host_key[1]}\n" for host in NODE_HOSTS.values())
-        )
+        write_keys(ssh, keygen)
+        (ssh / "known_hosts").write_text(known_hosts(ssh, [(host, layout.ssh_port) for host in NODE_HOSTS.values()]))
         for name, host in NODE_HOSTS.items():
             (ssh / f"sshd_config-{name}").write_text(render_sshd_config(host, layout.ssh_port, ssh, name))
 
@@ -526,7 +330,7 @@ class Lab:
             for name in list(pending):
                 if health(layout.url(name)) == "ready":
                     pending.discard(name)
-                elif (pid := self.pid(name)) is not None and not _alive(pid):
+                elif (pid := self.pid(name)) is not None and not alive(pid):
                     # No point waiting out the timeout for a node that exited (a bad config, say).
                     log_file = self.root / f"{name}.log"
                     lines = log_file.read_text(errors="replace").strip().splitlines() if log_file.exists() else []
@@ -540,29 +344,28 @@ class Lab:
     def wait_monitor(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = self.monitor_state()
-            if state and state.get("primary") and state.get("nginx", {}).get("ok"):
-                return state
+            state = statefile.read(self.root / "monitor.json")
+            if state and state.primary and state.nginx_ok:
+                return state.raw
             time.sleep(0.1)
         raise LabError(f"the monitor did not take control within {timeout:.0f} s (see {self.root}/monitor.log)")
 
     def monitor_state(self) -> dict | None:
-        try:
-            return json.loads((self.root / "monitor.json").read_text())
-        except (OSError, ValueError):
-            return None
+        """The monitor's state document (raw: tests and the bench index it), or None."""
+        state = statefile.read(self.root / "monitor.json")
+        return state.raw if state else None
 
     def status(self) -> dict[str, dict]:
         layout = self.layout()
         out = {}
         for name, pid in self._pids().items():
-            alive = _alive(pid)
-            entry = {"pid": pid, "running": alive, "log": str(self.root / f"{name}.log")}
+            running = alive(pid)
+            entry = {"pid": pid, "running": running, "log": str(self.root / f"{name}.log")}
             if name.startswith("sshd-"):
                 entry["endpoint"] = f"ssh://{NODE_HOSTS[name[5:]]}:{layout.ssh_port}"
             if name in NODE_HOSTS:
                 entry["endpoint"] = layout.url(name)
-                entry["health"] = health(layout.url(name)) if alive else "-"
+                entry["health"] = health(layout.url(name)) if running else "-"
             elif name == "nginx":
                 entry["endpoint"] = layout.gateway_url
                 entry["log"] = str(layout.gateway / "error.log")
@@ -576,55 +379,22 @@ class Lab:
         order = ("monitor", "replicate-primary", "replicate-standby", "nginx", "sshd-primary", "sshd-standby")
         for name in (*order, *NODE_HOSTS):
             pid = pids.get(name)
-            if pid is None or not _alive(pid):
+            if pid is None or not alive(pid):
                 continue
             # Each signal only to the process the lab started (pid, start time, argv).
             if not self._signal(name, signal.SIGCONT):  # a drill may have frozen it
                 continue
             self._signal(name, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(pid):
+            if alive(pid):
                 self._signal(name, signal.SIGKILL)
             stopped.append(name)
         self.pids.unlink(missing_ok=True)
         self.starts.unlink(missing_ok=True)
         self._unmount_stores()
         return stopped
-
-
-def check_dir(root: Path) -> None:
-    """Refuse a lab directory another user owns or others may write (``/tmp`` is shared)."""
-    try:
-        st = os.stat(root)
-    except FileNotFoundError:
-        return
-    if st.st_uid != os.geteuid():
-        raise LabError(f"{root} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): refusing to use it as a "
-                       f"lab directory; remove it or choose another --dir")
-    if st.st_mode & 0o022:
-        raise LabError(f"{root} can be written by others (mode {st.st_mode & 0o7777:04o}): refusing to use it as a "
-                       f"lab directory; run 'chmod go-w {root}' or choose another --dir")
-
-
-def open_log(path: Path) -> int:
-    """A log file descriptor for appending; a symlink in its place is refused, not followed."""
-    try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise LabError(f"{path} is a symbolic link: refusing to write a log through it") from None
-        raise LabError(f"cannot open {path}: {exc.strerror}") from None
-
-
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _mount_source(path: Path) -> str | None:
@@ -645,48 +415,3 @@ def _mount_source(path: Path) -> str | None:
     return source
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
-
-
-def health(url: str, timeout: float = 1.0) -> str:
-    """The node's /health status word, or "unreachable"."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
-            return json.loads(resp.read()).get("status", "?")
-    except urllib.error.HTTPError as exc:
-        try:
-            return json.loads(exc.read()).get("status", str(exc.code))
-        except (ValueError, OSError):  # the body cut short (a node restarting) still tells the code
-            return str(exc.code)
-    except OSError:
-        return "unreachable"
