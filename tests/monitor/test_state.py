@@ -130,6 +130,27 @@ def test_flapping_node_never_serves(clock):
     assert d.states["a"].status == "down" and d.primary == "b"
 
 
+def test_a_node_that_relapses_soon_after_recovering_needs_ever_longer_to_serve(clock):
+    """A slow node runs now and then: rise good probes in a row happen by chance,
+    and each brief return cost a reload and a fence (seen in the failover bench)."""
+    d = started(clock)
+    feed(d, clock, "a", False, 2)  # down once: an ordinary outage, no penalty
+    assert kinds(feed(d, clock, "a", True, 3))[0] == ("node_up", "a")
+    feed(d, clock, "a", False, 2)  # down again 2 s after recovering: a flap
+    assert d.states["a"].flaps == 1
+    assert feed(d, clock, "a", True, 5) == [] and d.states["a"].status == "down"  # now needs 6
+    events = feed(d, clock, "a", True)
+    assert kinds(events) == [("node_up", "a")] and "flapping: 1 quick relapses" in events[0].detail
+    feed(d, clock, "a", False, 2)
+    assert d.states["a"].flaps == 2
+    assert feed(d, clock, "a", True, 11) == [] and kinds(feed(d, clock, "a", True)) == [("node_up", "a")]
+    feed(d, clock, "a", True, 30)  # up long enough: forgiven
+    assert d.states["a"].flaps == 0
+    feed(d, clock, "a", False, 2)
+    assert d.states["a"].flaps == 0  # down after a long stay is an outage, not a flap
+    assert kinds(feed(d, clock, "a", True, 3))[0] == ("node_up", "a")
+
+
 def test_failback_after_duration(clock):
     d = started(clock, failback="after:10s")
     feed(d, clock, "a", False, 2)

@@ -12,6 +12,11 @@ Rules (HAProxy-style hysteresis):
   failures and would never fail ``fall`` in a row), and UP again after
   ``rise`` consecutive successes; a probe succeeds only when ``/health`` says
   ``ready`` (``starting`` and ``degraded`` are failures);
+* a node that goes down again within :data:`FLAP_WINDOW_S` of coming up is
+  flapping: each such time the successes it needs double (up to
+  ``rise`` x 2^:data:`MAX_FLAP_DOUBLINGS`), so a node that is slow now and
+  then stays out instead of costing a reload and a fence every few seconds;
+  a stay of :data:`FLAP_WINDOW_S` up forgives it;
 * active-standby: at start, the primary of the existing routing keeps its
   role until probed; without one, the choice waits until every node has been
   heard from. The primary keeps its role while UP; when it goes DOWN the
@@ -35,6 +40,11 @@ from ..nginx import ACTIVE, BACKUP, DOWN, PRIMARY
 
 UNKNOWN, UP, DOWN_STATE = "unknown", "up", "down"
 
+#: A node down again this soon after coming up counts as flapping.
+FLAP_WINDOW_S = 30.0
+#: The successes a flapping node needs double at most this many times.
+MAX_FLAP_DOUBLINGS = 4
+
 
 @dataclass
 class NodeState:
@@ -51,6 +61,10 @@ class NodeState:
     model_version: str = ""
     #: Outcomes of the latest probes (True: good), for the "most of the recent ones failed" rule.
     recent: deque[bool] = field(default_factory=deque)
+    #: How many times in a row it went down soon after coming up (see FLAP_WINDOW_S).
+    flaps: int = 0
+    #: Its latest UP was a recovery from DOWN (not the first sight of it).
+    recovered: bool = False
 
     @property
     def changing(self) -> bool:
@@ -108,11 +122,15 @@ class Decider:
                 state.model_version = str(info.get("model_version", state.model_version))
             # A node seen for the first time serves after one good probe: the
             # monitor must not hold a healthy pair down for `rise` intervals at start.
-            needed = 1 if state.status == UNKNOWN else self.rise
+            needed = 1 if state.status == UNKNOWN else self.rise * 2 ** min(state.flaps, MAX_FLAP_DOUBLINGS)
             if state.status != UP and state.successes >= needed:
+                state.recovered = state.status == DOWN_STATE
                 state.status, state.since = UP, now
                 state.recent.clear()  # failures before the recovery say nothing about the node now
-                events.append(Event("node_up", name, now, f"{state.successes} good probes"))
+                events.append(Event("node_up", name, now, f"{state.successes} good probes"
+                                    + (f" (flapping: {state.flaps} quick relapses)" if state.flaps else "")))
+            elif state.status == UP and state.flaps and now - state.since >= FLAP_WINDOW_S:
+                state.flaps = 0  # up long enough: forgiven
         else:
             state.failures += 1
             state.successes = 0
@@ -122,6 +140,9 @@ class Decider:
                 events.append(Event("probe_failed", name, now, error or "probe failed"))
             failed_recently = state.recent.count(False)
             if state.status != DOWN_STATE and (state.failures >= self.fall or failed_recently > self.fall):
+                if state.status == UP:
+                    quick = state.recovered and now - state.since < FLAP_WINDOW_S
+                    state.flaps = state.flaps + 1 if quick else 0
                 state.status, state.since = DOWN_STATE, now
                 why = error or "probe failed"
                 if state.failures < self.fall:
