@@ -120,9 +120,9 @@ class Opened:
     """What :meth:`Peer.open_durable` opened on the peer: files by relative path, directories to sync."""
 
     peer: Peer  # the channel its directories were opened on
-    directories: list[str]  # every directory to sync (dirs holds the open ones)
+    directories: list[str]  # every directory to sync (dirs holds their open handles)
     files: dict[str, _OpenFile] = field(default_factory=dict)
-    dirs: dict[str, bytes] = field(default_factory=dict)
+    dirs: list[bytes] = field(default_factory=list)
     sent: int = 0  # bytes written by finish_durable
 
 
@@ -213,11 +213,11 @@ class Peer:
     # -- operations ------------------------------------------------------
     def stale_temps(self, entries: dict[str, RemoteEntry]) -> list[str]:
         """Temp files left on the peer by a sender that died mid-transfer."""
-        mine = f"{TEMP_MARK}{os.getpid()}.tmp"
+        mine = (f"{TEMP_MARK}{os.getpid()}.tmp", f"{TEMP_MARK}{os.getpid()}-")  # untagged, tagged (open_durable)
         return [
             rel for rel in entries
             if posixpath.basename(rel).startswith(".") and TEMP_MARK in rel and rel.endswith(".tmp")
-            and not rel.endswith(mine)
+            and not (rel.endswith(mine[0]) or mine[1] in posixpath.basename(rel))
         ]
 
     def walk(self) -> dict[str, RemoteEntry]:
@@ -398,7 +398,7 @@ class Peer:
                 failure = failure or exc
         for d, num in zip(directories, dir_opens, strict=True):
             try:
-                opened.dirs[d] = _handle(self.sftp, num, d)
+                opened.dirs.append(_handle(self.sftp, num, d))
             except Exception as exc:
                 failure = failure or exc
         if failure is not None:
@@ -449,10 +449,10 @@ class Peer:
                 _read_all(pending)
                 pending = []
             # 3. Every file is on the peer's disk: rename in order, then sync the directories.
-            sftp = _requests(self.sftp)
+            sftp = _requests(opened.peer.sftp)  # where its directories were opened
             pending += [(sftp, sftp._async_request(type(None), CMD_EXTENDED, POSIX_RENAME, temp, target))
                         for temp, target in renames]
-            for handle in opened.dirs.values():
+            for handle in opened.dirs:
                 pending.append((sftp, sftp._async_request(type(None), CMD_EXTENDED, FSYNC, handle)))
                 pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, handle)))
             opened.dirs.clear()
@@ -464,7 +464,7 @@ class Peer:
                      and rel not in {r for _, r in files}]
         for temp in leftovers:
             try:
-                self.sftp.remove(temp)
+                opened.peer.sftp.remove(temp)
             except OSError:
                 pass
         self._fresh_dirs.difference_update(opened.directories)
@@ -480,11 +480,11 @@ class Peer:
                     sftp = _requests(f.lane.sftp)
                     pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, f.handle)))
                     f.closed = True
-            for handle in opened.dirs.values():
-                pending.append((_requests(self.sftp), _requests(self.sftp)._async_request(type(None), CMD_CLOSE,
-                                                                                            handle)))
+            for handle in opened.dirs:
+                main = _requests(opened.peer.sftp)
+                pending.append((main, main._async_request(type(None), CMD_CLOSE, handle)))
             opened.dirs.clear()
-            sftp = _requests(self.sftp)
+            sftp = _requests(opened.peer.sftp)
             pending += [(sftp, sftp._async_request(type(None), CMD_REMOVE, f.temp))
                         for f in opened.files.values() if f.temp is not None]
         except Exception:
