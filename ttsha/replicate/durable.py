@@ -255,7 +255,7 @@ class AckSender:
     def _prepare(self, rels: list[str]) -> None:
         """Open ``rels`` on the peer ahead of their data (round trip 1 of a durable put)."""
         with self._lanes_lock:  # close() (another thread) forgets them
-            rels = [rel for rel in rels if rel not in self._prepared]
+            rels = [rel for rel in rels if rel not in self._prepared and not self._sent(rel)]
             if not rels:
                 return
             try:
@@ -268,6 +268,13 @@ class AckSender:
             for rel in rels:
                 self._prepared[rel] = (now, opened)
             self.stats["prepared"] += 1
+
+    def _sent(self, rel: str) -> bool:
+        """Whether ``rel`` is on the peer already (a hint that came after its acknowledgement)."""
+        try:
+            return self.on_peer.has(rel, stat_inside(self.store, rel))
+        except (OSError, ValueError):  # not written yet, as a hint's files usually are
+            return False
 
     def _take_prepared(self, rels: list[str], main: Peer) -> Opened:
         """What was opened ahead for ``rels``, as one :class:`Opened` on ``main``
