@@ -44,7 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ttsha.config import load, to_toml
-from ttsha.lab import NODE_HOSTS, Lab, descendants
+from ttsha.lab import NODE_HOSTS, Lab, descendants, node_cpus
 
 PAIRS = 60
 #: A typical sentence: 24 characters with its punctuation (bench/engine.py's
@@ -216,7 +216,10 @@ def measure(pairs: int = PAIRS, crash: bool = True) -> dict:
         path.write_text(to_toml(local_cfg), encoding="utf-8")
         log = open(root / "local.log", "ab")
         store = layout.node_dir("primary") / "audio"
-        local_proc = subprocess.Popen([sys.executable, "-m", "ttsha", "--config", str(path), "serve", "--host", HOST,
+        # On the primary's CPU, as the lab pins the primary's own serve (node_cpus):
+        # the two serves differ only in ack.
+        local_proc = subprocess.Popen([*node_cpus("primary"), sys.executable, "-m", "ttsha", "--config", str(path),
+                                       "serve", "--host", HOST,
                                        "--port", str(ports["local"]), "--store", str(store)], stdout=log, stderr=log)
         log.close()
         _wait(lambda: _ack_state(ports["local"]) == "local", 120, "the ack = local serve")
@@ -284,7 +287,8 @@ def measure(pairs: int = PAIRS, crash: bool = True) -> dict:
         # 3. The whole primary host dies at the instant a client holds an answer.
         def start_local() -> subprocess.Popen:
             log = open(root / "local.log", "ab")
-            proc = subprocess.Popen([sys.executable, "-m", "ttsha", "--config", str(path), "serve", "--host", HOST,
+            proc = subprocess.Popen([*node_cpus("primary"), sys.executable, "-m", "ttsha", "--config", str(path),
+                                     "serve", "--host", HOST,
                                      "--port", str(ports["local"]), "--store", str(store)], stdout=log, stderr=log)
             log.close()
             return proc
