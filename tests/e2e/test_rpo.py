@@ -6,6 +6,11 @@ and sshd (with its sessions) are SIGKILLed at once, as a power cut would.
 Every result a client was given must then answer 200 through the gateway,
 byte for byte, from the node that is left. The crashed node is restored and
 becomes the standby; the next round crashes the other node.
+
+This holds with ``[replicate] ack = "standby"`` (the default on a pair). With
+``ack = "local"`` the same test is expected to lose results sometimes (an
+answer goes out before the replicator has copied it; README and
+docs/architecture.md say so, and bench/rpo.py counts the losses).
 """
 
 from __future__ import annotations

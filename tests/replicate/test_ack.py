@@ -343,3 +343,128 @@ def test_durable_put_writes_syncs_and_renames_or_syncs_in_place(rep_config):
             peer.put_durable([(src, "zz/gone.json")], [lane], frozenset({"zz/gone.json"}))
     finally:
         peer.close()
+
+
+# -- files opened on the peer while the synthesis runs (prepare) -----------------------
+@pytest.fixture
+def sender(rep_config):
+    """An AckSender on a real connection to the sshd, its thread running."""
+    from ttsha.replicate.daemon import peer_for
+    from ttsha.replicate.durable import AckSender, OnPeer, PathLocks
+
+    src = rep_config.store.path
+    peer = peer_for(rep_config, str(rep_config.replicate.remote_store)).connect()
+    delivered: list[list[str]] = []
+    s = AckSender(src, lambda: peer, PathLocks(), OnPeer(), lambda: {"last_error": ""},
+                  lambda rels, since: delivered.append(rels))
+    thread = threading.Thread(target=s.run, daemon=True)
+    thread.start()
+    try:
+        yield s, peer, delivered
+    finally:
+        s.stop()
+        thread.join(10)
+        peer.close()
+
+
+def result_rels(rid: str) -> list[str]:
+    return [f"{rid[:2]}/{rid}.json", f"{rid[:2]}/{rid}.wav"]
+
+
+def test_files_opened_ahead_are_written_synced_and_renamed_at_the_acknowledgement(rep_config, sender):
+    s, peer, delivered = sender
+    src, dst = rep_config.store.path, rep_config.replicate.remote_store
+    rid = put_results(AudioStore(src / "elsewhere"), 0, 1)[0]  # its id; written into the store below
+    rels = result_rels(rid)
+    assert s.handle({"op": "prepare", "paths": rels}) == {"ok": True}  # before the files exist: no wait
+    assert wait_for(lambda: s.stats["prepared"] == 1, 30), s.stats
+    # Opened on the peer under tagged temp names, nothing in place yet; a
+    # catch-up of this process does not take them for a dead sender's leftovers.
+    temps = list(dst.rglob(".*.tmp"))
+    assert len(temps) == 2 and all(f"-{os.getpid()}-ack.tmp" in t.name for t in temps), temps
+    assert not on_peer(rep_config, rid)
+    assert peer.stale_temps({str(t.relative_to(dst)): None for t in temps}) == []
+    dead = f"{rid[:2]}/.{rid}.wav.ttsha-1-ack.tmp"  # another process's
+    assert peer.stale_temps({dead: None}) == [dead]
+    put_results(AudioStore(src), 0, 1)
+    reply = s.handle({"op": "ack", "paths": rels, "timeout": 10})
+    assert reply["ok"], reply
+    assert on_peer(rep_config, rid) and not list(dst.rglob(".*.tmp"))
+    assert int((dst / rels[1]).stat().st_mtime) == int((src / rels[1]).stat().st_mtime)
+    assert s.stats["prepared_used"] == 1 and s.stats["sent"] == 2 and delivered == [rels]
+
+
+def test_an_acknowledgement_without_or_beside_an_opening_ahead_still_holds(rep_config, sender):
+    s, peer, _ = sender
+    src, dst = rep_config.store.path, rep_config.replicate.remote_store
+    a, b = put_results(AudioStore(src), 10, 2)
+    assert s.handle({"op": "prepare", "paths": result_rels(a)}) == {"ok": True}
+    assert wait_for(lambda: s.stats["prepared"] == 1, 30)
+    # One batch: a was opened ahead, b was not (its files are opened now).
+    reply = s.handle({"op": "ack", "paths": result_rels(a) + result_rels(b), "timeout": 10})
+    assert reply["ok"], reply
+    assert on_peer(rep_config, a) and on_peer(rep_config, b) and not list(dst.rglob(".*.tmp"))
+    assert s.stats["prepared_used"] == 1
+
+
+def test_openings_nobody_asks_for_are_discarded(rep_config, sender, monkeypatch):
+    from ttsha.replicate import durable
+
+    s, peer, _ = sender
+    dst = rep_config.replicate.remote_store
+    rid = put_results(AudioStore(rep_config.store.path / "elsewhere"), 20, 1)[0]  # a synthesis that failed
+    s.handle({"op": "prepare", "paths": result_rels(rid)})
+    assert wait_for(lambda: s.stats["prepared"] == 1, 30)
+    assert len(list(dst.rglob(".*.tmp"))) == 2
+    monkeypatch.setattr(durable, "PREPARED_TTL_S", 0.0)
+    other = put_results(AudioStore(rep_config.store.path), 21, 1)[0]
+    assert s.handle({"op": "ack", "paths": result_rels(other), "timeout": 10})["ok"]  # a batch expires openings
+    assert wait_for(lambda: not list(dst.rglob(".*.tmp")), 30), list(dst.rglob(".*.tmp"))
+    assert not (dst / result_rels(rid)[1]).exists()
+
+
+def test_openings_of_a_lost_connection_are_removed_on_the_next(rep_config, sender):
+    s, peer, _ = sender
+    dst = rep_config.replicate.remote_store
+    rid = put_results(AudioStore(rep_config.store.path / "elsewhere"), 30, 1)[0]
+    s.handle({"op": "prepare", "paths": result_rels(rid)})
+    assert wait_for(lambda: s.stats["prepared"] == 1, 30)
+    s.close()  # as on a failure: the lanes and their handles are gone
+    assert len(list(dst.rglob(".*.tmp"))) == 2
+    s.lanes()
+    assert not list(dst.rglob(".*.tmp"))
+
+
+def test_a_bad_prepare_is_refused_without_waiting(sender):
+    s, _, _ = sender
+    assert not s.handle({"op": "prepare", "paths": ["../out.wav"]})["ok"]
+    assert not s.handle({"op": "prepare", "paths": []})["ok"]
+
+
+def test_the_gate_sends_hints_only_while_synchronous():
+    fake = FakeReplicator()
+    hinted: list = []
+    fake.prepare = lambda paths, timeout=0.5: hinted.append(paths)
+    fake.status_reply = {"ok": True, "connected": False, "queue_depth": 0}
+    gate, _ = gate_with(fake)
+    gate.start()
+    try:
+        gate.prepare(["ab/x.json"])  # degraded (not connected yet): no hint
+        assert gate.state == DEGRADED
+        fake.status_reply = {"ok": True, "connected": True, "queue_depth": 0}
+        assert wait_for(lambda: gate.state == SYNC, 10)
+        gate.prepare(["ab/y.json", "ab/y.wav"])
+        assert wait_for(lambda: hinted == [["ab/y.json", "ab/y.wav"]], 10), hinted
+    finally:
+        gate.stop()
+
+
+def test_a_hint_that_comes_after_its_acknowledgement_opens_nothing(rep_config, sender):
+    s, _, _ = sender
+    dst = rep_config.replicate.remote_store
+    rid = put_results(AudioStore(rep_config.store.path), 40, 1)[0]
+    assert s.handle({"op": "ack", "paths": result_rels(rid), "timeout": 10})["ok"]
+    assert s.handle({"op": "prepare", "paths": result_rels(rid)}) == {"ok": True}
+    other = put_results(AudioStore(rep_config.store.path), 41, 1)[0]
+    assert s.handle({"op": "ack", "paths": result_rels(other), "timeout": 10})["ok"]  # the hint was handled before
+    assert s.stats["prepared"] == 0 and not list(dst.rglob(".*.tmp"))

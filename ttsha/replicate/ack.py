@@ -6,6 +6,8 @@ queue; one JSON line each way, one request per connection)::
     serve: AckGate, AckClient              replicator: AckServer
       {"op":"ack","paths":[…],"timeout":0.5}  ──►  sends them durably, now
       {"ok":true,"seconds":0.006}             ◄──
+      {"op":"prepare","paths":[…]}            ──►  opens them on the peer ahead
+      {"ok":true}                             ◄──  (at once: a hint, never awaited)
       {"op":"status"}                         ──►
       {"ok":true,"connected":true,"queue_depth":0}  ◄──
 
@@ -22,6 +24,7 @@ This module imports neither paramiko nor the web server: both sides use it.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +99,10 @@ class AckClient:
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
         return self.call({"op": "status"}, timeout)
 
+    def prepare(self, paths: list[str], timeout: float = 0.5) -> None:
+        """Say which files a synthesis is about to write (the replicator opens them on the peer meanwhile)."""
+        self.call({"op": "prepare", "paths": paths}, timeout)
+
 
 # -- serve's side ----------------------------------------------------------------
 class AckGate:
@@ -126,6 +133,9 @@ class AckGate:
         self._inflight: dict[str, tuple[threading.Event, list[str]]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Files about to be written, for :meth:`prepare`'s thread (a hint: dropped when full).
+        self._hints: queue.Queue[list[str]] = queue.Queue(maxsize=64)
+        self._hint_thread: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
@@ -167,6 +177,32 @@ class AckGate:
         outcome.append(result)
         event.set()
         return result
+
+    def prepare(self, paths: list[str]) -> None:
+        """A synthesis of ``paths`` (relative to the store) starts: the replicator may open
+        them on the peer while it runs, so that :meth:`confirm` takes one round trip less.
+
+        Never waits (another thread sends it); only a hint: :meth:`confirm`
+        holds the same guarantee without it.
+        """
+        if not self.enabled or self.state != SYNC or self._hint_thread is None:
+            return
+        try:
+            self._hints.put_nowait(paths)
+        except queue.Full:
+            pass
+
+    def _hint_loop(self) -> None:
+        assert self.client is not None  # only mode "local" (never enabled) comes without a client
+        while not self._stop.is_set():
+            try:
+                paths = self._hints.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            try:
+                self.client.prepare(paths)
+            except Exception as exc:  # a lost head start, nothing more: confirm() finds out what is wrong
+                log.debug("prepare %s: %s", paths, exc)
 
     def poll(self) -> None:
         """Ask the replicator how it is doing; degrade early, recover when caught up."""
@@ -231,6 +267,8 @@ class AckGate:
         if self.enabled and self._thread is None:
             self._thread = threading.Thread(target=self._poll_loop, name="ack-poll", daemon=True)
             self._thread.start()
+            self._hint_thread = threading.Thread(target=self._hint_loop, name="ack-prepare", daemon=True)
+            self._hint_thread.start()
 
     def stop(self) -> None:
         self._stop.set()

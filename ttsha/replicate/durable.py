@@ -9,6 +9,14 @@ once (:class:`PathLocks`); when the queue reaches a file this path already
 sent, the peer has it with the same size and mtime and it is not sent again;
 when this path is asked for a file the queue already sent (:class:`OnPeer`),
 it is fsynced where it is, not sent again.
+
+serve also says which files it is about to write (``prepare``, when a
+synthesis starts): the sender opens their temp files and directories on the
+peer then, while the synthesis runs, so the acknowledgement itself takes two
+round trips (write, fsync, close; rename, sync the directory) instead of
+three. What is opened ahead and never asked for is discarded after
+:data:`PREPARED_TTL_S`; nothing about durability changes, only when the
+open happens.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .ack import MAX_PATHS
 from .local import stat_inside
 from .sync import sidecar_first
-from .transport import UnsafePath, safe_relative
+from .transport import Opened, UnsafePath, safe_relative
 
 if TYPE_CHECKING:
     from .transport import Peer
@@ -44,6 +52,14 @@ BATCH_FILES = 64
 #: A peer that stops answering mid-transfer (frozen, cut off) holds the
 #: sender this long at most; serve stopped waiting long before.
 IO_TIMEOUT_S = 10.0
+#: Files opened ahead (``prepare``) and not asked for within this long are
+#: closed and their temp files removed (a synthesis that failed, a cache hit).
+PREPARED_TTL_S = 120.0
+#: Most results opened ahead at once; the oldest go first.
+PREPARED_MAX = 64
+#: The temp-name tag of files opened ahead: :meth:`Peer.put` (the queue
+#: path) may copy the same file meanwhile, under its own temp name.
+PREPARED_TAG = "ack"
 
 
 class PathLocks:
@@ -100,6 +116,7 @@ class OnPeer:
 @dataclass
 class _Job:
     rels: list[str]
+    prepare: bool = False  # only open them on the peer (no answer awaited)
     done: threading.Event = field(default_factory=threading.Event)
     error: str = ""
     seconds: float = 0.0
@@ -124,8 +141,13 @@ class AckSender:
         self._stop = threading.Event()
         #: When serve last asked for something (monotonic), None: never.
         self.last_request: float | None = None
-        #: Files sent, files found sent already (fsynced only), files that failed.
-        self.stats = {"batches": 0, "sent": 0, "present": 0, "failed": 0}
+        #: Files opened ahead by ``prepare``: relative path -> (monotonic time, what was opened).
+        self._prepared: OrderedDict[str, tuple[float, Opened]] = OrderedDict()
+        #: Temp files of opened-ahead files whose connection was lost: removed on the next one.
+        self._orphans: list[str] = []
+        #: Files sent, files found sent already (fsynced only), files that failed,
+        #: results opened ahead and of those, the ones an acknowledgement used.
+        self.stats = {"batches": 0, "sent": 0, "present": 0, "failed": 0, "prepared": 0, "prepared_used": 0}
 
     # -- requests (AckServer threads) ---------------------------------------
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -133,18 +155,25 @@ class AckSender:
         op = request.get("op")
         if op == "status":
             return {"ok": True, **self._status()}
-        if op != "ack":
+        if op not in ("ack", "prepare"):
             return {"ok": False, "error": f"unknown op {op!r}"}
         self.last_request = time.monotonic()
         paths, timeout = request.get("paths"), request.get("timeout")
         if not isinstance(paths, list) or not paths or len(paths) > MAX_PATHS:
             return {"ok": False, "error": f"paths: expected a list of 1 to {MAX_PATHS} paths"}
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
-            return {"ok": False, "error": "timeout: expected seconds, more than 0 and at most 60"}
         try:
             rels = [safe_relative(p) if isinstance(p, str) else safe_relative("") for p in paths]
         except UnsafePath as exc:
             return {"ok": False, "error": str(exc)}
+        if op == "prepare":
+            # The files do not exist yet: serve is about to synthesize them. No wait.
+            peer = self._peer()
+            if peer is None or not peer.alive:
+                return {"ok": False, "error": "not connected to the peer"}
+            self._jobs.put(_Job(sorted(dict.fromkeys(rels), key=sidecar_first), prepare=True))
+            return {"ok": True}
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+            return {"ok": False, "error": "timeout: expected seconds, more than 0 and at most 60"}
         for rel in rels:
             if not (self.store / rel).is_file():
                 return {"ok": False, "error": f"{rel}: no such file in {self.store}"}
@@ -174,7 +203,13 @@ class AckSender:
                     batch.append(self._jobs.get_nowait())
                 except queue.Empty:
                     break
-            self._send(batch)
+            acks = [job for job in batch if not job.prepare]
+            if acks:  # waited for: first
+                self._send(acks)
+            for job in batch:
+                if job.prepare:
+                    self._prepare(job.rels)
+            self._expire()
         self.close()
 
     def stop(self) -> None:
@@ -188,8 +223,17 @@ class AckSender:
             lanes = self.lanes()
             with self.locks.hold(rels):
                 stats = {rel: stat_inside(self.store, rel) for rel in rels}
-                present = frozenset(rel for rel in rels if self.on_peer.has(rel, stats[rel]))
-                lanes[0].put_durable([(self.store, rel) for rel in rels], lanes[1:], present)
+                ahead = self._take_prepared(rels, lanes[0])
+                # Opened ahead: written and renamed over even if the queue sent it meanwhile.
+                present = frozenset(rel for rel in rels if rel not in ahead.files
+                                    and self.on_peer.has(rel, stats[rel]))
+                rest = [rel for rel in rels if rel not in ahead.files]
+                if rest:  # the round trip the opened-ahead files saved
+                    now = lanes[0].open_durable(rest, lanes[1:], present)
+                    ahead.files.update(now.files)
+                    ahead.dirs += now.dirs
+                    ahead.directories += now.directories
+                lanes[0].finish_durable([(self.store, rel) for rel in rels], ahead)
                 for rel in rels:
                     self.on_peer.add(rel, stats[rel])
             self.stats["sent"] += len(rels) - len(present)
@@ -207,6 +251,67 @@ class AckSender:
             job.done.set()
         if not error:
             self._delivered(rels, started_wall)  # after the answers: it writes to disk
+
+    def _prepare(self, rels: list[str]) -> None:
+        """Open ``rels`` on the peer ahead of their data (round trip 1 of a durable put)."""
+        with self._lanes_lock:  # close() (another thread) forgets them
+            rels = [rel for rel in rels if rel not in self._prepared and not self._sent(rel)]
+            if not rels:
+                return
+            try:
+                lanes = self.lanes()
+                opened = lanes[0].open_durable(rels, lanes[1:], tag=PREPARED_TAG)
+            except Exception as exc:  # only a lost head start; the acknowledgement opens them itself
+                log.debug("cannot open %s ahead: %s", rels, exc)
+                return
+            now = time.monotonic()
+            for rel in rels:
+                self._prepared[rel] = (now, opened)
+            self.stats["prepared"] += 1
+
+    def _sent(self, rel: str) -> bool:
+        """Whether ``rel`` is on the peer already (a hint that came after its acknowledgement)."""
+        try:
+            return self.on_peer.has(rel, stat_inside(self.store, rel))
+        except (OSError, ValueError):  # not written yet, as a hint's files usually are
+            return False
+
+    def _take_prepared(self, rels: list[str], main: Peer) -> Opened:
+        """What was opened ahead for ``rels``, as one :class:`Opened` on ``main``
+        (an opening that also covers files not asked for now is discarded)."""
+        with self._lanes_lock:  # close() (another thread) forgets them
+            wanted = set(rels)
+            taken: dict[int, Opened] = {}
+            for rel in rels:
+                entry = self._prepared.get(rel)
+                if entry is not None:
+                    taken[id(entry[1])] = entry[1]
+            merged = Opened(main, [])
+            for opened in taken.values():
+                for rel in opened.files:
+                    self._prepared.pop(rel, None)
+                if opened.peer is not main or not set(opened.files) <= wanted:
+                    main.discard(opened)
+                    continue
+                merged.files.update(opened.files)
+                merged.dirs += opened.dirs
+                merged.directories += opened.directories
+                self.stats["prepared_used"] += 1
+            return merged
+
+    def _expire(self) -> None:
+        """Discard openings nobody asked for in time, and the oldest beyond :data:`PREPARED_MAX`."""
+        with self._lanes_lock:  # close() (another thread) forgets them
+            now = time.monotonic()
+            stale: dict[int, Opened] = {}
+            results = len({id(o) for _, o in self._prepared.values()})
+            for rel, (at, opened) in list(self._prepared.items()):
+                if now - at > PREPARED_TTL_S or results - len(stale) > PREPARED_MAX:
+                    stale[id(opened)] = opened
+                if id(opened) in stale:
+                    del self._prepared[rel]
+            for opened in stale.values():
+                opened.peer.discard(opened)
 
     def lanes(self) -> list[Peer]:
         """This path's SFTP channels on the replicator's current connection (opened once per connection)."""
@@ -229,10 +334,21 @@ class AckSender:
                         lane.close()
                     raise
                 self._lanes, self._lanes_of = lanes, peer
+                orphans, self._orphans = self._orphans, []
+                for temp in orphans:  # opened ahead on the last connection, never used
+                    try:
+                        lanes[0].sftp.remove(temp)
+                    except OSError:
+                        pass
             return self._lanes
 
     def close(self) -> None:
         with self._lanes_lock:
+            # Handles opened ahead die with their channels; their temp files wait for the next connection.
+            self._orphans += [f.temp for _, opened in self._prepared.values()
+                              for f in opened.files.values() if f.temp is not None]
+            self._orphans = list(dict.fromkeys(self._orphans))
+            self._prepared.clear()
             for lane in self._lanes:
                 try:
                     lane.close()

@@ -13,7 +13,7 @@ import os
 import posixpath
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol, cast
 
@@ -24,6 +24,7 @@ from paramiko.sftp import (
     CMD_FSETSTAT,
     CMD_HANDLE,
     CMD_OPEN,
+    CMD_REMOVE,
     CMD_SETSTAT,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
@@ -103,6 +104,26 @@ class RemoteEntry:
     size: int
     mtime: int
     mode: int
+
+
+@dataclass
+class _OpenFile:
+    lane: Peer
+    temp: str | None  # None: the file is there already, opened to be fsynced in place
+    target: str
+    handle: bytes
+    closed: bool = False
+
+
+@dataclass
+class Opened:
+    """What :meth:`Peer.open_durable` opened on the peer: files by relative path, directories to sync."""
+
+    peer: Peer  # the channel its directories were opened on
+    directories: list[str]  # every directory to sync (dirs holds their open handles)
+    files: dict[str, _OpenFile] = field(default_factory=dict)
+    dirs: list[bytes] = field(default_factory=list)
+    sent: int = 0  # bytes written by finish_durable
 
 
 class Peer:
@@ -192,11 +213,11 @@ class Peer:
     # -- operations ------------------------------------------------------
     def stale_temps(self, entries: dict[str, RemoteEntry]) -> list[str]:
         """Temp files left on the peer by a sender that died mid-transfer."""
-        mine = f"{TEMP_MARK}{os.getpid()}.tmp"
+        mine = (f"{TEMP_MARK}{os.getpid()}.tmp", f"{TEMP_MARK}{os.getpid()}-")  # untagged, tagged (open_durable)
         return [
             rel for rel in entries
             if posixpath.basename(rel).startswith(".") and TEMP_MARK in rel and rel.endswith(".tmp")
-            and not rel.endswith(mine)
+            and not (rel.endswith(mine[0]) or mine[1] in posixpath.basename(rel))
         ]
 
     def walk(self) -> dict[str, RemoteEntry]:
@@ -323,12 +344,25 @@ class Peer:
         already (by :meth:`put`): those are only fsynced where they are, with
         their directory. Files are spread over ``channels`` (twins of this
         Peer) so their fsyncs run at once; renames and directories go over this
-        one, in order. Three round trips, two when nothing is renamed. Returns
-        the bytes sent.
+        one, in order. Three round trips (:meth:`open_durable`, then
+        :meth:`finish_durable`), two when nothing is renamed. Returns the bytes sent.
+        """
+        return self.finish_durable(files, self.open_durable([rel for _, rel in files], channels, present))
+
+    def open_durable(self, rels: list[str], channels: list[Peer] | None = None,
+                     present: frozenset[str] = frozenset(), tag: str = "") -> Opened:
+        """The first round trip of :meth:`put_durable`: directories made, each
+        temp file (or file in ``present``) and each directory to sync opened.
+
+        It needs no data, so it can run before the files exist (the
+        acknowledgement path does it while serve synthesizes). ``tag`` marks
+        the temp names (``.<name>.ttsha-<pid>-<tag>.tmp``): files opened ahead
+        never share a temp name with :meth:`put`, which may copy the same file
+        meanwhile. Hand the result to :meth:`finish_durable` or :meth:`discard`.
         """
         lanes = [self, *(channels or [])]
         directories: list[str] = []
-        for _, rel in files:
+        for rel in rels:
             if rel not in present:
                 self.makedirs(posixpath.dirname(safe_relative(rel)))
             directory = posixpath.dirname(self.remote(rel))
@@ -338,77 +372,128 @@ class Peer:
                 directory = posixpath.dirname(directory)
                 directories.append(directory)
         directories = list(dict.fromkeys(directories))
-        # (lane, temp or None when present, target, data, st or None when present)
-        work: list[tuple[Peer, str | None, str, bytes, os.stat_result | None]] = []
-        from .local import open_inside
-
-        for i, (root, rel) in enumerate(files):
+        mark = f"{TEMP_MARK}{os.getpid()}-{tag}.tmp" if tag else f"{TEMP_MARK}{os.getpid()}.tmp"
+        planned: list[tuple[str, Peer, str | None, str]] = []  # rel, lane, temp or None when present, target
+        for i, rel in enumerate(rels):
             target = self.remote(rel)
             directory, name = posixpath.split(target)
-            lane = lanes[i % len(lanes)]
-            if rel in present:
-                work.append((lane, None, target, b"", None))
-            else:
-                source, st = open_inside(root, rel)  # the one rule (.local): regular files inside the root
-                with source:
-                    data = source.read()
-                work.append((lane, posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp"), target,
-                             data, st))
-        renames = [(w[1], w[2]) for w in work if w[1] is not None]
-        # 1. Open every temp file (on its lane), every file already there and
-        # every directory (read-only: sftp-server opens it with open(2), and an
-        # fsync of that descriptor is how a directory is synced).
+            temp = None if rel in present else posixpath.join(directory, f".{name}{mark}")
+            planned.append((rel, lanes[i % len(lanes)], temp, target))
+        # Temp files write-only, on their lanes; files already there and every
+        # directory read-only (sftp-server opens it with open(2), and an fsync
+        # of that descriptor is how a directory is synced).
         opens = [(lane, _requests(lane.sftp)._async_request(
                     type(None), CMD_OPEN, temp or target,
                     SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if temp else SFTP_FLAG_READ, SFTPAttributes()))
-                 for lane, temp, target, _, _ in work]
+                 for _, lane, temp, target in planned]
         dir_opens = [_requests(self.sftp)._async_request(type(None), CMD_OPEN, d, SFTP_FLAG_READ, SFTPAttributes())
                      for d in directories]
-        dir_handles: list[bytes] = []
+        opened = Opened(self, directories)
+        failure: BaseException | None = None
+        # Every reply is read, even after a failure: the handles that did open are closed by discard.
+        for (rel, lane, temp, target), (_, num) in zip(planned, opens, strict=True):
+            try:
+                opened.files[rel] = _OpenFile(lane, temp, target, _handle(lane.sftp, num, temp or target))
+            except Exception as exc:
+                failure = failure or exc
+        for d, num in zip(directories, dir_opens, strict=True):
+            try:
+                opened.dirs.append(_handle(self.sftp, num, d))
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            self.discard(opened)
+            raise failure
+        return opened
+
+    def finish_durable(self, files: list[tuple[Path, str]], opened: Opened) -> int:
+        """Round trips two and three of :meth:`put_durable` on what :meth:`open_durable`
+        opened for ``files`` (any order: renames follow ``files``). Every handle
+        of ``opened`` is closed; on an error its temp files are removed."""
+        from .local import open_inside
+
+        missing = [rel for _, rel in files if rel not in opened.files]
+        if missing:
+            self.discard(opened)
+            raise TTSHAError(f"not opened on the peer: {', '.join(missing)}")
+        renames: list[tuple[str, str]] = []
         try:
-            handles = [_handle(lane.sftp, num, w[1] or w[2]) for (lane, num), w in zip(opens, work, strict=True)]
-            dir_handles = [_handle(self.sftp, num, d) for d, num in zip(directories, dir_opens, strict=True)]
             # 2. Write, set mode and times, fsync, close: one burst per lane.
             pending: list[tuple[_Requests, int]] = []
-            for (lane, temp, _, data, temp_st), handle in zip(work, handles, strict=True):
-                sftp = _requests(lane.sftp)
-                if temp is not None:
-                    assert temp_st is not None  # read with the file above, as every temp file's is
+            for root, rel in files:
+                f = opened.files[rel]
+                sftp = _requests(f.lane.sftp)
+                if f.temp is not None:
+                    source, st = open_inside(root, rel)  # the one rule (.local): regular files inside the root
+                    with source:
+                        data = source.read()
+                    opened.sent += len(data)
                     attrs = SFTPAttributes()
-                    attrs.st_mode = stat.S_IMODE(temp_st.st_mode)
-                    attrs.st_atime, attrs.st_mtime = int(temp_st.st_atime), int(temp_st.st_mtime)
-                    pending += [(sftp, sftp._async_request(type(None), CMD_WRITE, handle, int64(offset),
+                    attrs.st_mode = stat.S_IMODE(st.st_mode)
+                    attrs.st_atime, attrs.st_mtime = int(st.st_atime), int(st.st_mtime)
+                    pending += [(sftp, sftp._async_request(type(None), CMD_WRITE, f.handle, int64(offset),
                                                            data[offset:offset + WRITE_SIZE]))
                                 for offset in range(0, len(data), WRITE_SIZE)]
-                    pending.append((sftp, sftp._async_request(type(None), CMD_FSETSTAT, handle, attrs)))
-                pending.append((sftp, sftp._async_request(type(None), CMD_EXTENDED, FSYNC, handle)))
-                pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, handle)))
+                    pending.append((sftp, sftp._async_request(type(None), CMD_FSETSTAT, f.handle, attrs)))
+                    renames.append((f.temp, f.target))
+                pending.append((sftp, sftp._async_request(type(None), CMD_EXTENDED, FSYNC, f.handle)))
+                pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, f.handle)))
+                f.closed = True
+            # A file of ``opened`` not among ``files`` is closed too (and its temp removed below).
+            for f in opened.files.values():
+                if not f.closed:
+                    sftp = _requests(f.lane.sftp)
+                    pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, f.handle)))
+                    f.closed = True
             if renames:
                 _read_all(pending)
                 pending = []
             # 3. Every file is on the peer's disk: rename in order, then sync the directories.
-            sftp = _requests(self.sftp)
+            sftp = _requests(opened.peer.sftp)  # where its directories were opened
             pending += [(sftp, sftp._async_request(type(None), CMD_EXTENDED, POSIX_RENAME, temp, target))
                         for temp, target in renames]
-            for handle in dir_handles:
+            for handle in opened.dirs:
                 pending.append((sftp, sftp._async_request(type(None), CMD_EXTENDED, FSYNC, handle)))
                 pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, handle)))
-            dir_handles = []
+            opened.dirs.clear()
             _read_all(pending)
         except BaseException:
-            for handle in dir_handles:
-                try:
-                    _requests(self.sftp)._request(CMD_CLOSE, handle)
-                except Exception:
-                    pass
-            for temp, _ in renames:
-                try:
-                    self.sftp.remove(temp)
-                except Exception:
-                    pass
+            self.discard(opened)
             raise
-        self._fresh_dirs.difference_update(directories)
-        return sum(len(w[3]) for w in work)
+        leftovers = [f.temp for rel, f in opened.files.items() if f.temp is not None
+                     and rel not in {r for _, r in files}]
+        for temp in leftovers:
+            try:
+                opened.peer.sftp.remove(temp)
+            except OSError:
+                pass
+        self._fresh_dirs.difference_update(opened.directories)
+        return opened.sent
+
+    def discard(self, opened: Opened) -> None:
+        """Close what :meth:`open_durable` opened and remove its temp files, best effort
+        (the connection may be gone: a later catch-up removes temp files of other processes)."""
+        pending: list[tuple[_Requests, int]] = []
+        try:
+            for f in opened.files.values():
+                if not f.closed:
+                    sftp = _requests(f.lane.sftp)
+                    pending.append((sftp, sftp._async_request(type(None), CMD_CLOSE, f.handle)))
+                    f.closed = True
+            for handle in opened.dirs:
+                main = _requests(opened.peer.sftp)
+                pending.append((main, main._async_request(type(None), CMD_CLOSE, handle)))
+            opened.dirs.clear()
+            sftp = _requests(opened.peer.sftp)
+            pending += [(sftp, sftp._async_request(type(None), CMD_REMOVE, f.temp))
+                        for f in opened.files.values() if f.temp is not None]
+        except Exception:
+            return
+        for lane, num in pending:
+            try:
+                lane._read_response(num)
+            except Exception:
+                pass
 
     def set_dir_mtimes(self, times: list[tuple[str, float]]) -> None:
         """Set directory mtimes, in order, as one pipelined burst of SETSTAT requests."""

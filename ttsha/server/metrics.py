@@ -56,7 +56,8 @@ class Metrics:
         )
         self.ack_seconds = Histogram(
             "ttsha_replication_ack_seconds", "Time a new result waited for the standby's acknowledgement",
-            buckets=(0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2), registry=self.registry,
+            buckets=(0.002, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03, 0.04, 0.05, 0.1, 0.25,
+                     0.5, 1, 2), registry=self.registry,
         )
         self.ack_degraded = Gauge(
             "ttsha_replication_ack_degraded", "1 while new results are answered without waiting for the standby "

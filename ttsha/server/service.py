@@ -249,6 +249,7 @@ class Service:
         if found is not None:
             return found, True
         self.pool.deadline = self.serve.deadline  # SIGHUP may have changed it
+        self._prepare(req.id)
         future = self.pool.submit(lambda: self._render(req), key=req.id, chars=len(req.text))
         self._update_gauges()
         stored = future.result()
@@ -272,6 +273,7 @@ class Service:
                 chunks.put(None)
 
         self.pool.deadline = self.serve.deadline
+        self._prepare(req.id)
         self.pool.submit(produce, chars=len(req.text))
         self._update_gauges()
 
@@ -332,12 +334,21 @@ class Service:
         self.readiness.last_synth_ok_at = time.time()
         return stored
 
+    def _ack_paths(self, rid: str) -> list[str]:
+        """The files of result ``rid`` the standby must hold, relative to the store (sidecar first)."""
+        return [str(p.relative_to(self.store.root)) for p in (self.store.meta_path(rid), self.store.audio_path(rid))]
+
+    def _prepare(self, rid: str) -> None:
+        """A synthesis of ``rid`` starts: the replicator may open its files on the peer meanwhile."""
+        if self.acks is not None and self.acks.enabled:
+            self.acks.prepare(self._ack_paths(rid))
+
     def _confirm(self, rid: str) -> None:
         """Return once the peer holds the new result ``rid`` durably, or
         ``[replicate] ack_timeout`` has passed (then answer anyway, degraded)."""
         if self.acks is None or not self.acks.enabled:
             return
-        rels = [str(p.relative_to(self.store.root)) for p in (self.store.meta_path(rid), self.store.audio_path(rid))]
+        rels = self._ack_paths(rid)
         started = time.perf_counter()
         outcome = self.acks.confirm(rid, rels)
         self.metrics.acks.labels(outcome).inc()
