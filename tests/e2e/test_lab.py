@@ -116,14 +116,17 @@ def test_every_fault_at_80_percent_of_capacity_fails_no_request_and_stalls_none(
 
 def test_a_drill_with_a_stall_objective_it_cannot_meet_exits_5(lab):
     """The judgement can fail: the same drill against an impossible max_stall."""
-    import re
+    from dataclasses import replace
+
+    from ttsha.config import load, to_toml
 
     strict = lab.root / "strict.toml"
-    text = lab.layout().config.read_text()
-    strict.write_text(re.sub(r"\[drill\]\n", "[drill]\nmax_stall = \"1ms\"\n", text))
+    config = load(lab.layout().config)
+    strict.write_text(to_toml(replace(config, drill=replace(config.drill, max_stall=0.001))))
     report = lab.root / "strict.json"
     proc = ttsha("--config", str(strict), "failover", "--drill", "--fault", "stop", "--duration", "6s", "--rate", "3",
                  "--seed", "1234", "--report", str(report))
+    assert report.exists(), proc.stdout + proc.stderr
     data = json.loads(report.read_text())
     assert proc.returncode == 5, proc.stderr
     assert any(m.startswith("slowest request") for m in data["missed"]), data["missed"]
