@@ -4,7 +4,8 @@ keepalived runs it every ``[vrrp] check_interval`` as::
 
     python -I -S .../ttsha/monitor/selfcheck.py LISTEN CONTROL_SOCKET
 
-It needs the standard library and two small ttsha modules only, so it starts
+It needs the standard library and three small ttsha modules only
+(``httpclient``, ``localsocket``, ``errors``), so it starts
 in tens of milliseconds on a busy gateway; the full ``ttsha`` command line
 takes several times longer, and a check slower than keepalived's timeout
 would move the virtual IP away from a gateway that is fine. ``ttsha
@@ -13,14 +14,14 @@ keepalived check`` runs the same :func:`problems`.
 
 from __future__ import annotations
 
-import http.client
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file by keepalived: find the ttsha package beside it
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ttsha.localsocket import NoAnswer, ask  # noqa: E402  (after the path above)
+from ttsha import httpclient  # noqa: E402  (after the path above)
+from ttsha.localsocket import NoAnswer, ask  # noqa: E402
 
 
 def problems(listen: str, control_socket: Path, timeout: float = 0.8) -> list[str]:
@@ -28,15 +29,11 @@ def problems(listen: str, control_socket: Path, timeout: float = 0.8) -> list[st
     found = []
     host, _, port = listen.rpartition(":")
     host = "127.0.0.1" if host in ("", "0.0.0.0", "*") else host.strip("[]")
-    try:
-        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-        conn.request("GET", "/ttsha_generation")
-        status = conn.getresponse().status
-        conn.close()
-        if status != 200:
-            found.append(f"nginx answered /ttsha_generation with {status}")
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        found.append(f"nginx on {listen} does not answer: {exc}")
+    served = httpclient.get(httpclient.host_url(host, int(port), "/ttsha_generation"), timeout=timeout)
+    if not served.status:
+        found.append(f"nginx on {listen} does not answer: {served.error}")
+    elif served.status != 200:
+        found.append(f"nginx answered /ttsha_generation with {served.status}")
     try:
         reply = ask(Path(control_socket), {"op": "ping"}, timeout)
         if not reply.get("ok"):
