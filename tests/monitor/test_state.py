@@ -210,6 +210,17 @@ def test_faster_probing_while_changing(clock):
     assert d.states["a"].changing
 
 
+def test_a_node_that_failed_a_recent_probe_is_probed_fast_until_its_window_is_clean(clock):
+    d = started(clock)
+    feed(d, clock, "a", False)
+    feed(d, clock, "a", True)
+    assert d.states["a"].status == "up" and d.states["a"].changing  # one good answer between stalls
+    feed(d, clock, "a", True, 3)
+    assert d.states["a"].changing  # the failure is still among the last 2 * fall + 1
+    feed(d, clock, "a", True)
+    assert not d.states["a"].changing
+
+
 def test_manual_switchover(clock):
     d = started(clock)
     event = d.set_primary("b", clock.tick())

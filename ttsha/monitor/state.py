@@ -68,9 +68,15 @@ class NodeState:
 
     @property
     def changing(self) -> bool:
-        """True while a transition is pending (the monitor probes faster then)."""
+        """True while a transition is pending (the monitor probes faster then).
+
+        An UP node stays watched closely while any of its recent probes
+        failed: a node that stalls now and then answers some probes between
+        stalls, and at the slow interval those good answers would space out
+        the failures that mark it down.
+        """
         if self.status == UP:
-            return self.failures > 0
+            return self.failures > 0 or False in self.recent
         return self.successes > 0 or self.status == UNKNOWN
 
 
