@@ -36,6 +36,7 @@ from .fsutil import atomic_write
 # The role vocabulary lives in .protocol (nodes import it without gateway code).
 from .protocol import (  # noqa: F401 - re-exported: gateway code imports roles from here
     ACTIVE,
+    ARRIVAL_HEADER,
     BACKUP,
     CLAIM_HEADER,
     DOWN,
@@ -287,6 +288,10 @@ include {include};
         # Marks the request as proxied (a client cannot remove it): nodes show
         # /health details only to the monitor and to direct loopback callers.
         proxy_set_header {GATEWAY_HEADER} 1;
+        # When this gateway received the request (replacing any the client sent).
+        # The upstream request is built once, so a retry on another node keeps
+        # the first attempt's time and is served before requests that came later.
+        proxy_set_header {ARRIVAL_HEADER} "t=${{msec}}";
         # A dead node must not stall requests: fail fast, then retry elsewhere.
         proxy_connect_timeout {_seconds(ng.proxy_connect_timeout)};
         proxy_send_timeout 10s;

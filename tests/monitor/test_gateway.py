@@ -213,3 +213,78 @@ def test_the_gateway_buffers_whole_results_but_passes_streams_through(tmp_path):
     finally:
         gateway.stop()
         node.close()
+
+
+def test_a_request_retried_on_the_other_node_keeps_its_first_arrival_stamp(tmp_path):
+    """Nginx stamps X-Request-Start once: the node that gets the retry sees how long the request has waited."""
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ttsha.config import Config, NginxConfig, NodeConfig
+    from ttsha.nginx import PrivateGateway, render_upstream
+    from ttsha.protocol import ARRIVAL_HEADER
+
+    from .conftest import free_port, need
+
+    hang_up_after = 0.4
+    dying = socket.create_server(("127.0.0.1", 0))  # reads the request, then dies without answering
+
+    def die_mid_request() -> None:
+        while True:
+            try:
+                conn, _ = dying.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            time.sleep(hang_up_after)  # the node "synthesizes", then its process is gone
+            conn.close()
+
+    seen: list[tuple[str | None, float]] = []
+
+    class Standby(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.headers.get(ARRIVAL_HEADER), time.time()))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    standby = ThreadingHTTPServer(("127.0.0.1", 0), Standby)
+    threads = [threading.Thread(target=die_mid_request, daemon=True),
+               threading.Thread(target=standby.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)]
+    for thread in threads:
+        thread.start()
+    prefix = tmp_path / "gw"
+    prefix.mkdir()
+    config = Config(nodes={"a": NodeConfig(url=f"http://127.0.0.1:{dying.getsockname()[1]}", priority=200),
+                           "b": NodeConfig(url=f"http://127.0.0.1:{standby.server_address[1]}", priority=100)},
+                    nginx=NginxConfig(listen=f"127.0.0.1:{free_port()}", upstream_file=prefix / "up.conf",
+                                      site_file=prefix / "ttsha-site.conf"))
+    (prefix / "up.conf").write_text(render_upstream(config.nodes, {"a": "primary", "b": "backup"}))
+    gateway = PrivateGateway(config, prefix, need("nginx", "nginx"))
+    gateway.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        sent = time.time()
+        # A client's own stamp is replaced by the gateway's.
+        conn.request("POST", "/v1/synthesize", body=b'{"text": "x"}',
+                     headers={"Content-Type": "application/json", ARRIVAL_HEADER: "t=1.000"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        conn.close()
+    finally:
+        gateway.stop()
+        standby.shutdown()
+        dying.close()
+    (stamp, received), = seen
+    assert stamp is not None and stamp.startswith("t=")
+    arrived = float(stamp[2:])
+    assert sent - 0.05 <= arrived  # the gateway's stamp, not the client's
+    # Stamped when the request first went to the dying node, not when it was retried.
+    assert received - arrived >= hang_up_after - 0.05, (received, arrived)

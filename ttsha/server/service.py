@@ -239,9 +239,9 @@ class Service:
         self.metrics.cache.labels("hit" if found else "miss").inc()
         return found
 
-    def synthesize(self, req: SynthRequest) -> tuple[StoredResult, bool]:
+    def synthesize(self, req: SynthRequest, arrived: float | None = None) -> tuple[StoredResult, bool]:
         """The stored result for ``req`` and whether it was cached; synthesizes
-        through the pool when absent.
+        through the pool when absent (queued by ``arrived``, see :meth:`SynthesisPool.submit`).
 
         Raises :class:`~ttsha.server.pool.Overloaded` when the queue is full.
         """
@@ -250,13 +250,13 @@ class Service:
             return found, True
         self.pool.deadline = self.serve.deadline  # SIGHUP may have changed it
         self._prepare(req.id)
-        future = self.pool.submit(lambda: self._render(req), key=req.id, chars=len(req.text))
+        future = self.pool.submit(lambda: self._render(req), key=req.id, chars=len(req.text), arrived=arrived)
         self._update_gauges()
         stored = future.result()
         self._confirm(req.id)
         return stored, False
 
-    def stream(self, req: SynthRequest) -> Iterator[bytes]:
+    def stream(self, req: SynthRequest, arrived: float | None = None) -> Iterator[bytes]:
         """PCM16 sentence by sentence as it is synthesized (encoded by the caller).
 
         The synthesis runs on a pool worker; the finished result is stored
@@ -274,7 +274,7 @@ class Service:
 
         self.pool.deadline = self.serve.deadline
         self._prepare(req.id)
-        self.pool.submit(produce, chars=len(req.text))
+        self.pool.submit(produce, chars=len(req.text), arrived=arrived)
         self._update_gauges()
 
         def body() -> Iterator[bytes]:
