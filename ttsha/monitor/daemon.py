@@ -36,7 +36,7 @@ from ..config import Config
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
 from ..protocol import DOWN, PRIMARY, Health, HealthError, default_gateway_id, load_secret, sign_claim
-from .authority import Authority
+from .authority import AddressEvents, Authority
 from .control import ControlServer, GatewayLock, lock_path
 from .state import Decider, Event
 
@@ -150,7 +150,8 @@ class Monitor:
         self._secret = load_secret(mc.secret_file)
         self.gateway_id = mc.gateway_id or default_gateway_id()
         # Only the holder of the virtual IP tells the nodes their roles (ttsha.monitor.authority).
-        self.authority = Authority(config.vrrp.vip, config.vrrp.interface or None)
+        self.authority = Authority(config.vrrp.vip, config.vrrp.interface or None,
+                                   events=AddressEvents() if config.vrrp.vip else None)
         self._splits: set[tuple[str, int]] = set()
         if self._secret is None:
             log.warning("no [monitor] secret_file: nodes are not told their roles, so models = \"primary\" "
@@ -440,6 +441,7 @@ class Monitor:
                 next_ping = time.monotonic() + interval
         systemd.stopping()
         control.close()
+        self.authority.close()
         self.write_state()
         lock.release()
         self.alerter.close(timeout=2)
