@@ -118,10 +118,11 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
     elif not outcome.changed:
-        click.echo(f"{target} is already the primary; nothing to do", err=True)
+        click.echo(f"node {target} is already the primary; nothing to do", err=True)
     else:
         forced = f" (forced past: {'; '.join(outcome.forced_past)})" if outcome.forced_past else ""
-        click.echo(f"primary is now {outcome.target} (was {outcome.source or 'none'}), via the {outcome.via}; "
+        click.echo(f"node {outcome.target} is now the primary (was {fo.node_label(outcome.source)}), "
+                   f"via the {outcome.via}; "
                    f"requests reach it through the gateway after {outcome.verified_s:.2f} s{forced}", err=True)
 
 
