@@ -24,6 +24,7 @@ from ttsha.doctor import (
     check_lexicon,
     check_nginx_config,
     check_ssh,
+    check_store,
     check_units,
     check_user,
     host_roles,
@@ -104,6 +105,9 @@ def test_user_and_directories(tmp_path):
     # Owned by root, mode 0700: the service user (here nobody) cannot write it.
     nobody = check_dirs(config, Host(roles=frozenset({NODE}), user="nobody"))
     assert [c.status for c in nobody] == [FAIL, FAIL] and "chown -R nobody:" in nobody[0].hint
+    store = check_store(parse({"store": {"path": str(tmp_path / "state")}}), Host(roles=frozenset({NODE}),
+                                                                                  user="nobody"))
+    assert store.status == FAIL and "not writable by nobody" in store.detail
     (tmp_path / "models").chmod(0o777)
     assert check_dirs(config, Host(roles=frozenset({NODE}), user="nobody"))[0].status == OK
     assert check_dirs(config, Host()) == []  # not a node: nothing of a node's to check

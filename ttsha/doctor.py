@@ -182,7 +182,8 @@ def check_lexicon(config: Config) -> Check:
     return Check("lexicon", OK, detail)
 
 
-def check_store(config: Config) -> Check:
+def check_store(config: Config, host: Host = Host()) -> Check:
+    """The audio store: a directory the node's services (the ttsha user, when it exists) can write."""
     path = config.store.path
     if not path.exists():
         if _writable(path):
@@ -192,9 +193,12 @@ def check_store(config: Config) -> Check:
                      "create it or set [store] path")
     if not path.is_dir():
         return Check("audio store", FAIL, f"{path} is not a directory", "set [store] path to a directory")
-    if _writable(path):
-        return Check("audio store", OK, f"{path} (writable)")
-    return Check("audio store", FAIL, f"{path} is not writable", "fix its owner or set [store] path")
+    account = _account(host.user) if NODE in host.roles else None
+    if _can(path, account, os.W_OK | os.X_OK):
+        return Check("audio store", OK, f"{path} (writable{f' by {host.user}' if account else ''})")
+    who = f" by {host.user}" if account else ""
+    return Check("audio store", FAIL, f"{path} is not writable{who}",
+                 f"chown -R {host.user}: {path}" if account else "fix its owner or set [store] path")
 
 
 def check_nginx(config: Config) -> Check:
@@ -262,7 +266,7 @@ def check_ssh(config: Config, host: Host = Host()) -> list[Check]:
         checks.append(Check("ssh key", FAIL, f"{key}: the {host.user} user cannot read it",
                             f"chown {host.user} {key}"))
     else:
-        checks.append(Check("ssh key", OK, f"{key} (mode 0600)"))
+        checks.append(Check("ssh key", OK, f"{key} (mode {stat.S_IMODE(key.stat().st_mode):04o})"))
     targets = _ssh_targets(config, host.roles)
     if not targets:
         return checks
@@ -301,7 +305,8 @@ def check_config(config: Config, host: Host = Host()) -> Check:
     node = this_node(config)
     said = [f"node {node}" if role == NODE else role for role in sorted(host.roles)]
     what = " and ".join(said) or "no host role: [nodes] does not name this host and no Nginx site is here"
-    if config.source and host.roles and not _can(config.source, _account(host.user), os.R_OK):
+    if config.source and NODE in host.roles and not _can(config.source, _account(host.user), os.R_OK):
+        # serve, replicate and gc run as the ttsha user (the gateway's units as root).
         return Check("config", FAIL, f"{where}: the {host.user} user cannot read it",
                      f"chgrp {host.user} {where} && chmod 640 {where}")
     return Check("config", OK, f"{where}; checked as {what}")
@@ -439,7 +444,7 @@ def run(config: Config, host: Host | None = None) -> list[Check]:
         check_modelscope(config),
         check_model_dir(config),
         check_lexicon(config),
-        check_store(config),
+        check_store(config, host),
         *check_dirs(config, host),
         check_nginx(config),
         check_nginx_config(config, host),
