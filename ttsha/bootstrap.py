@@ -216,8 +216,9 @@ def init_gateway(nodes: dict[str, str], listen: str, out: Path, key: Path, force
     secret = config.monitor.secret_file
     assert secret is not None  # set by gateway_config
     _ensure_secret(secret)
-    steps = [f"Each node: a copy of {secret} (the role secret; same path, mode 0600, owner ttsha), "
-             "copied over a channel you trust"]
+    steps = [f"On each node: a copy of {secret}, the role secret, where its [monitor] secret_file says "
+             "(by default /etc/ttsha/monitor.secret), mode 0600, owner ttsha; copy it over a channel "
+             "you trust"]
     for name, node in config.nodes.items():
         steps.append(f"On {name}: append this line to /var/lib/ttsha/.ssh/authorized_keys (the gateway's drills):\n"
                      f"  {_authorized_line(public, address)}")
