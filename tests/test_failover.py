@@ -10,9 +10,11 @@ import pytest
 
 from ttsha import failover
 from ttsha.cli import main
+from ttsha.config import NodeConfig
 from ttsha.errors import EXIT_REFUSED, EXIT_USAGE, Refused
 from ttsha.history import entries, history_file
 from ttsha.monitor.control import GatewayLock, lock_path
+from ttsha.monitor.state import Decider, node_label
 
 from .monitor.conftest import pair  # noqa: F401  (fixture)
 from .monitor.test_gateway import Traffic, start_monitor, wait_for
@@ -74,9 +76,9 @@ def test_refuses_an_unhealthy_target(pair, tmp_path):  # noqa: F811
     plan = failover.plan(config, "b", wait=0)
     assert "target healthy" in [c.name for c in plan.failed]
     same = next(c for c in plan.checks if c.name == "same model")
-    assert same.detail == "b does not answer; nothing to compare with"  # the silent target, not the primary
+    assert same.detail == "node b does not answer; nothing to compare with"  # the silent target, not the primary
     before = config.nginx.upstream_file.read_text()
-    with pytest.raises(Refused, match="target healthy: b /health: no answer"):
+    with pytest.raises(Refused, match="target healthy: node b /health: no answer"):
         failover.execute(config, plan)
     assert config.nginx.upstream_file.read_text() == before
     assert not history_file(config).exists()
@@ -166,7 +168,7 @@ def test_cli(pair, tmp_path, capsys):  # noqa: F811
     assert main(["--config", str(path), "failover", "--to", "b", "--dry-run", "--wait", "0s"]) == EXIT_REFUSED
     captured = capsys.readouterr()
     out = captured.out
-    assert "switch the primary from a to b" in out and "[FAILED] replication" in out
+    assert "move the primary role from node a to node b" in out and "[FAILED] replication" in out
     assert "would be refused: replication" in captured.err
     assert f"server {nodes['b'].host}:{nodes['b'].port} max_fails=1" in out
     assert config.nginx.upstream_file.read_text() == before
@@ -177,6 +179,21 @@ def test_cli(pair, tmp_path, capsys):  # noqa: F811
                  "--report", str(tmp_path / "r.json")]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["target"] == "b" and data["changed"] and json.loads((tmp_path / "r.json").read_text()) == data
+    # Back to a, in words: which node took the role, and which held it.
+    assert main(["--config", str(path), "failover", "--to", "a", "--force"]) == 0
+    assert "node a is now the primary (was node b), via the direct" in capsys.readouterr().err
     # A drill needs a running monitor on this host.
     assert main(["--config", str(path), "failover", "--drill", "--dry-run"]) == EXIT_REFUSED
     assert "no monitor runs" in capsys.readouterr().err
+
+
+def test_events_tell_node_names_from_roles():
+    """Nodes named like roles (the lab's): every switchover detail says "node"."""
+    nodes = {"primary": NodeConfig(url="http://127.0.0.2:1", priority=200),
+             "standby": NodeConfig(url="http://127.0.0.3:1", priority=100)}
+    decider = Decider(nodes, fall=2, rise=1)
+    info = {"status": "ready", "engine": "embedded", "model_version": "v1"}
+    events = [e for name in nodes for e in decider.observe(name, True, 1.0, info, 1.0, "")]
+    assert [e.detail for e in events if e.kind == "switchover"] == ["no node -> node primary"]
+    assert decider.set_primary("standby", 2.0).detail == "node primary -> node standby (manual)"
+    assert node_label(None) == "no node" and node_label("standby") == "node standby"

@@ -118,10 +118,11 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
     elif not outcome.changed:
-        click.echo(f"{target} is already the primary; nothing to do", err=True)
+        click.echo(f"node {target} is already the primary; nothing to do", err=True)
     else:
         forced = f" (forced past: {'; '.join(outcome.forced_past)})" if outcome.forced_past else ""
-        click.echo(f"primary is now {outcome.target} (was {outcome.source or 'none'}), via the {outcome.via}; "
+        click.echo(f"node {outcome.target} is now the primary (was {fo.node_label(outcome.source)}), "
+                   f"via the {outcome.via}; "
                    f"requests reach it through the gateway after {outcome.verified_s:.2f} s{forced}", err=True)
 
 
@@ -170,7 +171,7 @@ def print_report(report) -> None:
         load = (f"{t['load']:g} x {t['capacity']['rps']:.1f} new texts/s measured = " if t.get("capacity") else "")
         console.print(literal(f"traffic: seed {t['seed']}, {load}{t['rate']:.1f} requests/s for {t['duration_s']:g} s, "
                       f"{t['concurrency']} clients, {mix}"))
-    timeline = Table(title=literal(f"drill: {report.fault} of {report.target} (standby {report.standby})"))
+    timeline = Table(title=literal(f"drill: {report.fault} of node {report.target} (standby: node {report.standby})"))
     timeline.add_column("event")
     timeline.add_column("t (s after fault)", justify="right")
     for name, value in sorted(report.timeline.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
@@ -195,7 +196,7 @@ def print_report(report) -> None:
     console.print(literal(f"requests {report.requests}, failed {report.failed} ({failures}), retried by the gateway "
                           f"{report.retried_by_gateway}, bodies completed by Range {report.resumed_with_range}; "
                           f"RTO {rto}; RPO {report.rpo_files} files; "
-                          f"{report.target} rejoined as {report.rejoined_as or '-'}"))
+                          f"node {report.target} rejoined as {report.rejoined_as or '-'}"))
     if report.new_cached or report.late_requests or report.unsent:
         console.print(f"new texts answered from cache {report.new_cached}; requests sent late for lack of a free "
                       f"client {report.late_requests}, never sent {report.unsent}")

@@ -317,7 +317,7 @@ class DrillPlan:
     def describe(self) -> list[str]:
         t = self.traffic
         return [
-            f"drill: {self.fault.kind} of the primary {self.target}; {self.standby} should take over",
+            f"drill: {self.fault.kind} of the primary, node {self.target}; node {self.standby} should take over",
             *([f"first: {CAPACITY_SECONDS:g} s of new texts back to back with {t.concurrency} clients through "
                f"{self.gateway} to measure capacity"] if t.load is not None else []),
             f"traffic: {t.describe()} through {self.gateway}; the fault after {t.fault_after:g} s",
@@ -367,7 +367,7 @@ def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
         raise Refused("no primary: the monitor has not chosen one yet (see 'ttsha status')")
     health = failover.node_state(config, target)
     if not health or not health.ready:
-        raise Refused(f"refusing to drill: the primary {target} is not healthy "
+        raise Refused(f"refusing to drill: the primary, node {target}, is not healthy "
                       f"({health.status if health else 'no answer'})")
     standbys = sorted(
         (n for n in config.nodes if n != target),

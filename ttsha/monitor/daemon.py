@@ -38,7 +38,7 @@ from ..nginx import NginxError, UpstreamController, node_address
 from ..protocol import DOWN, PRIMARY, Health, HealthError, default_gateway_id, load_secret, sign_claim
 from .authority import AddressEvents, Authority
 from .control import ControlServer, GatewayLock, lock_path
-from .state import Decider, Event
+from .state import Decider, Event, moved
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class Monitor:
                 self._splits.add((gateway, epoch))
                 events.append(Event(
                     "split_brain", result.node, result.at,
-                    f"{result.node} follows gateway {gateway} (epoch {epoch}), which took over after this one "
+                    f"node {result.node} follows gateway {gateway} (epoch {epoch}), which took over after this one "
                     f"(epoch {self.authority.epoch}): two gateways hold the roles; this one follows it",
                     {"gateway": gateway, "epoch": epoch, "mine": self.authority.epoch}))
         state = self.decider.states.get(result.node)
@@ -224,7 +224,7 @@ class Monitor:
                 and state is not None and state.status == "up"):
             switched = self.decider.set_primary(result.node, result.at)
             events.append(Event("switchover", result.node, result.at,
-                                f"{switched.data['from'] or 'none'} -> {result.node}, following gateway {gateway} "
+                                f"{moved(switched.data['from'], result.node)}, following gateway {gateway} "
                                 f"(epoch {epoch})", switched.data))
         return events
 

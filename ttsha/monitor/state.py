@@ -80,6 +80,17 @@ class NodeState:
         return self.successes > 0 or self.status == UNKNOWN
 
 
+def node_label(name: str | None) -> str:
+    """``node NAME`` or ``no node``: nodes may be named like roles (the lab's
+    "primary" and "standby"), and "primary -> standby" would not say which."""
+    return f"node {name}" if name else "no node"
+
+
+def moved(old: str | None, new: str) -> str:
+    """A switchover event's detail."""
+    return f"{node_label(old)} -> {node_label(new)}"
+
+
 @dataclass(frozen=True)
 class Event:
     kind: str  # probe_failed, node_down, node_up, switchover, all_down, model_mismatch
@@ -191,7 +202,7 @@ class Decider:
                 self.primary = chosen.name
                 self._pinned = None
                 events.append(
-                    Event("switchover", chosen.name, now, f"{old or 'none'} -> {chosen.name}",
+                    Event("switchover", chosen.name, now, moved(old, chosen.name),
                           {"from": old, "to": chosen.name})
                 )
         events += self._check_models(now)
@@ -213,8 +224,8 @@ class Decider:
                             "model_mismatch",
                             state.name,
                             now,
-                            f"{state.name} serves {state.engine} {state.model_version}, "
-                            f"primary {primary.name} serves {primary.engine} {primary.model_version}",
+                            f"node {state.name} serves {state.engine} {state.model_version}, "
+                            f"the primary, node {primary.name}, serves {primary.engine} {primary.model_version}",
                         )
                     ]
         return []
@@ -255,7 +266,7 @@ class Decider:
         if self.mode != "active-standby":
             raise ValueError("a switchover needs mode = \"active-standby\"")
         old, self.primary, self._pinned = self.primary, name, name
-        return Event("switchover", name, now, f"{old or 'none'} -> {name} (manual)", {"from": old, "to": name})
+        return Event("switchover", name, now, f"{moved(old, name)} (manual)", {"from": old, "to": name})
 
     def undo_switchover(self, previous: str | None) -> None:
         """Put ``previous`` back after Nginx refused a planned switchover."""
