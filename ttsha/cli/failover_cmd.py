@@ -37,7 +37,8 @@ _DRILL_OPTIONS = [
     click.option("--fault", type=click.Choice(FAULTS),
                  help="Drill fault (default: [drill] fault): kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the "
                  "serve process; isolate = drop packets to its port; crash = SIGKILL of serve, replicator and sshd "
-                 "at once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle."),
+                 "at once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle; "
+                 "gateway-kill, gateway-freeze = of the gateway holding the virtual IP (lab with --gateways 2)."),
     click.option("--duration", callback=_duration,
                  help="Drill: traffic duration, e.g. 60s (default: [drill] duration)."),
     click.option("--rate", type=float, help="Drill: requests per second (default: [drill] rate)."),
