@@ -98,6 +98,11 @@ class GatewayNet:
         removed = []
         namespaces = set(self.namespaces())
         for gateway in GATEWAYS:
+            # The veth pair first, explicitly: a namespace outlives its name while the kernel still
+            # holds sockets of it (orphaned TCP connections), and its links with it.
+            port = self.port(gateway)
+            if self._has_link(port) and self._run(ip, "link", "del", port, ns=self.lan, check=False).returncode == 0:
+                removed.append(f"link {port}")
             ns = self.namespace(gateway)
             if ns in namespaces and self._run(ip, "netns", "del", ns, check=False).returncode == 0:
                 removed.append(f"netns {ns}")
