@@ -529,10 +529,9 @@ class Lab:
         """What :meth:`drill` would do, changing nothing."""
         from .. import drill
 
-        config = load_config(self.drill_config())
         if options.fault in GATEWAY_FAULTS:
             return self._gateway_fault(options.fault).describe()
-        return drill.prepare(config, options, self.layout().gateway_url).describe()
+        return drill.prepare(load_config(self.drill_config()), options, self.layout().gateway_url).describe()
 
     def drill(self, options: DrillOptions) -> DrillReport | GatewayReport:
         """A drill against the lab: of the primary node (faults over SSH, as on a real pair), or,
