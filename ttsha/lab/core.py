@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import history
 from ..config import load as load_config
 from ..errors import PeerUnreachable, Refused, TTSHAError
 from ..faults import GATEWAY_FAULTS, GatewayFault
@@ -545,8 +546,13 @@ class Lab:
         settings, traffic = drill.resolve(config.drill, options)
         traffic = drill.with_capacity(traffic, self.layout().gateway_url, drill.CLIENT_TIMEOUT_S)
         with drill.sigterm_unwinds():
-            return drill.run_gateway_drill(self.layout().gateway_url, fault, LAB_NET.holders, self.primary_node,
-                                           traffic, float(config.vrrp.check_interval))
+            report = drill.run_gateway_drill(self.layout().gateway_url, fault, LAB_NET.holders, self.primary_node,
+                                             traffic, float(config.vrrp.check_interval))
+        history.record(config, {"kind": "drill", "fault": report.fault, "target": report.target,
+                                 "seed": traffic.seed, "rate": round(traffic.rate, 3), "requests": report.requests,
+                                 "failed": report.failed, "vip_moved_s": report.vip_moved_s,
+                                 "failed_after_move": report.failed_after_move, "missed": report.missed})
+        return report
 
     def _gateway_fault(self, kind: str) -> GatewayFault:
         if self.layout().gateways != 2:
