@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import click
@@ -38,7 +37,8 @@ _DRILL_OPTIONS = [
     click.option("--fault", type=click.Choice(FAULTS),
                  help="Drill fault (default: [drill] fault): kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the "
                  "serve process; isolate = drop packets to its port; crash = SIGKILL of serve, replicator and sshd "
-                 "at once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle."),
+                 "at once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle; "
+                 "gateway-kill, gateway-freeze = of the gateway holding the virtual IP (lab with --gateways 2)."),
     click.option("--duration", callback=_duration,
                  help="Drill: traffic duration, e.g. 60s (default: [drill] duration)."),
     click.option("--rate", type=float, help="Drill: requests per second (default: [drill] rate)."),
@@ -126,27 +126,21 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
                    f"requests reach it through the gateway after {outcome.verified_s:.2f} s{forced}", err=True)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_drill(config: Config, options, as_json: bool, report_file: Path | None, dry_run: bool) -> None:
-    """The drill for ``failover --drill`` and ``lab drill``: plan, run, print, exit 5 on a missed objective."""
+    """``failover --drill``: :func:`ttsha.drill.prepare` (dry run) or :func:`ttsha.drill.run`, then the report."""
     from .. import drill as drill_
-    from .. import failover as fo
 
-    plan = drill_.prepare(config, options)
     if dry_run:
-        for line in plan.describe():
+        for line in drill_.prepare(config, options).describe():
             click.echo(line)
         return
-    # A drill stopped from outside (systemd's TimeoutStartSec, kill) still gives
-    # the node back: SIGTERM unwinds like Ctrl-C, through the drill's restore.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = drill_.execute(config, plan)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    show_report(drill_.run(config, options), as_json, report_file)
+
+
+def show_report(report, as_json: bool, report_file: Path | None) -> None:
+    """Print (and save) a drill report; exit 5 when an objective was missed."""
+    from .. import failover as fo
+
     data = report.to_dict()
     if report_file:
         fo.save_report(report_file, data)
