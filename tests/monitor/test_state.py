@@ -324,3 +324,15 @@ def test_three_nodes_model_mismatches_are_reported_once_per_node(clock):
     feed(d, clock, "b", True)  # b caught up with the primary; a later difference is news again
     assert kinds(feed(d, clock, "b", True, info={"engine": "embedded", "model_version": "v3"})) == [
         ("model_mismatch", "b")]
+
+
+def test_the_upstream_lists_the_primary_then_the_backups_in_promotion_order(clock):
+    from ttsha.nginx import render_upstream, roles_of
+
+    d = trio(clock)
+    feed(d, clock, "a", False, 2)
+    feed(d, clock, "a", True, 3)  # back as a backup, ahead of c by priority
+    text = render_upstream(TRIO, d.roles())
+    servers = [line.split("#")[1].strip() for line in text.splitlines() if line.strip().startswith("server")]
+    assert servers == ["b: primary", "a: backup", "c: backup"]
+    assert roles_of(text) == {"a": "backup", "b": "primary", "c": "backup"}
