@@ -336,3 +336,15 @@ def test_the_upstream_lists_the_primary_then_the_backups_in_promotion_order(cloc
     servers = [line.split("#")[1].strip() for line in text.splitlines() if line.strip().startswith("server")]
     assert servers == ["b: primary", "a: backup", "c: backup"]
     assert roles_of(text) == {"a": "backup", "b": "primary", "c": "backup"}
+
+
+def test_three_nodes_active_active_check_models_against_the_highest_priority_node(clock):
+    d = trio(clock, mode="active-active")
+    events = feed(d, clock, "c", True, info={"engine": "embedded", "model_version": "v0"})
+    assert kinds(events) == [("model_mismatch", "c")] and "models source a serves embedded v1" in events[0].detail
+    assert feed(d, clock, "b", True) == []
+    named = Decider(TRIO, mode="active-active", fall=2, rise=3, models_source="c")
+    for name in ("c", "b"):
+        feed(named, clock, name, True)
+    events = feed(named, clock, "a", True, info={"engine": "embedded", "model_version": "v0"})
+    assert kinds(events) == [("node_up", "a"), ("model_mismatch", "a")] and "models source c serves" in events[1].detail

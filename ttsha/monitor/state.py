@@ -99,6 +99,9 @@ class Decider:
     rise: int = 3
     failback: str = "manual"
     primary: str | None = None
+    #: active-active: the node whose model the others must serve ([replicate] models_source); None: the
+    #: highest-priority node that is up.
+    models_source: str | None = None
     states: dict[str, NodeState] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -202,6 +205,13 @@ class Decider:
 
     def _check_models(self, now: float) -> list[Event]:
         primary = self.states.get(self.primary) if self.primary else None
+        what = "primary"
+        if self.mode == "active-active":
+            # No primary: every node serves, so all must match the node the others
+            # copy their models from ([replicate] models_source).
+            source = self.states.get(self.models_source) if self.models_source else None
+            primary = source if source is not None and source.status == UP else next(iter(self._up()), None)
+            what = "models source"
         if primary is None or not primary.model_version:
             return []
         events = []
@@ -217,7 +227,7 @@ class Decider:
                 self._mismatch_reported[state.name] = served
                 events.append(Event("model_mismatch", state.name, now,
                                     f"{state.name} serves {state.engine} {state.model_version}, "
-                                    f"primary {primary.name} serves {primary.engine} {primary.model_version}"))
+                                    f"{what} {primary.name} serves {primary.engine} {primary.model_version}"))
         return events
 
     @property
