@@ -305,3 +305,20 @@ def test_a_queue_from_before_fan_out_moves_to_every_peer(tmp_path):
         assert [p.rel for p in pending] == ["ab/r.json", "ab/r.wav"] and pending[0].closed_at == 100.0
         assert paths.queue_path(config, name) == tmp_path / f"replicate.{name}.sqlite"
     assert not paths.legacy_queue_path(config).exists()
+
+
+def test_models_go_to_every_peer_and_one_that_is_down_does_not_stop_the_others(fan_config, peers, tmp_path):
+    from ttsha.errors import TTSHAError
+
+    models = fan_config.replicate.local_models
+    (models / "voice").mkdir(parents=True)
+    (models / "voice" / "model.bin").write_bytes(b"weights" * 1000)
+    config = replace(fan_config, replicate=replace(fan_config.replicate, models="always",
+                                                   remote_models=tmp_path / "b-models"))
+    (tmp_path / "b-models").mkdir()
+    peers["c"].stop()
+    replicator = Replicator(config)
+    with pytest.raises(TTSHAError, match=r"models sync failed for c: .*\(sent to b\)"):
+        replicator.send_models_once()
+    assert (tmp_path / "b-models" / "voice" / "model.bin").read_bytes() == b"weights" * 1000
+    assert replicator.stats["models"]["b"]["files"] == 1 and "c" not in replicator.stats["models"]

@@ -164,22 +164,27 @@ class Replicator:
 
     # -- models --------------------------------------------------------------
     def sync_models(self, dry_run: bool = False, progress=None) -> dict[str, SyncResult]:
-        """Send the model cache to every peer (each peer's failure is its own: logged, others go on)."""
+        """Send the model cache to every peer; a peer that fails does not stop the others
+        (raised afterwards: the one error, or a :class:`TTSHAError` naming each peer)."""
         rc = self.config.replicate
         results: dict[str, SyncResult] = {}
+        errors: dict[str, Exception] = {}
         for name, link in self.links.items():
             try:
                 results[name] = link.sync_root(Path(rc.local_models), str(rc.remote_models), delete=rc.delete,
                                                dry_run=dry_run, progress=progress)
-            except Exception as exc:
-                if dry_run or len(self.links) == 1:
-                    raise
-                link.stats["last_error"] = f"models: {type(exc).__name__}: {exc}"
+            except Exception as exc:  # paramiko raises many kinds
+                errors[name] = exc
                 log.warning("models sync to %s failed: %s", name, exc)
         if not dry_run:
             self.stats["models"] = {name: {"at": time.time(), "files": r.files_sent, "bytes": r.bytes_sent,
                                            "deleted": r.deleted, "seconds": round(r.seconds, 3)}
                                     for name, r in results.items()}
+        if len(errors) == 1 and len(self.links) == 1:
+            raise next(iter(errors.values()))
+        if errors:
+            raise TTSHAError("models sync failed for " + "; ".join(f"{n}: {e}" for n, e in errors.items())
+                             + (f" (sent to {', '.join(results)})" if results else ""))
         return results
 
     def send_models_once(self, *, force: bool = False, warn: Callable[[str], None] = log.warning,
