@@ -115,6 +115,27 @@ def test_replication_must_be_caught_up(pair, tmp_path, monkeypatch):  # noqa: F8
     assert check.ok
 
 
+def test_only_the_targets_queue_counts_among_several_peers(pair, monkeypatch):  # noqa: F811
+    """With three nodes, a third one being down must not hold up a switchover to the second."""
+    config, nodes, gateway = pair
+    real = failover.node_health
+    peers = {"b": {"queue_depth": 0, "connected": True, "oldest_pending_s": None},
+             "c": {"queue_depth": 40, "connected": False, "last_error": "c: Connection refused"}}
+
+    def health(cfg, name, timeout=2.0):
+        body = real(cfg, name, timeout)
+        if body is not None and name == "a":
+            body["replication"] = {"queue_depth": 40, "connected": False, "age_s": 0.3, "peers": peers}
+        return body
+
+    monkeypatch.setattr(failover, "node_health", health)
+    assert failover._replication_caught_up(config, "a", wait=0, target="b").ok
+    peers["b"] = {"queue_depth": 3, "connected": True, "oldest_pending_s": 30.0}
+    behind = failover._replication_caught_up(config, "a", wait=0, target="b")
+    assert not behind.ok and "3 files to send" in behind.detail
+    assert not failover._replication_caught_up(config, "a", wait=0).ok  # no target named: every peer counts
+
+
 def test_a_queue_that_keeps_moving_under_traffic_is_caught_up(pair, monkeypatch):  # noqa: F811
     """Steady traffic keeps a few files in flight; what matters is that the
     files pending when the switchover was asked for have been sent."""

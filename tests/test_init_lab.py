@@ -17,7 +17,7 @@ import pytest
 
 from ttsha.bootstrap import init_gateway, init_node
 from ttsha.cli import main
-from ttsha.config import load, parse, replication_peer, this_node
+from ttsha.config import load, parse, replication_peers, this_node
 from ttsha.lab.layout import LabLayout, lab_settings, standby_settings
 from ttsha.nginx import initial_roles, node_address
 
@@ -49,7 +49,7 @@ def node_shape(config) -> dict:
         "this node": this_node(config),
         "serve.host": config.serve.host,
         "serve.port": config.serve.port,
-        "replication peer": replication_peer(config),
+        "replication peers": replication_peers(config),
         "engine.engine": config.engine.engine,
         "replicate.models": config.replicate.models,
         "replicate.ack": config.replicate.ack,
@@ -104,8 +104,8 @@ def test_init_writes_what_config_check_accepts_and_the_lab_runs(lab, tmp_path, c
         other = sorted(k for k in mine.keys() | lab_keys.keys() if mine.get(k) != lab_keys.get(k)
                        and not any(fnmatch(k, pattern) for pattern in LAB_ONLY))
         assert other == [], other
-        assert ours["this node"] == name and ours["replication peer"] == ("standby" if name == "primary"
-                                                                          else "primary")
+        assert ours["this node"] == name
+        assert ours["replication peers"] == ["standby" if name == "primary" else "primary"]
     # The lab's gateway runs from the primary's file; init writes the gateway its own.
     ours, theirs = gateway_shape(init["gateway"]), gateway_shape(lab_primary)
     differ = {k: (ours.get(k), theirs.get(k)) for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import httpclient
-from .config import Config, replication_peer, this_node
+from .config import Config, replication_peers, this_node
 
 OK, FAIL, WARN, SKIP = "OK", "FAIL", "WARN", "SKIP"
 NODE, GATEWAY = "node", "gateway"
@@ -228,12 +228,10 @@ def check_nodes(config: Config) -> list[Check]:
 
 
 def _ssh_targets(config: Config, roles: frozenset[str]) -> list[str]:
-    """Nodes this host logs in to: a node its replication peer, a gateway every node (drills)."""
+    """Nodes this host logs in to: a node its replication peers, a gateway every node (drills)."""
     targets = []
     if NODE in roles:
-        peer = replication_peer(config)
-        if peer in config.nodes:
-            targets.append(peer)
+        targets += [peer for peer in replication_peers(config) if peer in config.nodes]
     if GATEWAY in roles:
         targets += [name for name in config.nodes if name not in targets]
     return [name for name in targets if config.nodes[name].ssh_host]

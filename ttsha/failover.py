@@ -120,7 +120,7 @@ def _sent_since(rep: dict[str, Any], elapsed: float) -> bool:
     return float(oldest) + float(age) + READING_MARGIN_S < elapsed
 
 
-def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
+def _replication_caught_up(config: Config, source: str, wait: float, target: str | None = None) -> Check:
     """The source's replicator has a live link, has sent every file that was
     pending when the check began, and its acknowledgements are not degraded
     (waits up to ``wait`` s).
@@ -136,6 +136,9 @@ def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
     while True:
         health = node_health(config, source)
         rep = (health or {}).get("replication")
+        if isinstance(rep, dict) and isinstance((rep.get("peers") or {}).get(target), dict):
+            # With N nodes the source copies to each over a queue of its own: only the target's counts here.
+            rep = {**rep, **rep["peers"][target]}
         if health is None:
             # A dead primary has nothing more to send; what it acknowledged is on the standby or lost either way.
             return Check("replication", True, f"node {source} does not answer: nothing more can be sent")
@@ -187,7 +190,7 @@ def plan(config: Config, target: str, force: bool = False, wait: float = 10.0) -
         else:  # name the node that did not answer (the target's silence fails "target healthy" already)
             silent = target if health is None else source
             result.checks.append(Check("same model", True, f"node {silent} does not answer; nothing to compare with"))
-        result.checks.append(_replication_caught_up(config, source, wait))
+        result.checks.append(_replication_caught_up(config, source, wait, target))
     # The target leads; the others stay as standbys when healthy.
     for name in config.nodes:
         if name == target:

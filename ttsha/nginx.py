@@ -217,8 +217,12 @@ def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generat
         f'map "" $ttsha_roles {{ default "{pairs}"; }}',
         f"upstream {UPSTREAM_NAME} {{",
     ]
-    for name, node in nodes.items():
-        role = roles.get(name, DOWN)
+    # The primary first, then the backups in the order the monitor would promote them
+    # (priority, then name); Nginx itself spreads retries over every backup.
+    order = {PRIMARY: 0, ACTIVE: 1, BACKUP: 2, DOWN: 3}
+    ranked = sorted(nodes, key=lambda n: (order[roles.get(n, DOWN)], -nodes[n].priority, n))
+    for name in ranked:
+        node, role = nodes[name], roles.get(name, DOWN)
         params = {
             PRIMARY: "max_fails=1 fail_timeout=2s",
             ACTIVE: f"weight={node.weight} max_fails=1 fail_timeout=2s",

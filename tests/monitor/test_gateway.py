@@ -131,6 +131,75 @@ def test_kill_primary_switches_nginx_with_no_failed_request(pair):
         thread.join(5)
 
 
+def test_three_nodes_active_active_share_by_weight_and_a_dead_one_leaves_and_rejoins(trio_active):
+    config, nodes, gateway = trio_active
+    address = {name: f"{node.host}:{node.port}" for name, node in nodes.items()}
+    upstream = config.nginx.upstream_file
+    monitor, thread = start_monitor(config)
+    try:
+        wait_for(lambda: monitor._applied_roles == {"a": "active", "b": "active", "c": "active"}, what="all active")
+        assert f"server {address['b']} weight=2 " in upstream.read_text()
+        with Traffic(gateway.port, seconds=180) as traffic:
+            wait_for(lambda: len(traffic.results) >= 60, timeout=60, what="traffic")
+            served = [up for _, _, up in traffic.results]
+            # Every healthy node serves; b, weighted 2, about half (Nginx's smooth weighted round robin).
+            assert all(served.count(address[name]) > 0 for name in nodes), served
+            assert served.count(address["b"]) > 0.3 * len(served), served
+            nodes["c"].kill()  # kill -9 of one of three
+            wait_for(lambda: "# c: down" in upstream.read_text(), timeout=5, what="c marked down")
+            marked = time.monotonic()
+            assert monitor.decider.roles() == {"a": "active", "b": "active", "c": "down"}
+            # (0.5 s: the reload reaches Nginx's workers a moment after the file is rewritten)
+            wait_for(lambda: sum(t > marked + 0.5 for t, _, _ in traffic.results) >= 20, timeout=60,
+                     what="traffic without c")
+            nodes["c"].start()
+            wait_for(lambda: "# c: active" in upstream.read_text(), timeout=30, what="c rejoined")
+            rejoined = time.monotonic()
+            wait_for(lambda: address["c"] in [up for t, _, up in traffic.results if t > rejoined], timeout=30,
+                     what="c serving again")
+        failed = [r for r in traffic.results if r[1] != 200]
+        assert not failed, f"failed requests: {failed}"
+        away = [up for t, _, up in traffic.results if marked + 0.5 < t < rejoined]
+        assert len(away) >= 20 and address["c"] not in away
+        events = [(e["kind"], e["node"]) for e in json.loads(config.monitor.state_file.read_text())["events"]]
+        assert ("node_down", "c") in events and ("node_up", "c") in events
+    finally:
+        monitor.stop()
+        thread.join(5)
+
+
+def test_three_nodes_active_standby_promote_the_next_by_priority(trio_standby):
+    config, nodes, gateway = trio_standby
+    address = {name: f"{node.host}:{node.port}" for name, node in nodes.items()}
+    monitor, thread = start_monitor(config)
+    try:
+        wait_for(lambda: monitor._applied_roles == {"a": "primary", "b": "backup", "c": "backup"},
+                 what="one primary, two backups")
+        with Traffic(gateway.port) as traffic:
+            wait_for(lambda: len(traffic.results) >= 20, what="traffic")
+            nodes["a"].kill()
+            wait_for(lambda: monitor._applied_roles == {"a": "down", "b": "primary", "c": "backup"}, timeout=5,
+                     what="b (priority 200) promoted, c still backup")
+            switched = time.monotonic()
+            wait_for(lambda: sum(t > switched + 0.5 for t, _, _ in traffic.results) >= 20, timeout=30,
+                     what="traffic after the switch")
+        assert all(status == 200 for _, status, _ in traffic.results), traffic.results
+        after = [up for t, _, up in traffic.results if t > switched + 0.5]
+        # The new primary answers; c, a backup, only takes what Nginx retries (a busy node's 503 on this
+        # loaded machine); the dead node never appears.
+        assert after and not any(address["a"] in up for up in after), after
+        assert sum(up == address["b"] for up in after) > len(after) / 2, after
+        assert wait_for_roles(nodes, {"b": "primary", "c": "backup"})
+    finally:
+        monitor.stop()
+        thread.join(5)
+
+
+def wait_for_roles(nodes, roles) -> bool:
+    wait_for(lambda: {name: node_role(nodes[name]) for name in roles} == roles, what=f"roles {roles}")
+    return True
+
+
 def test_starting_node_is_not_eligible(pair):
     """A frozen primary (SIGSTOP) stops answering probes and is taken out."""
     config, nodes, gateway = pair

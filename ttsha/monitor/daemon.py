@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import httpclient, systemd
 from ..alert import Alert, Alerter
-from ..config import Config
+from ..config import Config, models_source
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
 from ..protocol import DOWN, PRIMARY, Health, HealthError, default_gateway_id, load_secret, sign_claim
@@ -135,7 +135,7 @@ class Monitor:
         mc = config.monitor
         self.nginx = UpstreamController(config.nginx, config.nodes)
         self.decider = Decider(config.nodes, mc.mode, mc.fall, mc.rise, mc.failback,
-                               primary=self.nginx.current_primary())
+                               primary=self.nginx.current_primary(), models_source=models_source(config))
         self.alerter = alerter or Alerter(config.alert)
         # Probe results and control commands: only the main loop touches the Decider.
         self.inbox: queue.Queue[Probe | Command] = queue.Queue()

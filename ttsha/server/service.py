@@ -389,6 +389,10 @@ class Service:
                     "connected": data.get("connected"),
                     "last_error": data.get("last_error", ""),
                     "age_s": round(time.time() - data.get("updated_at", 0), 1),
+                    # Each peer's own queue and link (a failover checks the target's).
+                    "peers": {name: {key: peer.get(key) for key in ("queue_depth", "oldest_pending_s", "lag_s",
+                                                                    "connected", "last_error")}
+                              for name, peer in (data.get("peers") or {}).items() if isinstance(peer, dict)},
                 }
             except (OSError, ValueError):
                 cached = None
