@@ -65,6 +65,24 @@ def test_models_follow_the_role_told_by_the_monitor(tmp_path, node):
     assert not turn and "set the same mode on the nodes" in why
 
 
+def test_a_node_whose_canary_fails_sends_no_models_whatever_its_role(tmp_path, node):
+    """Its model may be the damaged one: copied, it would replace the good one on the others."""
+    replicator = Replicator(config_for(tmp_path, node.port))
+    always = Replicator(config_for(tmp_path, node.port, "always"))
+    tell(node, "primary")
+    assert replicator.models_turn() == (True, "this node is the primary")
+    node.engine.output = "silence"  # what a broken model says
+    assert node.service._canary_once(blocking=True) is not None
+    tell(node, "primary")
+    for job in (replicator, always):
+        turn, why = job.models_turn()
+        assert not turn and why.startswith("the local serve's canary fails") and "damaged" in why, why
+    node.engine.output = "speech"
+    assert node.service._canary_once(blocking=True) is None
+    assert replicator.models_turn() == (True, "this node is the primary")
+    assert always.models_turn()[0] is True
+
+
 def test_in_active_active_models_flow_from_the_models_source_only(tmp_path):
     """Every node of three runs the same configuration; only the source sends, whatever the roles say."""
     nodes = {name: NodeConfig(url=f"http://127.0.0.{i + 2}:8900") for i, name in enumerate(("a", "b", "c"))}

@@ -68,15 +68,30 @@ def local_role(config: Config, timeout: float = 2.0) -> str | None:
     return local_claim(config, timeout)[0]
 
 
-def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, float | None]:
-    """(role, since when) as :func:`local_role`: the second changes whenever the
-    node's role does, even when it flips back between two reads."""
+def local_health(config: Config, timeout: float = 2.0) -> Health | None:
+    """This node's own ``ttsha serve``'s ``/health`` (None: it does not answer)."""
     host, port = local_health_url(config)
     reply = httpclient.get(httpclient.host_url(host, port, "/health"), timeout=timeout, limit=65536)
-    health = Health.parse(reply.json()) if not reply.error else None
+    return Health.parse(reply.json()) if not reply.error else None
+
+
+def local_claim(config: Config, timeout: float = 2.0,
+                health: Health | None = None) -> tuple[str | None, float | None]:
+    """(role, since when) as :func:`local_role` (from ``health`` when given): the
+    second changes whenever the node's role does, even when it flips back between two reads."""
+    if health is None:
+        health = local_health(config, timeout)
     if health is None or not health.role_fresh(time.time(), ROLE_FRESH_S):
         return None, None
     return health.role, health.role_since
+
+
+def failed_canary(health: Health | None) -> str | None:
+    """Why the model this node serves may be damaged: its canary's failure (None: not known to be bad)."""
+    canary = health.raw.get("canary") if health is not None else None
+    if isinstance(canary, dict) and canary.get("ok") is False:
+        return str(canary.get("reason") or "the canary failed")
+    return None
 
 
 class _Handler(pyinotify.ProcessEvent):
@@ -217,16 +232,21 @@ class Replicator:
         would remove them); in active-active from ``models_source``.
         """
         mode = self.config.replicate.models
-        if mode == "always":
-            return True, 'models = "always"'
         if mode == "never":
             return False, 'models = "never"'
+        # A model that fails its canary (damaged in a copy, say) must not overwrite the good one elsewhere.
+        health = local_health(self.config)
+        bad = failed_canary(health)
+        if bad is not None:
+            return False, f"the local serve's canary fails ({bad}): its model may be damaged, so it is not sent"
+        if mode == "always":
+            return True, 'models = "always"'
         if self.config.monitor.mode == "active-active":
             source, me = models_source(self.config), this_node(self.config)
             if me == source:
                 return True, f"this node is the models source of active-active ({source})"
             return False, f"models flow from the models source {source} in active-active"
-        role, self._role_since = local_claim(self.config)
+        role, self._role_since = local_claim(self.config, health=health)
         if role == PRIMARY:
             return True, "this node is the primary"
         if role is None:
