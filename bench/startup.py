@@ -71,7 +71,7 @@ def measure(rounds: int = 5) -> dict:
 
         cases = {
             "ttsha synth": lambda: _timed(synth, warm_env),
-            "ttsha synth, no prepared model": cold,
+            "ttsha synth, first run (no prepared model)": cold,
             "import torch": lambda: _timed([python, "-c", "import torch"], base_env),
             "python": lambda: _timed([python, "-c", "pass"], base_env),
         }
@@ -114,7 +114,9 @@ def table(r: dict) -> list[str]:
         "|---|---|---|---|",
     ]
     for name, c in r["cases"].items():
-        label = f'`{name} "{r["text"]}"`' if name.startswith("ttsha") else f"`{name}`"
+        command, _, note = name.partition(", ")
+        label = f'`{command} "{r["text"]}"`' if command.startswith("ttsha") else f"`{command}`"
+        label += f", {note}" if note else ""
         rows.append(f"| {label} | {c['wall']:.2f} s | {c['cpu']:.2f} s | "
                     f"{', '.join(f'{w:.2f}' for w in c['walls'])} |")
     rows.append(f"| target: short sentence <= {r['target_s']:.0f} s wall | {synth['wall']:.2f} s {met} | "
