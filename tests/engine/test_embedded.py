@@ -237,3 +237,18 @@ def test_an_unwritable_cache_only_costs_the_next_load(tmp_path, caplog):
         engine.load()
     assert "cannot keep the prepared model" in caplog.text
     assert engine.synthesize("你好。").duration_s > 0.2
+
+
+_STARTUP = ("import sys; from ttsha.engine.embedded import EmbeddedEngine; e = EmbeddedEngine(threads=1); e.load(); "
+            "e.synthesize('你好。'); print(*(m in sys.modules for m in ('torch._dynamo', 'cn2an', 'flatbuffers')))")
+
+
+def test_a_short_sentence_loads_only_what_it_needs(tmp_path):
+    """The startup path (bench/startup.py) stays lean: loading the prepared model imports neither
+    torch's compiler (~1 s) nor the flatbuffer reader, and a sentence without digits never imports cn2an."""
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", _STARTUP], env=env, capture_output=True, text=True, check=True)
+    assert first.stdout.split() == ["False", "False", "True"]  # built from the .tflite files, then kept
+    assert list((tmp_path / "cache").glob("embedded-*.pt"))
+    again = subprocess.run([sys.executable, "-c", _STARTUP], env=env, capture_output=True, text=True, check=True)
+    assert again.stdout.split() == ["False", "False", "False"]
