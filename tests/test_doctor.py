@@ -109,7 +109,20 @@ def test_user_and_directories(tmp_path):
                                                                                   user="nobody"))
     assert store.status == FAIL and "not writable by nobody" in store.detail
     (tmp_path / "models").chmod(0o777)
-    assert check_dirs(config, Host(roles=frozenset({NODE}), user="nobody"))[0].status == OK
+    # Writable itself, but under pytest's private (0700) directory: nobody cannot reach it.
+    assert check_dirs(config, Host(roles=frozenset({NODE}), user="nobody"))[0].status == FAIL
+    import tempfile
+
+    open_tree = Path(tempfile.mkdtemp(prefix="ttsha-doctor-"))
+    try:
+        open_tree.chmod(0o755)
+        (open_tree / "models").mkdir(mode=0o777)
+        (open_tree / "models").chmod(0o777)
+        (open_tree / "state").mkdir()
+        reachable = _node_config(open_tree)
+        assert check_dirs(reachable, Host(roles=frozenset({NODE}), user="nobody"))[0].status == OK
+    finally:
+        shutil.rmtree(open_tree)
     assert check_dirs(config, Host()) == []  # not a node: nothing of a node's to check
 
 
@@ -138,6 +151,10 @@ def test_ssh_key_known_hosts_and_a_verified_login(tmp_path, sshd_running):
     known.write_text(f"[127.0.0.1]:{sshd.port} {kind} {other}\n")
     got = checks()
     assert got["known_hosts b"].status == OK and got["ssh b"].status == FAIL and "CHANGED" in got["ssh b"].detail
+    # A damaged line (bad base64): a FAIL naming the file, not a traceback.
+    known.write_text(f"[127.0.0.1]:{sshd.port} {kind} AAAA!!notbase64\n")
+    got = checks()
+    assert got["known_hosts"].status == FAIL and str(known) in got["known_hosts"].hint
     # The real host key: logged in, verified.
     known.write_text(sshd.known_hosts_line())
     got = checks()

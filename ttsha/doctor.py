@@ -96,11 +96,18 @@ def _can(path: Path, account: pwd.struct_passwd | None, mode: int) -> bool:
         return os.access(path, mode)
     if account.pw_uid == 0:
         return True
-    st = path.stat()
     groups = {account.pw_gid} | {g.gr_gid for g in _groups_of(account.pw_name)}
-    shift = 6 if st.st_uid == account.pw_uid else 3 if st.st_gid in groups else 0
-    wanted = ((4 if mode & os.R_OK else 0) | (2 if mode & os.W_OK else 0) | (1 if mode & os.X_OK else 0)) << shift
-    return st.st_mode & wanted == wanted
+
+    def allowed(target: Path, bits: int) -> bool:
+        st = target.stat()
+        shift = 6 if st.st_uid == account.pw_uid else 3 if st.st_gid in groups else 0
+        return (st.st_mode >> shift) & bits == bits
+
+    # Reaching the path needs search (x) on every directory above it, too.
+    path = path.absolute()
+    if not all(allowed(parent, 1) for parent in path.parents):
+        return False
+    return allowed(path, (4 if mode & os.R_OK else 0) | (2 if mode & os.W_OK else 0) | (1 if mode & os.X_OK else 0))
 
 
 def _groups_of(user: str) -> list:
@@ -246,7 +253,8 @@ def check_ssh(config: Config, host: Host = Host()) -> list[Check]:
     in ``known_hosts``, then a real login that verifies it (what the replicator and drills do)."""
     if "replicate" not in config.present and not host.roles:
         return [Check("ssh", SKIP, "no [replicate] section in the configuration")]
-    from paramiko.hostkeys import HostKeys
+    from paramiko import SSHException
+    from paramiko.hostkeys import HostKeys, InvalidHostKey
 
     from . import ssh
     from .errors import TTSHAError
@@ -270,8 +278,9 @@ def check_ssh(config: Config, host: Host = Host()) -> list[Check]:
         return checks
     try:
         known = HostKeys(str(rep.known_hosts)) if rep.known_hosts.is_file() else HostKeys()
-    except OSError as exc:
-        return [*checks, Check("known_hosts", FAIL, f"{rep.known_hosts}: {exc}", f"check {rep.known_hosts}")]
+    except (OSError, InvalidHostKey, SSHException) as exc:  # a damaged line is what doctor is for
+        return [*checks, Check("known_hosts", FAIL, f"{rep.known_hosts}: {type(exc).__name__}: {exc}",
+                               f"fix or remove the damaged line of {rep.known_hosts}, then trust the hosts again")]
     for name in targets:
         node = config.nodes[name]
         where = f"{node.ssh_user}@{node.ssh_host}:{node.ssh_port}"
@@ -371,7 +380,10 @@ def check_nginx_config(config: Config, host: Host = Host()) -> Check:
         (prefix / "ttsha-site.conf").write_text(site, encoding="utf-8")
         (prefix / "nginx.conf").write_text(nginx.render_main(config, prefix), encoding="utf-8")
         command, _ = nginx.prefix_commands(binary, prefix)
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            return Check("nginx config", FAIL, "nginx -t did not finish in 30 s", "is the host overloaded?")
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         why = (lines[0] if lines else f"exit {proc.returncode}").replace(str(prefix) + "/", "")
@@ -397,8 +409,13 @@ def check_units(host: Host = Host()) -> list[Check]:
                       "check that your init system starts them")]
     checks = []
     for unit in units:
-        proc = subprocess.run([host.systemctl, f"--root={host.root}", "is-enabled", unit],
-                              capture_output=True, text=True, timeout=30, check=False)
+        try:
+            proc = subprocess.run([host.systemctl, f"--root={host.root}", "is-enabled", unit],
+                                  capture_output=True, text=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            checks.append(Check(unit, WARN, "unknown: systemctl is-enabled did not answer in 30 s",
+                                f"systemctl is-enabled {unit}"))
+            continue
         state = proc.stdout.strip()
         if state == "enabled":
             checks.append(Check(unit, OK, "enabled"))
