@@ -90,9 +90,11 @@ class Pair:
         return self.net.holders()
 
     def down(self) -> None:
-        for name in list(self.procs):
-            self.kill(name)
-        self.net.down()
+        try:
+            for name in list(self.procs):
+                self.kill(name)
+        finally:  # the namespaces and links go even when a kill is not confirmed
+            self.net.down()
 
 
 @pytest.fixture

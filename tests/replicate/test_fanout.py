@@ -28,6 +28,7 @@ from ttsha.replicate.durable import AckFanout, _Job
 from ttsha.replicate.queue import DurableQueue
 from ttsha.store import AudioStore
 
+from ..monitor.conftest import free_port
 from .conftest import Sshd
 from .test_audio import arrived, put_results, wait_for
 
@@ -78,7 +79,9 @@ def fan_config(tmp_path, peers) -> Config:
         nodes[name] = NodeConfig(url=f"http://127.0.0.{ord(name) - ord('a') + 2}:8900", ssh_host="127.0.0.1",
                                  ssh_port=server.port, ssh_user=USER, store=tmp_path / f"{name}-audio")
     return Config(
-        serve=ServeConfig(node="a"),
+        # Where this node's serve would answer: a free port, so whatever serve runs on this
+        # machine at the default address cannot answer the models job's health check.
+        serve=ServeConfig(node="a", host="127.0.0.1", port=free_port()),
         nodes=nodes,
         store=StoreConfig(path=tmp_path / "a-audio"),
         # peers left empty: every node that is not this one
