@@ -165,6 +165,10 @@ class NotifySocket:
 
 
 def test_a_peer_hung_mid_write_delays_only_itself_and_stops_the_watchdog(fan_config, peers, tmp_path, monkeypatch):
+    from ttsha.replicate import link
+
+    # A write that never returns (longer than any SFTP timeout the link sets).
+    monkeypatch.setattr(link, "IO_TIMEOUT_S", 300.0)
     notify = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # a ping every 0.5 s while every link makes progress
@@ -188,6 +192,30 @@ def test_a_peer_hung_mid_write_delays_only_itself_and_stops_the_watchdog(fan_con
         thaw(peers["c"])
         assert wait_for(lambda: arrived(src, dst(fan_config, "c"), ids), 60)
         assert notify.pinged_within(10)
+    finally:
+        thaw(peers["c"])
+        replicator.stop()
+        thread.join(10)
+
+
+def test_a_write_to_a_hung_peer_times_out_and_the_link_reconnects(fan_config, peers, monkeypatch):
+    """Rather than holding its thread (and the watchdog) until systemd restarts the whole replicator."""
+    from ttsha.replicate import link
+
+    monkeypatch.setattr(link, "IO_TIMEOUT_S", 1.0)
+    src = fan_config.store.path
+    store = AudioStore(src)
+    replicator, thread = start(fan_config)
+    try:
+        assert wait_for(lambda: all(lk.connected and not lk.scanning for lk in replicator.links.values()), 30)
+        freeze(peers["c"])
+        ids = put_results(store, 0, 4)
+        assert wait_for(lambda: arrived(src, dst(fan_config, "b"), ids), 30)
+        # The hung write fails after the timeout: c's link gives up its connection and says why.
+        assert wait_for(lambda: "timeout" in replicator.links["c"].stats["last_error"].lower(), 30)
+        assert not arrived(src, dst(fan_config, "c"), ids)
+        thaw(peers["c"])
+        assert wait_for(lambda: arrived(src, dst(fan_config, "c"), ids), 60)
     finally:
         thaw(peers["c"])
         replicator.stop()
@@ -303,6 +331,9 @@ def test_a_queue_from_before_fan_out_moves_to_every_peer(tmp_path):
     legacy.put_many(["ab/r.json", "ab/r.wav"], closed_at=100.0)
     legacy.close()
     replicator = Replicator(config)
+    # Made, as for a --once run beside the daemon: the old queue is left alone.
+    assert paths.legacy_queue_path(config).exists() and replicator.links["b"].queue.depth() == 0
+    replicator.migrate_legacy_queue()  # what the daemon does as it starts
     for name in "bc":
         pending = replicator.links[name].queue.peek()
         assert [p.rel for p in pending] == ["ab/r.json", "ab/r.wav"] and pending[0].closed_at == 100.0

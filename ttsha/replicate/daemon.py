@@ -128,12 +128,14 @@ class Replicator:
         self.links = {name: PeerLink(config, name, self.store, DurableQueue(paths.queue_path(config, name)),
                                      self._holdback, self._stop)
                       for name in replication_peers(config)}
-        self._migrate_legacy_queue()
         self.fanout = AckFanout(self.store, {name: link.acks for name, link in self.links.items()},
                                 config.replicate.ack_peers, self.ack_status)
 
-    def _migrate_legacy_queue(self) -> None:
-        """A queue from before fan-out (one file for the one peer): its files go to every peer's queue."""
+    def migrate_legacy_queue(self) -> None:
+        """A queue from before fan-out (one file for the one peer): its files go to every peer's queue.
+
+        Only the daemon does it (a ``--once`` run beside it must not move its queue),
+        in one transaction per peer, so a long backlog does not hold up the start."""
         legacy = paths.legacy_queue_path(self.config)
         if not legacy.is_file() or not self.links:
             return
@@ -141,8 +143,7 @@ class Replicator:
         pending = old.peek(1 << 30)
         old.close()
         for link in self.links.values():
-            for item in pending:
-                link.queue.put(item.rel, item.closed_at)
+            link.queue.put_items([(item.rel, item.closed_at) for item in pending])
         for path in (legacy, legacy.with_name(legacy.name + "-wal"), legacy.with_name(legacy.name + "-shm")):
             path.unlink(missing_ok=True)
         log.info("moved %d pending files of %s into the queues of %s", len(pending), legacy, ", ".join(self.links))
@@ -367,6 +368,7 @@ class Replicator:
         if install_signals:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self.migrate_legacy_queue()
         notifier = self.start_watch()
         threads = [threading.Thread(target=link.loop, args=(self.ack_enabled, self.write_state),
                                     name=f"audio-{name}", daemon=True) for name, link in self.links.items()]

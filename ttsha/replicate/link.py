@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import Config
-from .durable import AckSender, OnPeer, PathLocks
+from .durable import IO_TIMEOUT_S, AckSender, OnPeer, PathLocks
 from .local import NotSendable, stat_inside
 from .queue import DurableQueue, Pending
 from .sync import SyncResult, apply_phased, scan_local, sidecar_first, sync
@@ -102,14 +102,27 @@ class PeerLink:
 
     # -- sender ----------------------------------------------------------
     def connect(self, root: str | None = None) -> Peer:
-        """A new connection to this peer, rooted at its audio store (or ``root``)."""
-        return peer_for(self.config, self.name, root or str(remote_store(self.config, self.name))).connect()
+        """A new connection to this peer, rooted at its audio store (or ``root``).
+
+        Each SFTP operation on it waits at most ``IO_TIMEOUT_S`` for the peer: a
+        peer that hangs mid-write fails this link (which reconnects), rather than
+        holding its thread, and with it the watchdog, forever.
+        """
+        peer = peer_for(self.config, self.name, root or str(remote_store(self.config, self.name))).connect()
+        channel = peer.sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(IO_TIMEOUT_S)
+        return peer
+
+    def _working(self) -> None:
+        self.beat = time.monotonic()
 
     def catch_up(self, peer: Peer) -> None:
         """Queue every local file the peer lacks or has in another version."""
         rc = self.config.replicate
         local = scan_local(self.store, rc.include, rc.exclude)
-        remote = peer.walk()
+        self._working()
+        remote = peer.walk(progress=self._working)  # a big store's walk is long, and alive
         for rel in peer.stale_temps(remote):
             peer.remove(rel)  # left by a sender killed mid-transfer
         missing = [
