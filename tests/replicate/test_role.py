@@ -83,10 +83,11 @@ def test_a_node_whose_canary_fails_sends_no_models_whatever_its_role(tmp_path, n
     assert always.models_turn()[0] is True
 
 
-def test_in_active_active_models_flow_from_the_models_source_only(tmp_path):
+def test_in_active_active_models_flow_from_the_models_source_only(tmp_path, node):
     """Every node of three runs the same configuration; only the source sends, whatever the roles say."""
     nodes = {name: NodeConfig(url=f"http://127.0.0.{i + 2}:8900") for i, name in enumerate(("a", "b", "c"))}
-    base = replace(config_for(tmp_path, 8900), nodes=nodes, monitor=MonitorConfig(mode="active-active"),
+    # Each node's own serve answers (the same test node stands in for all three).
+    base = replace(config_for(tmp_path, node.port), nodes=nodes, monitor=MonitorConfig(mode="active-active"),
                    replicate=ReplicateConfig(models_source="b", local_models=tmp_path / "models",
                                              queue_file=tmp_path / "queue.sqlite"))
     turns = {}
@@ -101,6 +102,10 @@ def test_in_active_active_models_flow_from_the_models_source_only(tmp_path):
     unset = replace(base, nodes=nodes, replicate=replace(base.replicate, models_source=""))
     assert [Replicator(replace(unset, serve=replace(unset.serve, node=n))).models_turn()[0] for n in nodes] == [
         False, False, True]
+    # The source's own serve does not answer (crash-looping on a damaged model, say): nothing is sent.
+    silent = replace(base, serve=replace(base.serve, node="b", port=free_port()))
+    turn, why = Replicator(silent).models_turn()
+    assert not turn and "does not answer" in why
 
 
 def test_a_role_the_monitor_stopped_repeating_is_unknown(tmp_path, node, monkeypatch):

@@ -244,6 +244,11 @@ class Replicator:
             return True, 'models = "always"'
         if self.config.monitor.mode == "active-active":
             source, me = models_source(self.config), this_node(self.config)
+            if me == source and health is None:
+                # No role to wait for here: only a serve that answers, canary and all, vouches for the model.
+                host, port = local_health_url(self.config)
+                return False, (f"the local ttsha serve at {host}:{port} does not answer: its model is not known "
+                               "to be good, so it is not sent")
             if me == source:
                 return True, f"this node is the models source of active-active ({source})"
             return False, f"models flow from the models source {source} in active-active"
