@@ -21,8 +21,8 @@ def test_two_nodes_and_a_gateway_check_and_name_each_other(tmp_path):
     g = init_gateway(parse_nodes(f"node-a={A},node-b={B}"), "0.0.0.0:80", tmp_path / "g/ttsha.toml",
                      tmp_path / "g/id_ed25519", address="192.0.2.10")
     ca, cb, cg = (load(r.config_path) for r in (a, b, g))
-    assert (ca.serve.host, ca.serve.port, ca.replicate.peer) == ("192.0.2.11", 8900, "node-b")
-    assert (cb.serve.host, cb.replicate.peer, cb.engine.engine) == ("192.0.2.12", "node-a", "embedded")
+    assert (ca.serve.host, ca.serve.port, ca.replicate.peers) == ("192.0.2.11", 8900, ["node-b"])
+    assert (cb.serve.host, cb.replicate.peers, cb.engine.engine) == ("192.0.2.12", ["node-a"], "embedded")
     assert ca.replicate.key_file == tmp_path / "a/id_ed25519"
     assert ca.replicate.known_hosts == tmp_path / "a/known_hosts"
     assert list(cg.nodes) == ["node-a", "node-b"]
@@ -61,7 +61,7 @@ def test_an_existing_config_is_kept_unless_forced(tmp_path):
         init_node("a", A, "b", B, "embedded", out, tmp_path / "k")
     assert out.read_text() == "# mine\n" and not (tmp_path / "k").exists()
     init_node("a", A, "b", B, "embedded", out, tmp_path / "k", force=True)
-    assert load(out).replicate.peer == "b"
+    assert load(out).replicate.peers == ["b"]
 
 
 def test_an_existing_key_is_reused(tmp_path):

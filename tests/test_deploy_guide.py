@@ -98,7 +98,7 @@ def test_runnable_block(block, tmp_path):
         else:
             name = block.body.split("ttsha init node ", 1)[1].split()[0]
             assert f"{name}: " in " ".join(f"{n}: {c.url}" for n, c in config.nodes.items())
-            assert config.replicate.peer == ({"node-a": "node-b", "node-b": "node-a"}[name])
+            assert config.replicate.peers == [{"node-a": "node-b", "node-b": "node-a"}[name]]
 
 
 def test_firewall_ruleset_is_valid_nftables(tmp_path):

@@ -61,7 +61,7 @@ def _node_config(tmp_path, **replicate):
     return parse({"serve": {"host": "127.0.0.2", "port": 8900},
                   "nodes": {"a": {"url": "http://127.0.0.2:8900"},
                             "b": {"url": "http://127.0.0.3:8900", "ssh_host": "127.0.0.3"}},
-                  "replicate": {"peer": "b", "local_models": str(tmp_path / "models"),
+                  "replicate": {"peers": ["b"], "local_models": str(tmp_path / "models"),
                                 "queue_file": str(tmp_path / "state/replicate.sqlite"), **replicate}})
 
 
@@ -134,7 +134,7 @@ def test_ssh_key_known_hosts_and_a_verified_login(tmp_path, sshd_running):
                     "nodes": {"a": {"url": "http://127.0.0.2:8900"},
                               "b": {"url": "http://127.0.0.3:8900", "ssh_host": "127.0.0.1",
                                     "ssh_port": sshd.port, "ssh_user": user}},
-                    "replicate": {"peer": "b", "key_file": str(sshd.client_key), "known_hosts": str(known)}})
+                    "replicate": {"peers": ["b"], "key_file": str(sshd.client_key), "known_hosts": str(known)}})
     node = Host(roles=frozenset({NODE}), user="root")
 
     def checks():

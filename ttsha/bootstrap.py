@@ -111,7 +111,7 @@ def node_config(name: str, url: str, peer: str, peer_url: str, engine: str, key:
             name: NodeConfig(url=url, ssh_host=host),
             peer: NodeConfig(url=peer_url, ssh_host=peer_host),
         },
-        replicate=dataclasses.replace(_replication(key), peer=peer),
+        replicate=dataclasses.replace(_replication(key), peers=[peer]),
     )
     return _with_secret(config, key)
 

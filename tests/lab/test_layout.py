@@ -16,7 +16,7 @@ def test_the_lab_configs_are_built_as_tables_and_differ_only_where_the_standby_d
     assert (primary.serve.host, primary.serve.port) == (lab_module.NODE_HOSTS["primary"], 8901)
     assert (standby.serve.host, standby.serve.port) == (lab_module.NODE_HOSTS["standby"], 8902)
     assert primary.nginx.test_command[:2] == ["/usr/sbin/nginx", "-t"] and primary.monitor.rise == 3
-    assert (primary.replicate.peer, standby.replicate.peer) == ("standby", "primary")
+    assert (primary.replicate.peers, standby.replicate.peers) == (["standby"], ["primary"])
     assert standby.replicate.remote_store == tmp_path / "primary" / "audio"
     assert standby.replicate.queue_file == tmp_path / "standby" / "replicate.sqlite"
     # Nothing else differs: the standby is the primary's configuration turned round.

@@ -27,9 +27,9 @@ def test_example_configs_are_valid(path):
     assert cfg.source == path
 
 
-def test_node_examples_name_each_other_as_peer():
+def test_node_examples_name_each_other_as_peers():
     a, b = load(ROOT / "conf/examples/node-a.toml"), load(ROOT / "conf/examples/node-b.toml")
-    assert a.replicate.peer == "node-b" and b.replicate.peer == "node-a"
+    assert a.replicate.peers == ["node-b"] and b.replicate.peers == ["node-a"]
     assert a.nodes["node-a"].url.split("//")[1].startswith(a.serve.host)
     assert b.nodes["node-b"].url.split("//")[1].startswith(b.serve.host)
 

@@ -124,7 +124,7 @@ def lab_settings(layout: LabLayout, nginx_binary: str, user: str) -> dict[str, d
                   "proxy_read_timeout": "10s",
                   "upstream_file": f"{gw}/ttsha-upstream.conf", "site_file": f"{gw}/ttsha-site.conf",
                   "test_command": test_command, "reload_command": reload_command},
-        "replicate": {"peer": "standby", "known_hosts": f"{layout.ssh}/known_hosts",
+        "replicate": {"peers": ["standby"], "known_hosts": f"{layout.ssh}/known_hosts",
                       "key_file": f"{layout.ssh}/id_ed25519", "remote_store": f"{root}/standby/audio",
                       "remote_models": f"{root}/standby/models", "local_models": f"{root}/primary/models",
                       "queue_file": f"{root}/primary/replicate.sqlite", "interval": "1m"},
@@ -144,7 +144,7 @@ def standby_settings(layout: LabLayout, primary: dict[str, dict[str, Any]]) -> d
     root = layout.root
     back = {table: dict(values) for table, values in primary.items()}
     back["serve"].update(host=layout.hosts["standby"], port=layout.node_ports["standby"])
-    back["replicate"].update(peer="primary", remote_store=f"{root}/primary/audio",
+    back["replicate"].update(peers=["primary"], remote_store=f"{root}/primary/audio",
                              remote_models=f"{root}/primary/models", local_models=f"{root}/standby/models",
                              queue_file=f"{root}/standby/replicate.sqlite")
     return back
