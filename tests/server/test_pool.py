@@ -176,3 +176,29 @@ def test_the_server_serves_a_request_stamped_earlier_by_the_gateway_first(make_n
         thread.join(30)
     assert set(results.values()) == {200}
     assert spoken[-3:] == ["从失效节点重试的请求", "新来的请求", "乱写的时间戳"], spoken  # pieces lose their stop
+
+
+def test_a_request_that_arrived_earlier_is_admitted_against_the_work_ahead_of_it_only():
+    """A retry from a dead node goes before the queue: what is queued after it cannot make it late."""
+    from concurrent.futures import Future
+
+    from ttsha.server.pool import Overloaded, SynthesisPool
+
+    pool = SynthesisPool(workers=1, queue_size=64, deadline=10.0)
+    pool.admission.seconds_per_unit = 0.1  # a 20-character job: 2.4 s
+    pool.start()
+    gate = threading.Event()
+    try:
+        blocker: Future = pool.submit(lambda: gate.wait(30), chars=20)
+        now = time.time()
+        for _ in range(3):  # the third: 2.4 s running + 2 x 2.4 s queued + its own 2.4 s = 9.6 s, fits
+            pool.submit(lambda: None, chars=20)
+        with pytest.raises(Overloaded):  # a fourth new one would end at 12 s
+            pool.submit(lambda: None, chars=20)
+        # The same job stamped 5 s ago goes ahead of both: 2.4 + 2.4 s, admitted.
+        retried = pool.submit(lambda: "retried", chars=20, arrived=now - 5.0)
+        gate.set()
+        assert retried.result(30) == "retried" and blocker.result(30)
+    finally:
+        gate.set()
+        pool.stop(5)

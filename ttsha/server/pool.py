@@ -153,6 +153,7 @@ class SynthesisPool:
         self.admission = Admission(workers)
         self._waiting = 0  # request jobs queued, not yet picked up
         self._waiting_units = 0.0
+        self._arrivals: dict[int, tuple[float, float]] = {}  # seq -> (arrived, units) of each queued request
         self._inflight: dict[str, Future] = {}
         self._running: dict[int, tuple[float, float]] = {}  # thread ident -> (start time, units) of its job
         self._threads: list[threading.Thread] = []
@@ -209,23 +210,27 @@ class SynthesisPool:
                 raise Overloaded(retry_after=1, why="shutting down")
             if key is not None and key in self._inflight:
                 return self._inflight[key]
+            when = time.time() if arrived is None else arrived
+            seq = next(self._seq)
             if priority == REQUEST:
                 now = time.monotonic()
                 running = [(u, now - started) for started, u in self._running.values()]
                 if self._waiting >= self.queue_size:
                     finish = self.admission.finish_in(units, self._waiting, self._waiting_units, running)
                     raise Overloaded(retry_after=max(1, math.ceil(finish)), why=f"{self._waiting} requests waiting")
-                wait = self.admission.retry_after(units, self._waiting, self._waiting_units, running, self.deadline)
+                # It waits only for what arrived before it: the queue is served oldest first.
+                ahead = [u for a, u in self._arrivals.values() if a <= when]
+                wait = self.admission.retry_after(units, len(ahead), sum(ahead), running, self.deadline)
                 if wait is not None:
                     raise Overloaded(retry_after=wait, why=f"would not finish within the {self.deadline:g} s deadline")
                 self._waiting += 1
                 self._waiting_units += units
+                self._arrivals[seq] = (when, units)
             future: Future = Future()
             if key is not None:
                 self._inflight[key] = future
                 future.add_done_callback(lambda _f: self._forget(key))
-            when = time.time() if arrived is None else arrived
-            self._queue.put(_Job(priority, when, next(self._seq), fn, future, key, units))
+            self._queue.put(_Job(priority, when, seq, fn, future, key, units))
         return future
 
     def submit_if_idle(self, fn: Callable[[], Any], chars: int = 0) -> Future | None:
@@ -249,6 +254,7 @@ class SynthesisPool:
                 if job.priority == REQUEST:
                     self._waiting -= 1
                     self._waiting_units -= job.units
+                    self._arrivals.pop(job.seq, None)
                 self._running[me] = (time.monotonic(), job.units)
             if not job.future.set_running_or_notify_cancel():
                 with self._lock:
