@@ -138,18 +138,44 @@ def run_drill(config: Config, options, as_json: bool, report_file: Path | None, 
 
 
 def show_report(report, as_json: bool, report_file: Path | None) -> None:
-    """Print (and save) a drill report; exit 5 when an objective was missed."""
+    """Print (and save) a drill report (a node's or a gateway's); exit 5 when an objective was missed."""
     from .. import failover as fo
+    from ..drill import GatewayReport
 
     data = report.to_dict()
     if report_file:
         fo.save_report(report_file, data)
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    elif isinstance(report, GatewayReport):
+        print_gateway_report(report)
     else:
         print_report(report)
     if report.missed:
         raise ObjectiveMissed("drill objectives missed: " + "; ".join(report.missed))
+
+
+def print_gateway_report(report) -> None:
+    """A gateway drill's report: when the VIP moved, and what the requests before and after it saw."""
+    from .output import literal, table_console
+
+    def s(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} s"
+
+    console = table_console()
+    console.print(literal(f"drill: {report.fault} of {report.target} (the VIP holder); the VIP moved to "
+                          f"{report.took_over or 'no gateway'} after {s(report.vip_moved_s)}; a request sent "
+                          f"after the move answered {s(report.answered_s)} after the fault "
+                          f"(objective <= {report.bound_s:g} s)"))
+    console.print(literal(f"requests {report.requests}: started before the move {report.before_move} "
+                          f"(failed {report.failed_before_move}: in flight on, or sent to, {report.target}), "
+                          f"after it {report.after_move} (failed {report.failed_after_move}); never sent "
+                          f"{report.unsent}; primary node {report.primary_before or '-'} -> "
+                          f"{report.primary_after or '-'}"))
+    if report.missed:
+        console.print(literal("objectives missed: ", "bold red") + literal("; ".join(report.missed)))
+    else:
+        console.print("[green]all objectives met[/]")
 
 
 def print_report(report) -> None:

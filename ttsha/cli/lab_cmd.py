@@ -103,7 +103,7 @@ def drill(root: Path, fault: str | None, duration: float | None, rate: float | N
       ttsha lab drill --fault stop --load 0.8 --concurrency 8
       ttsha lab drill --fault gateway-kill --duration 10s --rate 10
     """
-    from ..drill import DrillOptions, GatewayReport
+    from ..drill import DrillOptions
     from ..lab import Lab
     from .failover_cmd import show_report
 
@@ -113,46 +113,7 @@ def drill(root: Path, fault: str | None, duration: float | None, rate: float | N
         for line in lab_.drill_plan(options):
             click.echo(line)
         return
-    report = lab_.drill(options)
-    if isinstance(report, GatewayReport):
-        _show_gateway_report(report, as_json, report_file)
-    else:
-        show_report(report, as_json, report_file)
-
-
-def _show_gateway_report(report, as_json: bool, report_file: Path | None) -> None:
-    """Print (and save) a gateway drill's report; exit 5 when an objective was missed."""
-    import json
-
-    from ..errors import ObjectiveMissed
-    from ..failover import save_report
-    from .output import literal, table_console
-
-    data = report.to_dict()
-    if report_file:
-        save_report(report_file, data)
-    if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
-    else:
-        def s(value: float | None) -> str:
-            return "-" if value is None else f"{value:.3f} s"
-
-        console = table_console()
-        console.print(literal(f"drill: {report.fault} of {report.target} (the VIP holder); the VIP moved to "
-                              f"{report.took_over or 'no gateway'} after {s(report.vip_moved_s)}; a request sent "
-                              f"after the move answered {s(report.answered_s)} after the fault "
-                              f"(objective <= {report.bound_s:g} s)"))
-        console.print(literal(f"requests {report.requests}: started before the move {report.before_move} "
-                              f"(failed {report.failed_before_move}: in flight on, or sent to, {report.target}), "
-                              f"after it {report.after_move} (failed {report.failed_after_move}); never sent "
-                              f"{report.unsent}; primary node {report.primary_before or '-'} -> "
-                              f"{report.primary_after or '-'}"))
-        if report.missed:
-            console.print(literal("objectives missed: ", "bold red") + literal("; ".join(report.missed)))
-        else:
-            console.print("[green]all objectives met[/]")
-    if report.missed:
-        raise ObjectiveMissed("drill objectives missed: " + "; ".join(report.missed))
+    show_report(lab_.drill(options), as_json, report_file)
 
 
 @lab.command("start-node", hidden=True)
