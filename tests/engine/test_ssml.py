@@ -78,6 +78,9 @@ def test_breaks_and_volume_shape_the_audio():
     first, pause, quiet = parts
     assert len(pause) == int(0.4 * 16000) and not pause.any()
     np.testing.assert_allclose(quiet, plain * 10 ** (-6 / 20), rtol=1e-5, atol=1e-6)
+    # A break lasts its time whatever the speed; a clause's pause is shortened with the speech.
+    fast = list(engine.stream('<speak>你好，<break time="400ms"/>你好</speak>', speed=2.0, ssml=True))
+    assert len(fast[1]) == int((0.15 / 2 + 0.4) * 16000)
     leading = list(engine.stream('<speak><break time="1s"/>你好</speak>', ssml=True))
     assert len(leading[0]) == 16000 and not leading[0].any() and leading[1].any()
 

@@ -250,8 +250,8 @@ class Engine(abc.ABC):
                 timeline.add_piece(_span(piece.source), start / rate, position / rate,
                                    [(span, begin, end) for (a, b), begin, end in syllables or ()
                                     if (span := _span(piece.source[a:b]))] if self.times_phones else None)
-            if piece.pause_s:
-                pause = np.zeros(int(piece.pause_s * rate / pace), np.float32)
+            if piece.pause_s or piece.break_s:
+                pause = np.zeros(int((piece.pause_s / pace + piece.break_s) * rate), np.float32)
                 position += pause.size
                 yield pause
 

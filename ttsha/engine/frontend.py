@@ -33,8 +33,8 @@ SPEAKABLE = re.compile("[\u4e00-\u9fffA-Za-z\U000f0000-\U000ffffd]")
 _SPECIAL = re.compile("[\U000f0000-\U000ffffd]+|[A-Za-z]+|[\u0391-\u03a9\u03b1-\u03c9]")
 
 # Sentence-final marks end a piece with a longer pause than clause marks.
-_SENTENCE_END = "。！？!?；;…"
-_CLAUSE_END = "，,、：:"
+SENTENCE_END = "。！？!?；;…"
+CLAUSE_END = "，,、：:"
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class Piece:
     style: Delivery = PLAIN
     #: For engines that read SSML themselves (Sambert): the piece as their markup.
     markup: str = ""
+    #: Silence after ``pause_s`` that the speed does not shorten (SSML's ``<break time>``).
+    break_s: float = 0.0
 
 
 def split_sentences(
@@ -78,11 +80,11 @@ def split_sentences(
     start = 0
     text += "。"
     for end, char in enumerate(text):
-        if char in _SENTENCE_END or char in _CLAUSE_END or char == "\n":
+        if char in SENTENCE_END or char in CLAUSE_END or char == "\n":
             buf = text[start:end]
             start = end + 1
             if speakable.search(buf):
-                pause = clause_pause if char in _CLAUSE_END else sentence_pause
+                pause = clause_pause if char in CLAUSE_END else sentence_pause
                 parts = cut_long(buf.strip(), max_len) if max_len else [buf.strip()]
                 parts = [part for part in parts if speakable.search(part)]
                 pieces += [Piece(part, 0.0) for part in parts[:-1]]

@@ -37,7 +37,7 @@ from xml.parsers import expat
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import InputError
-from .frontend import PLAIN, Delivery, Piece, split_sentences
+from .frontend import CLAUSE_END, PLAIN, SENTENCE_END, Delivery, Piece, split_sentences
 from .lexicon import parse_pinyin, pinyin_marks
 from .normalize import normalize_tracked, read_digits
 from .spans import Tracked
@@ -318,10 +318,9 @@ def plan(engine: Engine, document: str, lexicon: Lexicon) -> tuple[str, list[Pie
             pieces.extend(_run_pieces(engine, text, run, lexicon, own_front_end))
             run.clear()
         if pause:
-            if pieces:
-                pieces[-1].pause_s += pause
-            else:
-                pieces.append(Piece("", pause))
+            if not pieces:
+                pieces.append(Piece("", 0.0))
+            pieces[-1].break_s += pause
 
     for segment in parsed.segments:
         _check_style(engine, segment.style)
@@ -335,7 +334,7 @@ def plan(engine: Engine, document: str, lexicon: Lexicon) -> tuple[str, list[Pie
     if not any(engine.speakable.search(p.text) for p in pieces):
         raise InputError("text has nothing to say (no Chinese characters or letters)", code="nothing_to_say")
     if pieces:
-        pieces[-1].pause_s = 0.0  # no silence after the last word
+        pieces[-1].pause_s = pieces[-1].break_s = 0.0  # no silence after the last word
     return text, pieces
 
 
@@ -371,6 +370,10 @@ def _run_pieces(engine: Engine, text: str, run: list[Segment], lexicon: Lexicon,
         parts.append(tracked)
     joined = Tracked.join(parts)
     pieces = split_sentences(joined.text, speakable=engine.speakable, max_len=engine.max_piece_chars)
+    # split_sentences ends its text in silence; a run continues: the pause of its last mark stays.
+    last = joined.text.rstrip()[-1:]
+    if pieces and last:
+        pieces[-1].pause_s = 0.3 if last in SENTENCE_END else 0.15 if last in CLAUSE_END else 0.0
     at = 0
     for piece in pieces:
         at = joined.text.find(piece.text, at)
