@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ttsha.config import load
 from ttsha.lab import NODE_HOSTS, Lab
-from ttsha.replicate.daemon import Replicator, peer_for
+from ttsha.replicate.daemon import Replicator
+from ttsha.replicate.link import peer_for
 from ttsha.replicate.sync import sync
 from ttsha.store import AudioStore, result_id
 
@@ -63,9 +64,10 @@ def measure(rate: float = 20.0, seconds: float = 10.0, burst: int = 1000, tree_f
         work = root / "bench"
         # 1. Steady stream: lag from the file's completion to its rename on the standby.
         store_dir = work / "stream"
+        # The peer's store is its [nodes.standby] store (the lab names one), here a directory of the bench's own.
         cfg = replace(config, store=replace(config.store, path=store_dir),
-                      replicate=replace(config.replicate, remote_store=work / "stream-remote",
-                                        queue_file=work / "stream.sqlite"))
+                      nodes={**config.nodes, "standby": replace(config.nodes["standby"], store=work / "stream-remote")},
+                      replicate=replace(config.replicate, queue_file=work / "stream.sqlite"))
         (work / "stream-remote").mkdir(parents=True)
         replicator = Replicator(cfg, store_dir)
         thread = threading.Thread(target=replicator.run, kwargs={"install_signals": False, "models": False},
@@ -79,7 +81,7 @@ def measure(rate: float = 20.0, seconds: float = 10.0, burst: int = 1000, tree_f
             time.sleep(max(0.0, started + i / rate - time.monotonic()))
             _results(store, i, 1)
         deadline = time.monotonic() + 60
-        while replicator.queue.depth() and time.monotonic() < deadline:
+        while replicator.links["standby"].queue.depth() and time.monotonic() < deadline:
             time.sleep(0.05)
         results["stream_files"] = 2 * n
         results["lag"] = replicator.lag_percentiles()
@@ -93,7 +95,7 @@ def measure(rate: float = 20.0, seconds: float = 10.0, burst: int = 1000, tree_f
         _results(AudioStore(burst_dir), 0, burst // 2, size=4000)
 
         def ours(target: Path) -> float:
-            peer = peer_for(config, str(target)).connect()
+            peer = peer_for(config, "standby", str(target)).connect()
             try:
                 t0 = time.perf_counter()
                 sync(burst_dir, peer, concurrency=config.replicate.concurrency)
@@ -121,7 +123,7 @@ def measure(rate: float = 20.0, seconds: float = 10.0, burst: int = 1000, tree_f
             path.write_bytes(os.urandom(2048))
         (work / "models-ttsha").mkdir()
         (work / "models-rsync").mkdir()
-        peer = peer_for(config, str(work / "models-ttsha")).connect()
+        peer = peer_for(config, "standby", str(work / "models-ttsha")).connect()
         try:
             sync(tree, peer)
             t0 = time.perf_counter()

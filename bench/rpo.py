@@ -46,7 +46,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ttsha.config import load, to_toml
-from ttsha.lab import NODE_HOSTS, Lab, descendants, node_cpus
+from ttsha.lab import NODE_HOSTS, Lab, descendants
+from ttsha.lab.layout import node_cpus
 
 PAIRS = 60
 #: A typical sentence: 24 characters with its punctuation (bench/engine.py's

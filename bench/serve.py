@@ -4,7 +4,11 @@
 * ``/health`` p99 while every worker synthesizes (target < 5 ms): the
   article's service ran a full inference inside each health check;
 * throughput on cache misses through HTTP vs calling the engine directly in a
-  loop, alternating, same threads (server overhead target < 5 %).
+  loop, alternating, same threads (server overhead target < 5 %);
+* a node's throughput with 10 concurrent clients on new texts (QPS and CPU
+  seconds per request) beside the engine's own in a tight loop with the same
+  workers and threads (target within 15 %), for each worker x thread layout
+  of the cores, and the article's figure (3.2 QPS, one node).
 
 Every loop is bounded in count and time.
 
@@ -65,14 +69,33 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+#: The article's own table: one node, its texts and hardware (not measured here).
+ARTICLE_QPS = 3.2
+CLIENTS = 10
+#: Requests per throughput measurement: enough for the 10 clients to overlap for a while.
+QPS_REQUESTS = 40
+QPS_TAIL = "当主节点失去响应时网关会在两秒内把流量切换到备用节点客户端不会看到任何失败的请求"
+
+
+def qps_texts(seed: int, count: int) -> list[str]:
+    """``count`` new 45-character texts, unique to ``seed``; every seed's texts have the same lengths."""
+    return [(f"第{seed}批{i:03d}号，" + QPS_TAIL)[:45] for i in range(count)]
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServeProcess:
-    def __init__(self, workers: int, threads: int, priority: str = "idle") -> None:
+    def __init__(self, workers: int, threads: int, priority: str = "idle", deadline: str = "20s") -> None:
         self.tmp = tempfile.TemporaryDirectory()
         self.port = _free_port()
         cfg = Path(self.tmp.name) / "ttsha.toml"
         cfg.write_text(
             f'[engine]\nthreads = {threads}\n[serve]\nport = {self.port}\nworkers = {workers}\nqueue_size = 64\n'
-            f'worker_priority = "{priority}"\n'
+            f'worker_priority = "{priority}"\ndeadline = "{deadline}"\n'
             f'canary_interval = "1h"\n[store]\npath = "{self.tmp.name}/audio"\n'
         )
         exe = Path(sys.executable).with_name("ttsha")
@@ -148,9 +171,63 @@ def overhead_pairs(node: ServeProcess, threads: int, pairs: int = PAIRS) -> dict
     }
 
 
+def node_throughput(workers: int, threads: int, seed: int, requests: int = QPS_REQUESTS) -> dict:
+    """QPS of a real ``serve`` under ``CLIENTS`` concurrent clients sending new texts
+    (a client process of its own), and the serve process's CPU seconds per request.
+
+    The deadline is raised so that admission refuses nothing: this measures what
+    the node can do, not when it would send requests to the other node."""
+    node = ServeProcess(workers=workers, threads=threads, deadline="300s")
+    try:
+        cpu0 = _process_cpu(node.proc.pid)
+        result = _child("qps", node.port, requests, seed)
+        result["cpu_per_request"] = (_process_cpu(node.proc.pid) - cpu0) / result["requests"]
+    finally:
+        node.close()
+    return result
+
+
+def engine_throughput(workers: int, threads: int, seed: int, requests: int = QPS_REQUESTS) -> dict:
+    """The same texts' syntheses with the engine called directly by ``workers`` threads in a tight loop."""
+    out = subprocess.run([sys.executable, __file__, "--child", "direct-qps", str(workers), str(threads), str(seed),
+                          str(requests)], check=True, capture_output=True, text=True, timeout=1800)
+    return json.loads(out.stdout)
+
+
+def throughput(rounds: int = 2) -> dict:
+    """Node vs engine throughput for each workers x threads layout of the cores, alternating;
+    the ratio per layout is the median of its rounds' node / engine QPS."""
+    cores = os.cpu_count() or 2
+    layouts = sorted({(w, max(1, cores // w)) for w in (1, cores)})
+    runs: dict = {f"{w}x{t}": {"node": [], "engine": []} for w, t in layouts}
+    seed = 0
+    for r in range(rounds):
+        for w, t in layouts if r % 2 == 0 else layouts[::-1]:
+            for side in ("node", "engine") if r % 2 == 0 else ("engine", "node"):
+                seed += 1
+                measure_side = node_throughput if side == "node" else engine_throughput
+                runs[f"{w}x{t}"][side].append(measure_side(w, t, seed))
+    result: dict = {"clients": CLIENTS, "requests": QPS_REQUESTS, "rounds": rounds, "layouts": {}}
+    for name, sides in runs.items():
+        ratios = [n["qps"] / e["qps"] for n, e in zip(sides["node"], sides["engine"], strict=True)]
+        result["layouts"][name] = {
+            "node_qps": statistics.median(x["qps"] for x in sides["node"]),
+            "engine_qps": statistics.median(x["qps"] for x in sides["engine"]),
+            "node_cpu_per_request": statistics.median(x["cpu_per_request"] for x in sides["node"]),
+            "engine_cpu_per_request": statistics.median(x["cpu_per_request"] for x in sides["engine"]),
+            "node_latency_mean_s": statistics.median(x["latency_mean_s"] for x in sides["node"]),
+            "failed": sum(x["failed"] for x in sides["node"]),
+            "ratios": ratios,
+            "ratio": statistics.median(ratios),
+        }
+    result["best"] = max(result["layouts"], key=lambda name: result["layouts"][name]["node_qps"])
+    return result
+
+
 def measure(hits: int = 500, health_probes: int = 300) -> dict:
     results: dict = {}
     threads = os.cpu_count() or 2
+    results["throughput"] = throughput()
     # Server overhead: one worker with all cores, one client in sequence, vs a direct loop.
     node = ServeProcess(workers=1, threads=threads)
     try:
@@ -204,9 +281,10 @@ def first_chunk_ms(port: int, runs: int = 5) -> dict:
             "paragraph_chars": len(LONG * 6)}
 
 
-def _child(mode: str, port: int, count: int) -> dict:
+def _child(mode: str, port: int, count: int, *extra: int) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(port), str(count)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", mode, str(port), str(count), *map(str, extra)], check=True,
+        capture_output=True, text=True
     )
     return json.loads(out.stdout)
 
@@ -285,6 +363,70 @@ def direct_loop(threads: int) -> None:
         print("done", flush=True)
 
 
+def direct_qps(workers: int, threads: int, seed: int, requests: int) -> None:
+    """The engine alone: ``workers`` threads share one model (as serve's workers
+    do) and synthesize new texts back to back; JSON with QPS and CPU per request."""
+    import queue
+
+    from ttsha.engine.embedded import EmbeddedEngine
+
+    engine = EmbeddedEngine(threads=threads)
+    engine.load()
+    engine.synthesize("预热。")
+    texts: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for text in qps_texts(seed, requests):
+        texts.put(text)
+
+    def work() -> None:
+        while True:
+            try:
+                text = texts.get_nowait()
+            except queue.Empty:
+                return
+            engine.synthesize(text)
+
+    pool = [threading.Thread(target=work) for _ in range(workers)]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    print(json.dumps({"qps": requests / elapsed, "cpu_per_request": cpu / requests, "requests": requests}))
+
+
+def client_qps(port: int, requests: int, seed: int) -> None:
+    """``CLIENTS`` threads, one keep-alive connection each, POST new texts until
+    ``requests`` are done; JSON with QPS, mean latency and failures."""
+    texts = iter(qps_texts(seed, requests))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failed = [0]
+
+    def loop() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        while True:
+            with lock:
+                text = next(texts, None)
+            if text is None:
+                return
+            t0 = time.perf_counter()
+            status = _post(conn, text)
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                failed[0] += status != 200
+
+    clients = [threading.Thread(target=loop) for _ in range(CLIENTS)]
+    t0 = time.perf_counter()
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    print(json.dumps({"qps": (requests - failed[0]) / elapsed, "requests": requests, "failed": failed[0],
+                      "latency_mean_s": statistics.mean(latencies), "seconds": elapsed}))
+
+
 def hog(seconds: float) -> None:
     """One core of synthesis-like work (torch, one thread) at SCHED_IDLE, bounded in time."""
     import torch
@@ -297,9 +439,15 @@ def hog(seconds: float) -> None:
         x = torch.tanh(x @ x * 0.01)
 
 
-def child(mode: str, port: int, count: int) -> None:
+def child(mode: str, port: int, count: int, *extra: int) -> None:
     """One child process: the baseline server, a CPU hog, the direct engine
     loop, or a client (no torch) that prints JSON results."""
+    if mode == "qps":
+        client_qps(port, count, *extra)
+        return
+    if mode == "direct-qps":
+        direct_qps(port, count, *extra)
+        return
     if mode == "floor":
         floor_server(port, count)
         return
@@ -352,9 +500,29 @@ def child(mode: str, port: int, count: int) -> None:
     print(json.dumps(result))
 
 
+def throughput_rows(t: dict) -> list[str]:
+    """Markdown rows: node vs engine throughput per layout, and the article's figure."""
+    rows = [
+        f"| workers x torch threads | node: QPS at {t['clients']} clients, new 45-character texts | "
+        "engine alone, same layout, tight loop | node / engine (target >= 0.85) | CPU s per request: node / engine |",
+        "|---|---|---|---|---|",
+    ]
+    for name, x in t["layouts"].items():
+        met = "met" if x["ratio"] >= 0.85 else "MISSED"
+        best = " (best: the default)" if name == t["best"] else ""
+        fails = f", {x['failed']} failed" if x["failed"] else ""
+        rows.append(f"| {name}{best} | {x['node_qps']:.2f} (mean latency {x['node_latency_mean_s']:.1f} s{fails}) | "
+                    f"{x['engine_qps']:.2f} | {x['ratio']:.2f} {met} (rounds: "
+                    f"{', '.join(f'{v:.2f}' for v in x['ratios'])}) | "
+                    f"{x['node_cpu_per_request']:.2f} / {x['engine_cpu_per_request']:.2f} |")
+    rows.append(f"| the article's table: one node | {ARTICLE_QPS} QPS (its hardware and texts, not measured here) "
+                "| | | |")
+    return rows
+
+
 def table(r: dict) -> list[str]:
     n = r["normal_priority"]
-    return [
+    return [*throughput_rows(r["throughput"]), "",
         "| metric | measured | target |",
         "|---|---|---|",
         f"| cache-hit latency p50 / p99 ({r['hits']} requests) "
@@ -378,8 +546,13 @@ def table(r: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) >= 5 and sys.argv[1] == "--child":
+        child(sys.argv[2], *(int(arg) for arg in sys.argv[3:]))
+        sys.exit(0)
+    if sys.argv[1:] == ["--throughput"]:
+        res = throughput()
+        print("\n".join(throughput_rows(res)))
+        print(json.dumps(res, indent=2))
         sys.exit(0)
     res = measure()
     print("\n".join(table(res)))

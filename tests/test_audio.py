@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,6 +94,16 @@ def test_one_wav_writer_and_its_reader():
     assert read.tobytes() == pcm
     with pytest.raises(ValueError, match="not a WAV"):
         read_wav(b"OggS" + bytes(40))
+
+
+def test_the_wav_path_loads_no_codec_library():
+    """WAV and PCM come from our own header: ``synth -o x.wav`` and serve's store never load libsndfile
+    (its import costs about 3x ours, for the same bytes)."""
+    probe = ("import sys, numpy as np; from ttsha.audio import encode, wav_bytes; "
+             "encode(wav_bytes(np.zeros(100, np.float32), 24000)[44:], 24000, 'pcm'); "
+             "print('soundfile' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
 
 
 def test_media_types():

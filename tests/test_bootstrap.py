@@ -9,6 +9,7 @@ import pytest
 from ttsha.bootstrap import init_gateway, init_node, parse_nodes
 from ttsha.cli import main
 from ttsha.config import load
+from ttsha.doctor import FAIL, OK, check_secret
 from ttsha.errors import EXIT_REFUSED, EXIT_USAGE, Refused, UsageError
 
 A, B = "http://192.0.2.11:8900", "http://192.0.2.12:8900"
@@ -35,6 +36,15 @@ def test_two_nodes_and_a_gateway_check_and_name_each_other(tmp_path):
     assert any('from="192.0.2.11",' in s and a.public_key in s for s in a.next_steps)
     assert any("trust-host 192.0.2.12" in s for s in a.next_steps)
     assert sum('from="192.0.2.10",' in s and g.public_key in s for s in g.next_steps) == 2
+    # One role secret: made on the gateway (0600), the same path in every file, each node told to copy it.
+    secret = tmp_path / "g/monitor.secret"
+    assert cg.monitor.secret_file == secret and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(secret.read_text().strip()) == 64 and check_secret(cg).status == OK
+    assert ca.monitor.secret_file == tmp_path / "a/monitor.secret" and not ca.monitor.secret_file.exists()
+    assert any("role secret" in s and "install -m 600 -o ttsha" in s for s in a.next_steps)
+    assert check_secret(ca).status == FAIL  # until it is copied: doctor says so
+    # Only the gateway's file ranks the nodes; the two node files do not contradict each other.
+    assert ca.nodes["node-a"].priority == ca.nodes["node-b"].priority
 
 
 def test_every_key_is_written_with_its_help(tmp_path):

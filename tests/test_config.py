@@ -159,15 +159,38 @@ def test_admission_and_store_floor_keys_are_validated(tmp_path, text, fragment):
     assert cfg.store.min_free == 2**30 and cfg.serve.deadline == pytest.approx(15.0)
 
 
-def test_an_empty_peer_is_the_one_other_node():
+def test_empty_peers_are_every_other_node():
     nodes = {"a": {"url": "http://192.0.2.11:8900"}, "b": {"url": "http://192.0.2.12:8900"}}
     cfg = config.parse({"serve": {"host": "192.0.2.11", "port": 8900}, "nodes": nodes})
-    assert config.this_node(cfg) == "a" and config.replication_peer(cfg) == "b"
+    assert config.this_node(cfg) == "a" and config.replication_peers(cfg) == ["b"]
     named = config.parse({"serve": {"node": "b"}, "nodes": nodes})
-    assert config.replication_peer(named) == "a"
-    explicit = config.parse({"serve": {"node": "b"}, "nodes": nodes, "replicate": {"peer": "b"}})
-    assert config.replication_peer(explicit) == "b"
-    # Not one of the nodes, or three nodes: no single "other" node, so nothing is named.
-    assert config.replication_peer(config.parse({"nodes": nodes})) is None
-    three = config.parse({"serve": {"node": "a"}, "nodes": {**nodes, "c": {"url": "http://192.0.2.13:8900"}}})
-    assert config.replication_peer(three) is None
+    assert config.replication_peers(named) == ["a"]
+    # Not one of the nodes: nothing is replicated.
+    assert config.replication_peers(config.parse({"nodes": nodes})) == []
+    three = {**nodes, "c": {"url": "http://192.0.2.13:8900"}}
+    assert config.replication_peers(config.parse({"serve": {"node": "a"}, "nodes": three})) == ["b", "c"]
+    chosen = config.parse({"serve": {"node": "a"}, "nodes": three, "replicate": {"peers": ["c"]}})
+    assert config.replication_peers(chosen) == ["c"]
+    # The deprecated single peer still works, as peers = [peer].
+    legacy = config.parse({"serve": {"node": "a"}, "nodes": three, "replicate": {"peer": "b"}})
+    assert config.replication_peers(legacy) == ["b"]
+
+
+@pytest.mark.parametrize(("replicate", "fragment"), [
+    ({"peers": ["a", "ghost"]}, "replicate.peers: 'ghost' is not one of the [nodes] tables"),
+    ({"peers": ["b", "b"]}, "replicate.peers: a node is named twice"),
+    ({"peers": ["a"]}, "replicate.peers: 'a' is this node"),
+    ({"peers": ["b"], "peer": "c"}, "replicate.peer: deprecated alias of replicate.peers"),
+    ({"ack_peers": 3}, "replicate.ack_peers: 3 is more than the 2 peers (b, c)"),
+    ({"peers": ["b"], "ack_peers": 2}, "replicate.ack_peers: 2 is more than the 1 peers (b)"),
+    ({"ack_peers": 0}, "replicate.ack_peers: must be at least 1"),
+    ({"models_source": "ghost"}, "replicate.models_source: 'ghost' is not one of the [nodes] tables"),
+])
+def test_peers_ack_peers_and_models_source_are_checked(replicate, fragment):
+    nodes = {name: {"url": f"http://192.0.2.1{i}:8900"} for i, name in enumerate("abc")}
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        config.parse({"serve": {"node": "a"}, "nodes": nodes, "replicate": replicate})
+    ok = config.parse({"serve": {"node": "a"}, "nodes": nodes, "replicate": {"ack_peers": 2}})
+    assert ok.replicate.ack_peers == 2 and config.models_source(ok) == "a"  # equal priorities: the first name
+    weighted = {**nodes, "c": {"url": "http://192.0.2.13:8900", "priority": 200}}
+    assert config.models_source(config.parse({"nodes": weighted})) == "c"

@@ -10,9 +10,11 @@ import pytest
 
 from ttsha import failover
 from ttsha.cli import main
+from ttsha.config import NodeConfig
 from ttsha.errors import EXIT_REFUSED, EXIT_USAGE, Refused
 from ttsha.history import entries, history_file
 from ttsha.monitor.control import GatewayLock, lock_path
+from ttsha.monitor.state import Decider, node_label
 
 from .monitor.conftest import pair  # noqa: F401  (fixture)
 from .monitor.test_gateway import Traffic, start_monitor, wait_for
@@ -74,9 +76,9 @@ def test_refuses_an_unhealthy_target(pair, tmp_path):  # noqa: F811
     plan = failover.plan(config, "b", wait=0)
     assert "target healthy" in [c.name for c in plan.failed]
     same = next(c for c in plan.checks if c.name == "same model")
-    assert same.detail == "b does not answer; nothing to compare with"  # the silent target, not the primary
+    assert same.detail == "node b does not answer; nothing to compare with"  # the silent target, not the primary
     before = config.nginx.upstream_file.read_text()
-    with pytest.raises(Refused, match="target healthy: b /health: no answer"):
+    with pytest.raises(Refused, match="target healthy: node b /health: no answer"):
         failover.execute(config, plan)
     assert config.nginx.upstream_file.read_text() == before
     assert not history_file(config).exists()
@@ -111,6 +113,27 @@ def test_replication_must_be_caught_up(pair, tmp_path, monkeypatch):  # noqa: F8
     assert not check.ok and "degraded" in check.detail and "500 ms" in check.detail
     check = failover._replication_caught_up(config, "a", wait=5)
     assert check.ok
+
+
+def test_only_the_targets_queue_counts_among_several_peers(pair, monkeypatch):  # noqa: F811
+    """With three nodes, a third one being down must not hold up a switchover to the second."""
+    config, nodes, gateway = pair
+    real = failover.node_health
+    peers = {"b": {"queue_depth": 0, "connected": True, "oldest_pending_s": None},
+             "c": {"queue_depth": 40, "connected": False, "last_error": "c: Connection refused"}}
+
+    def health(cfg, name, timeout=2.0):
+        body = real(cfg, name, timeout)
+        if body is not None and name == "a":
+            body["replication"] = {"queue_depth": 40, "connected": False, "age_s": 0.3, "peers": peers}
+        return body
+
+    monkeypatch.setattr(failover, "node_health", health)
+    assert failover._replication_caught_up(config, "a", wait=0, target="b").ok
+    peers["b"] = {"queue_depth": 3, "connected": True, "oldest_pending_s": 30.0}
+    behind = failover._replication_caught_up(config, "a", wait=0, target="b")
+    assert not behind.ok and "3 files to send" in behind.detail
+    assert not failover._replication_caught_up(config, "a", wait=0).ok  # no target named: every peer counts
 
 
 def test_a_queue_that_keeps_moving_under_traffic_is_caught_up(pair, monkeypatch):  # noqa: F811
@@ -166,7 +189,7 @@ def test_cli(pair, tmp_path, capsys):  # noqa: F811
     assert main(["--config", str(path), "failover", "--to", "b", "--dry-run", "--wait", "0s"]) == EXIT_REFUSED
     captured = capsys.readouterr()
     out = captured.out
-    assert "switch the primary from a to b" in out and "[FAILED] replication" in out
+    assert "move the primary role from node a to node b" in out and "[FAILED] replication" in out
     assert "would be refused: replication" in captured.err
     assert f"server {nodes['b'].host}:{nodes['b'].port} max_fails=1" in out
     assert config.nginx.upstream_file.read_text() == before
@@ -177,6 +200,21 @@ def test_cli(pair, tmp_path, capsys):  # noqa: F811
                  "--report", str(tmp_path / "r.json")]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["target"] == "b" and data["changed"] and json.loads((tmp_path / "r.json").read_text()) == data
+    # Back to a, in words: which node took the role, and which held it.
+    assert main(["--config", str(path), "failover", "--to", "a", "--force"]) == 0
+    assert "node a is now the primary (was node b), via the direct" in capsys.readouterr().err
     # A drill needs a running monitor on this host.
     assert main(["--config", str(path), "failover", "--drill", "--dry-run"]) == EXIT_REFUSED
     assert "no monitor runs" in capsys.readouterr().err
+
+
+def test_events_tell_node_names_from_roles():
+    """Nodes named like roles (the lab's): every switchover detail says "node"."""
+    nodes = {"primary": NodeConfig(url="http://127.0.0.2:1", priority=200),
+             "standby": NodeConfig(url="http://127.0.0.3:1", priority=100)}
+    decider = Decider(nodes, fall=2, rise=1)
+    info = {"status": "ready", "engine": "embedded", "model_version": "v1"}
+    events = [e for name in nodes for e in decider.observe(name, True, 1.0, info, 1.0, "")]
+    assert [e.detail for e in events if e.kind == "switchover"] == ["no node -> node primary"]
+    assert decider.set_primary("standby", 2.0).detail == "node primary -> node standby (manual)"
+    assert node_label(None) == "no node" and node_label("standby") == "node standby"

@@ -15,7 +15,7 @@ import pytest
 
 from ttsha.config import Config, NodeConfig, ReplicateConfig
 from ttsha.errors import Refused, TTSHAError
-from ttsha.faults import FAULTS, NFT_TABLE, Fault, nft_ruleset
+from ttsha.faults import FAULTS, NFT_TABLE, NODE_FAULTS, Fault, nft_ruleset
 from ttsha.nodeproc import FILLER, ttsha_command
 
 from .monitor.conftest import free_port, need
@@ -283,7 +283,7 @@ def test_describe_says_what_and_where(tmp_path):
     assert "sudo -n touch" in lines[1]
     assert "nft delete table" in Fault(config, "a", "isolate", None).describe()[1]
     assert "sshd on 10.0.0.2:22" in Fault(config, "a", "crash").describe()[0]
-    for kind in FAULTS:
+    for kind in NODE_FAULTS:
         assert Fault(config, "a", kind).describe()
 
 
@@ -424,3 +424,52 @@ def test_the_refusals_hold_from_a_checkout_named_ttsha(tmp_path):
     where = subprocess.run([python, "-c", "import sys, ttsha; print(ttsha.__file__, sys.executable)"], cwd=clone,
                            env=env, capture_output=True, text=True).stdout.split()
     assert where == [str(clone / "ttsha" / "__init__.py"), python]
+
+
+class _Hosts:
+    """The gateway hosts' side of a gateway fault, recording what it was asked (the designed seam)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.calls: list[tuple] = []
+        self.pids = pids
+
+    def kill_gateway(self, name):
+        self.calls.append(("kill", name))
+        return self.pids
+
+    def signal_gateway(self, name, roles, sig):
+        self.calls.append((sig.name, name, roles))
+        return self.pids
+
+    def start_gateway(self, name):
+        self.calls.append(("start", name))
+
+
+def test_gateway_faults_kill_or_freeze_the_holder_and_restore_it():
+    from ttsha.faults import GATEWAY_FAULTS, GatewayFault
+
+    assert set(GATEWAY_FAULTS) <= set(FAULTS)
+    kill, freeze = _Hosts([11, 12]), _Hosts([21])
+    for hosts, kind in ((kill, "gateway-kill"), (freeze, "gateway-freeze")):
+        fault = GatewayFault(hosts, "gw-a", kind)
+        assert "gw-a" in fault.describe()[0]
+        fault.restore()  # nothing injected: nothing to undo
+        fault.inject()
+        fault.restore()
+        fault.restore()  # restored once only
+    assert kill.calls == [("kill", "gw-a"), ("start", "gw-a")]
+    assert freeze.calls == [("SIGSTOP", "gw-a", ("nginx",)), ("SIGCONT", "gw-a", ("nginx",))]
+
+
+def test_a_gateway_fault_refuses_when_no_process_is_the_lab_s():
+    from ttsha.faults import GatewayFault
+
+    with pytest.raises(Refused, match="not signalling"):
+        GatewayFault(_Hosts([]), "gw-a", "gateway-kill").inject()
+
+
+def test_a_node_fault_refuses_a_gateway_fault_name():
+    from ttsha.errors import UsageError
+
+    with pytest.raises(UsageError, match="lab up --gateways 2"):
+        Fault(Config(), "primary", "gateway-kill")

@@ -1,7 +1,8 @@
 """Two real keepalived daemons, each in its own network namespace, move the virtual IP as rendered.
 
-The namespaces, the veth pairs and the bridge are created here and removed
-after; the track script is a stand-in whose answer the test controls (the
+The namespaces, the veth pairs and the bridge are the lab's
+(:class:`ttsha.lab.pair.GatewayNet`, on a LAN namespace of the test's own),
+created here and removed after; the track script is a stand-in whose answer the test controls (the
 real ``ttsha keepalived check`` is tested against Nginx and a monitor in
 test_keepalived.py), so this test is about the VRRP settings themselves:
 takeover time, nopreempt, and a failing check giving the address up.
@@ -20,10 +21,12 @@ import pytest
 
 from ttsha import keepalived
 from ttsha.config import parse
+from ttsha.lab.pair import GATEWAYS, GatewayNet, keepalived_command
 
 from .monitor.conftest import need
 
-VIP = "10.213.0.100"
+SUBNET = "10.213.0"
+VIP = f"{SUBNET}.100"
 
 
 def _wait(predicate, timeout: float) -> float | None:
@@ -37,14 +40,18 @@ def _wait(predicate, timeout: float) -> float | None:
 
 
 class Pair:
-    """gw-a and gw-b in namespaces on one bridge (in a third namespace), each running keepalived."""
+    """gw-a and gw-b in namespaces on one bridge (in a LAN namespace), each running keepalived:
+    the lab's own network (:class:`ttsha.lab.pair.GatewayNet`) and keepalived command."""
 
     def __init__(self, root: Path) -> None:
         self.ip = need("ip", "iproute2")
         self.keepalived = need("keepalived", "keepalived")
         tag = uuid.uuid4().hex[:6]
-        self.lan, self.ns = f"ttsha-lan-{tag}", {"gw-a": f"ttsha-a-{tag}", "gw-b": f"ttsha-b-{tag}"}
-        self.addr = {"gw-a": "10.213.0.1", "gw-b": "10.213.0.2"}
+        self.net = GatewayNet(bridge=f"tt{tag}", prefix=f"ttsha-{tag}-", subnet=SUBNET, lan=f"ttsha-lan-{tag}")
+        assert self.net.vip == VIP
+        self.lan = self.net.lan or ""
+        self.ns = {name: self.net.namespace(name) for name in GATEWAYS}
+        self.addr = {name: self.net.address(name) for name in GATEWAYS}
         self.root = root
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -53,28 +60,16 @@ class Pair:
         return subprocess.run([*prefix, *argv], capture_output=True, text=True, check=check, timeout=30)
 
     def up(self) -> None:
-        for ns in (self.lan, *self.ns.values()):
-            self.run(self.ip, "netns", "add", ns)
-        self.run(self.ip, "link", "add", "br0", "type", "bridge", ns=self.lan)
-        self.run(self.ip, "link", "set", "br0", "up", ns=self.lan)
-        self.run(self.ip, "addr", "add", "10.213.0.250/24", "dev", "br0", ns=self.lan)
-        for name, ns in self.ns.items():
-            port = f"p{name[-1]}"
-            self.run(self.ip, "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port, ns=self.lan)
-            self.run(self.ip, "link", "set", port, "master", "br0", "up", ns=self.lan)
-            self.run(self.ip, "link", "set", "eth0", "up", ns=ns)
-            self.run(self.ip, "link", "set", "lo", "up", ns=ns)
-            self.run(self.ip, "addr", "add", f"{self.addr[name]}/24", "dev", "eth0", ns=ns)
+        self.net.up()
 
     def start(self, name: str, text: str) -> None:
-        self.run(self.ip, "link", "set", "eth0", "up", ns=self.ns[name])
+        self.net.power_on(name)
         conf = self.root / f"{name}.conf"
         conf.write_text(text)
-        pids = [f"--pid={self.root / name}.pid", f"--vrrp_pid={self.root / name}.vrrp.pid"]
-        self.procs[name] = subprocess.Popen(
-            [self.ip, "netns", "exec", self.ns[name], self.keepalived, "--dont-fork", "--vrrp", "--log-console",
-             "--no-syslog", f"--use-file={conf}", *pids],
-            stdout=open(self.root / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
+        run_dir = self.root / name
+        run_dir.mkdir(exist_ok=True)
+        self.procs[name] = subprocess.Popen([*self.net.exec(name), *keepalived_command(self.keepalived, conf, run_dir)],
+                                            stdout=open(self.root / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
 
     def kill(self, name: str) -> None:
         """SIGKILL the gateway's keepalived and its VRRP child at once, as a power loss would."""
@@ -84,25 +79,22 @@ class Pair:
         proc.wait(timeout=10)
         gone = _wait(lambda: subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode != 0, 10)
         assert gone is not None, f"keepalived of {name} survived SIGKILL"
-        for pid_file in self.root.glob(f"{name}*.pid"):
+        for pid_file in (self.root / name).glob("keepalived*.pid"):
             pid_file.unlink()  # a restarted keepalived must not mistake a recycled pid for itself
-        # A host that lost power answers nothing and keeps no address: a killed keepalived leaves
-        # the VIP configured, and the kernel would go on answering ARP for it.
-        self.run(self.ip, "link", "set", "eth0", "down", ns=self.ns[name])
-        self.run(self.ip, "addr", "del", f"{VIP}/24", "dev", "eth0", ns=self.ns[name], check=False)
+        self.net.power_off(name)
 
     def holds_vip(self, name: str) -> bool:
-        out = self.run(self.ip, "-o", "addr", "show", "dev", "eth0", ns=self.ns[name], check=False).stdout
-        return f" {VIP}/" in out
+        return self.net.holds_vip(name)
 
     def holders(self) -> list[str]:
-        return [name for name in self.ns if self.holds_vip(name)]
+        return self.net.holders()
 
     def down(self) -> None:
-        for name in list(self.procs):
-            self.kill(name)
-        for ns in (*self.ns.values(), self.lan):
-            self.run(self.ip, "netns", "del", ns, check=False)
+        try:
+            for name in list(self.procs):
+                self.kill(name)
+        finally:  # the namespaces and links go even when a kill is not confirmed
+            self.net.down()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import grp
 import os
 import pwd
 import re
+import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -82,6 +83,15 @@ def _replication(key: Path) -> ReplicateConfig:
     return dataclasses.replace(ReplicateConfig(), key_file=key, known_hosts=key.parent / "known_hosts")
 
 
+def secret_path(key: Path) -> Path:
+    """The role secret (ttsha.protocol), beside the key: the gateway's ``init`` makes it, each node gets a copy."""
+    return key.parent / "monitor.secret"
+
+
+def _with_secret(config: Config, key: Path) -> Config:
+    return dataclasses.replace(config, monitor=dataclasses.replace(config.monitor, secret_file=secret_path(key)))
+
+
 def node_config(name: str, url: str, peer: str, peer_url: str, engine: str, key: Path) -> Config:
     """The configuration of synthesis node ``name``, replicating to ``peer``."""
     _check_name(name, "NAME")
@@ -91,16 +101,19 @@ def node_config(name: str, url: str, peer: str, peer_url: str, engine: str, key:
     host, port = _host_port(url, "--url")
     peer_host, _ = _host_port(peer_url, "--peer")
     base = Config()
-    return dataclasses.replace(
+    config = dataclasses.replace(
         base,
         engine=dataclasses.replace(base.engine, engine=engine),
         serve=dataclasses.replace(ServeConfig(), host=host, port=port),
+        # Equal priorities: only the gateway's file ranks the nodes (a node's ranking is never read),
+        # and two node files that each put themselves first would contradict each other.
         nodes={
-            name: NodeConfig(url=url, ssh_host=host, priority=200),
-            peer: NodeConfig(url=peer_url, ssh_host=peer_host, priority=100),
+            name: NodeConfig(url=url, ssh_host=host),
+            peer: NodeConfig(url=peer_url, ssh_host=peer_host),
         },
         replicate=dataclasses.replace(_replication(key), peer=peer),
     )
+    return _with_secret(config, key)
 
 
 def gateway_config(nodes: dict[str, str], listen: str, key: Path) -> Config:
@@ -110,8 +123,9 @@ def gateway_config(nodes: dict[str, str], listen: str, key: Path) -> Config:
         host, _ = _host_port(url, f"--nodes {name}")
         table[name] = NodeConfig(url=url, ssh_host=host, sudo=True, priority=max(200 - 100 * rank, 0))
     base = Config()
-    return dataclasses.replace(base, nodes=table, nginx=dataclasses.replace(base.nginx, listen=listen),
-                               replicate=_replication(key))
+    config = dataclasses.replace(base, nodes=table, nginx=dataclasses.replace(base.nginx, listen=listen),
+                                 replicate=_replication(key))
+    return _with_secret(config, key)
 
 
 def _validated(config: Config, out: Path) -> str:
@@ -160,6 +174,14 @@ def _write(config: Config, out: Path, force: bool, key: Path, comment: str) -> t
     return _ensure_key(key, comment), out
 
 
+def _ensure_secret(path: Path) -> None:
+    """The role secret, made once on the gateway (mode 0600; the monitor runs as root there)."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, secrets.token_hex(32) + "\n", mode=0o600)
+
+
 def _authorized_line(public_key: str, source: str | None) -> str:
     restrict = "no-port-forwarding,no-agent-forwarding,no-X11-forwarding"
     return f'from="{source}",{restrict} {public_key}' if source else f"{restrict} {public_key}"
@@ -176,6 +198,9 @@ def init_node(name: str, url: str, peer: str, peer_url: str, engine: str, out: P
         f"On {peer}: append this line to ~ttsha/.ssh/authorized_keys (/var/lib/ttsha/.ssh/authorized_keys):\n"
         f"  {_authorized_line(public, host)}",
         f"Here: compare {peer}'s host key fingerprint, then record it: ttsha replicate trust-host {peer_host}",
+        f"Here: copy the gateway's role secret to {config.monitor.secret_file}, readable by ttsha only "
+        f"(the same file on the gateway and every node): install -m 600 -o ttsha -g ttsha monitor.secret "
+        f"{config.monitor.secret_file}",
         "Here: systemctl enable --now ttsha-serve.service ttsha-replicate.service ttsha-gc.timer && ttsha doctor",
     ]
     if engine == "sambert":
@@ -188,7 +213,12 @@ def init_gateway(nodes: dict[str, str], listen: str, out: Path, key: Path, force
     """Write the gateway's configuration and key; say what to run on each node."""
     config = gateway_config(nodes, listen, key)
     public, path = _write(config, out, force, key, "ttsha@gateway")
-    steps = []
+    secret = config.monitor.secret_file
+    assert secret is not None  # set by gateway_config
+    _ensure_secret(secret)
+    steps = [f"On each node: a copy of {secret}, the role secret, where its [monitor] secret_file says "
+             "(by default /etc/ttsha/monitor.secret), mode 0600, owner ttsha; copy it over a channel "
+             "you trust"]
     for name, node in config.nodes.items():
         steps.append(f"On {name}: append this line to /var/lib/ttsha/.ssh/authorized_keys (the gateway's drills):\n"
                      f"  {_authorized_line(public, address)}")

@@ -210,6 +210,13 @@ def _check_voice_map(value: dict) -> str | None:
     return None
 
 
+def _check_node_names(value: list) -> str | None:
+    for name in value:
+        if not _NODE_NAME.fullmatch(name):
+            return f"node names may use letters, digits, '.', '_' and '-', got {name!r}"
+    return None
+
+
 def _check_names(value: list) -> str | None:
     if not value:
         return "at least one name is required"
@@ -232,6 +239,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "argv": _check_argv,
     "voice_map": _check_voice_map,
     "names": _check_names,
+    "node_names": _check_node_names,
 }
 
 
@@ -436,7 +444,11 @@ class NginxConfig:
 
 @dataclass(frozen=True)
 class ReplicateConfig:
-    peer: str = _field("", "node that receives copies; empty: the one [nodes] table that is not this node")
+    peers: list = _field(
+        [], "nodes that receive copies, each from a durable queue of its own; empty: every [nodes] table that is "
+        "not this node", check="node_names",
+    )
+    peer: str = _field("", "deprecated: one node that receives copies, the same as peers = [peer]")
     known_hosts: Path = _field(Path("/etc/ttsha/known_hosts"), "verified SSH host keys")
     key_file: Path = _field(Path("/etc/ttsha/id_ed25519"), "SSH private key (mode 0600)")
     remote_store: Path = _field(Path("/var/lib/ttsha/audio"), "audio store on the peer")
@@ -444,7 +456,8 @@ class ReplicateConfig:
     local_models: Path = _field(_InStateDir("models"), "model cache on this node")
     models: str = _field(
         "primary",
-        "when this node sends its model cache: while the monitor makes it the primary, always, or never",
+        "when this node sends its model cache: while the monitor makes it the primary (active-active: while it is "
+        "models_source), always, or never",
         choices=("primary", "always", "never"),
     )
     interval: Duration = _field(Duration(300.0), "period of the models sync")
@@ -463,6 +476,14 @@ class ReplicateConfig:
     ack_timeout: Duration = _field(
         Duration(0.5), "longest wait for the peer's acknowledgement before answering anyway (degraded)",
         min=0.01, max=60.0,
+    )
+    ack_peers: int = _field(
+        1, "with ack = \"standby\": how many peers must hold a new result durably before 'serve' answers it "
+        "(at most the number of peers)", min=1, max=64,
+    )
+    models_source: str = _field(
+        "", "in active-active mode, the one node whose model cache the others receive; empty: the [nodes] table "
+        "with the highest priority (active-standby: the primary)", check="name",
     )
 
 
@@ -741,10 +762,30 @@ def _check(config: Config, where: str) -> None:
         raise ConfigError(f"{where}: drill.mix_new: at least one of mix_new, mix_hot and mix_fetch must be above 0")
     if config.serve.node and config.serve.node not in config.nodes:
         raise ConfigError(f"{where}: serve.node: {config.serve.node!r} is not one of the [nodes] tables")
-    if config.replicate.peer and config.replicate.peer not in config.nodes:
-        raise ConfigError(f"{where}: replicate.peer: {config.replicate.peer!r} is not one of the [nodes] tables")
+    _check_replicate(config, where)
     _check_openai_voices(config, where)
     _check_vrrp(config, where)
+
+
+def _check_replicate(config: Config, where: str) -> None:
+    """Peers and the models source name [nodes] tables; ack_peers fits the peers."""
+    rc = config.replicate
+    if rc.peer and rc.peers:
+        raise ConfigError(f"{where}: replicate.peer: deprecated alias of replicate.peers; set only peers")
+    for key, names in (("peer", [rc.peer] if rc.peer else []), ("peers", rc.peers),
+                       ("models_source", [rc.models_source] if rc.models_source else [])):
+        for name in names:
+            if name not in config.nodes:
+                raise ConfigError(f"{where}: replicate.{key}: {name!r} is not one of the [nodes] tables")
+    if len(set(rc.peers)) != len(rc.peers):
+        raise ConfigError(f"{where}: replicate.peers: a node is named twice")
+    me = this_node(config)
+    if me is not None and me in rc.peers:
+        raise ConfigError(f"{where}: replicate.peers: {me!r} is this node (a node does not copy to itself)")
+    peers = replication_peers(config)
+    if peers and rc.ack_peers > len(peers):
+        raise ConfigError(f"{where}: replicate.ack_peers: {rc.ack_peers} is more than the {len(peers)} peers "
+                          f"({', '.join(peers)})")
 
 
 def _check_openai_voices(config: Config, where: str) -> None:
@@ -838,15 +879,25 @@ def this_node(config: Config, host: str | None = None, port: int | None = None) 
     return found[0] if len(found) == 1 else None
 
 
-def replication_peer(config: Config) -> str | None:
-    """The node that receives this node's copies: ``[replicate] peer``, else, when
-    it is empty, the one node in [nodes] that is not this one (None: there is no
-    such single node, so nothing is replicated)."""
-    if config.replicate.peer:
-        return config.replicate.peer
+def replication_peers(config: Config) -> list[str]:
+    """The nodes that receive this node's copies: ``[replicate] peers`` (or the
+    deprecated ``peer``), else, when empty, every node in [nodes] that is not
+    this one (none when this node is not one of them: nothing is replicated)."""
+    rc = config.replicate
+    if rc.peers:
+        return list(rc.peers)
+    if rc.peer:
+        return [rc.peer]
     me = this_node(config)
-    others = [name for name in config.nodes if name != me]
-    return others[0] if me is not None and len(others) == 1 else None
+    return [name for name in config.nodes if name != me] if me is not None else []
+
+
+def models_source(config: Config) -> str:
+    """The node whose model cache flows to the others in active-active mode:
+    ``[replicate] models_source``, else the highest-priority node (ties: the first name)."""
+    if config.replicate.models_source:
+        return config.replicate.models_source
+    return min(config.nodes, key=lambda name: (-config.nodes[name].priority, name))
 
 
 def load(path: Path | None = None) -> Config:

@@ -24,6 +24,7 @@ from .config import Config
 from .errors import PeerUnreachable, Refused, TTSHAError, UsageError
 from .fsutil import atomic_write
 from .monitor import control
+from .monitor.state import node_label
 from .nginx import BACKUP, DOWN, PRIMARY, NginxError, UpstreamController, gateway_url, node_address, render_upstream
 from .protocol import Health
 
@@ -98,7 +99,7 @@ class Plan:
 
     def describe(self, config: Config) -> list[str]:
         how = "asking the running monitor" if self.via == "monitor" else "no monitor runs: directly, under its lock"
-        lines = [f"switch the primary from {self.source or 'none'} to {self.target} ({how})"]
+        lines = [f"move the primary role from {node_label(self.source)} to {node_label(self.target)} ({how})"]
         lines += [f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in self.checks]
         lines.append(f"  upstream {config.nginx.upstream_file} would route:")
         lines += ["    " + line.strip() for line in render_upstream(config.nodes, self.roles).splitlines()
@@ -119,7 +120,7 @@ def _sent_since(rep: dict[str, Any], elapsed: float) -> bool:
     return float(oldest) + float(age) + READING_MARGIN_S < elapsed
 
 
-def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
+def _replication_caught_up(config: Config, source: str, wait: float, target: str | None = None) -> Check:
     """The source's replicator has a live link, has sent every file that was
     pending when the check began, and its acknowledgements are not degraded
     (waits up to ``wait`` s).
@@ -135,28 +136,31 @@ def _replication_caught_up(config: Config, source: str, wait: float) -> Check:
     while True:
         health = node_health(config, source)
         rep = (health or {}).get("replication")
+        if isinstance(rep, dict) and isinstance((rep.get("peers") or {}).get(target), dict):
+            # With N nodes the source copies to each over a queue of its own: only the target's counts here.
+            rep = {**rep, **rep["peers"][target]}
         if health is None:
             # A dead primary has nothing more to send; what it acknowledged is on the standby or lost either way.
-            return Check("replication", True, f"{source} does not answer: nothing more can be sent")
+            return Check("replication", True, f"node {source} does not answer: nothing more can be sent")
         if rep is None or "queue_depth" not in rep:  # serve reports its acknowledgements even without one
-            detail = f"{source} reports no replicator state (is ttsha-replicate running there?)"
+            detail = f"node {source} reports no replicator state (is ttsha-replicate running there?)"
         elif (rep.get("age_s") or 0) > REPLICATION_STATE_MAX_AGE_S:
-            detail = f"{source}'s replicator state is {rep.get('age_s')} s old (is it running?)"
+            detail = f"node {source}'s replicator state is {rep.get('age_s')} s old (is it running?)"
         elif not rep.get("connected"):
-            detail = f"{source}'s replicator is not connected to its peer: {rep.get('last_error') or 'no link'}"
+            detail = f"node {source}'s replicator is not connected to its peer: {rep.get('last_error') or 'no link'}"
         elif rep.get("queue_depth") and not _sent_since(rep, time.monotonic() - started):
-            detail = (f"{source} still has {rep.get('queue_depth')} files to send"
+            detail = (f"node {source} still has {rep.get('queue_depth')} files to send"
                       + ("" if rep.get("oldest_pending_s") is None
                          else f", the oldest waiting {rep['oldest_pending_s']:.1f} s"))
         elif isinstance(rep.get("ack"), dict) and rep["ack"].get("state") == "degraded":
             # Results were answered without the standby's acknowledgement; the
             # node says when the standby holds them all again (see [replicate] ack).
-            detail = (f"{source}'s acknowledgements are degraded (replication: degraded): "
+            detail = (f"node {source}'s acknowledgements are degraded (replication: degraded): "
                       f"{rep['ack'].get('reason') or 'the standby has not confirmed recent results'}")
         else:
             lag = (rep.get("lag_s") or {}).get("p99")
-            done = (f"{source}'s queue is empty" if not rep.get("queue_depth") else
-                    f"{source} has sent every file pending when the check began "
+            done = (f"node {source}'s queue is empty" if not rep.get("queue_depth") else
+                    f"node {source} has sent every file pending when the check began "
                     f"({rep.get('queue_depth')} newer ones in flight)")
             return Check("replication", True, done + ("" if lag is None else f" (lag p99 {1000 * lag:.0f} ms)"))
         if time.monotonic() >= deadline:
@@ -175,18 +179,18 @@ def plan(config: Config, target: str, force: bool = False, wait: float = 10.0) -
     result = Plan(source, target, via, force=force)
     health = node_state(config, target)
     ready = health is not None and health.ready
-    result.checks.append(Check("target healthy", ready, f"{target} /health: "
+    result.checks.append(Check("target healthy", ready, f"node {target} /health: "
                                + (health.status if health else "no answer")))
     if source and source != target:
         src = node_state(config, source)
         if src and health:
             same = (src.engine, src.model_version) == (health.engine, health.model_version)
-            result.checks.append(Check("same model", same, f"{source}: {src.engine} {src.model_version}, "
-                                       f"{target}: {health.engine} {health.model_version}"))
+            result.checks.append(Check("same model", same, f"node {source}: {src.engine} {src.model_version}, "
+                                       f"node {target}: {health.engine} {health.model_version}"))
         else:  # name the node that did not answer (the target's silence fails "target healthy" already)
             silent = target if health is None else source
-            result.checks.append(Check("same model", True, f"{silent} does not answer; nothing to compare with"))
-        result.checks.append(_replication_caught_up(config, source, wait))
+            result.checks.append(Check("same model", True, f"node {silent} does not answer; nothing to compare with"))
+        result.checks.append(_replication_caught_up(config, source, wait, target))
     # The target leads; the others stay as standbys when healthy.
     for name in config.nodes:
         if name == target:
@@ -254,7 +258,7 @@ def execute(config: Config, chosen: Plan) -> Outcome:
                       [f"{c.name}: {c.detail}" for c in chosen.failed])
     history.record(config, {"kind": "switchover", **outcome.to_dict()})
     if verified is None:
-        raise TTSHAError(f"switched to {chosen.target}, but requests through {gateway_url(config.nginx)} "
+        raise TTSHAError(f"switched to node {chosen.target}, but requests through {gateway_url(config.nginx)} "
                          f"do not reach it yet; check 'ttsha status' and the Nginx error log")
     return outcome
 

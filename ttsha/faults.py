@@ -16,6 +16,19 @@ slow      serve stopped/continued on a duty cycle      end the cycle, SIGCONT
           (runs 100 ms of every 500 ms: 5x slower)
 ========= ============================================ =================================
 
+Two more faults hit the gateway pair instead of a node (:class:`GatewayFault`;
+the lab's pair, ``ttsha lab up --gateways 2``, is where they run):
+
+============== ======================================== =================================
+fault          inject                                   restore
+============== ======================================== =================================
+gateway-kill   SIGKILL, at once, to the VIP holder's    its link up, then Nginx, monitor
+               Nginx, monitor and keepalived; its link  and keepalived started again
+               down (a power loss)                      (nopreempt: it stays backup)
+gateway-freeze SIGSTOP to the VIP holder's Nginx        SIGCONT
+               (keepalived's track script must notice)
+============== ======================================== =================================
+
 The serve process is the one that owns the node's listening socket *and*
 whose command line is exactly a ttsha ``serve`` command; its start time is
 checked again, through a pidfd, just before any signal (:mod:`ttsha.nodeproc`
@@ -38,23 +51,28 @@ import inspect
 import ipaddress
 import json
 import logging
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from .errors import PeerUnreachable, Refused, TTSHAError
+from .errors import PeerUnreachable, Refused, TTSHAError, UsageError
 
 if TYPE_CHECKING:
     from .config import Config
 
 log = logging.getLogger(__name__)
 
+#: Faults of the primary node.
+NODE_FAULTS = ("kill", "stop", "freeze", "isolate", "crash", "disk-full", "slow")
+#: Faults of the gateway that holds the virtual IP (a gateway pair).
+GATEWAY_FAULTS = ("gateway-kill", "gateway-freeze")
 #: Every fault, in one place: the CLI's choices and the config's validation use it.
-FAULTS = ("kill", "stop", "freeze", "isolate", "crash", "disk-full", "slow")
+FAULTS = NODE_FAULTS + GATEWAY_FAULTS
 NFT_TABLE = "ttsha_drill"
 _SIGNALS = {"kill": "SIGKILL", "stop": "SIGTERM", "freeze": "SIGSTOP"}
 #: ``slow``: the serve runs SLOW_RUN seconds of every SLOW_RUN + SLOW_STOP. A
@@ -188,7 +206,10 @@ class Fault:
     """
 
     def __init__(self, config: Config, node: str, kind: str, pid: int | None = None) -> None:
-        if kind not in FAULTS:
+        if kind in GATEWAY_FAULTS:
+            raise UsageError(f"{kind} is a fault of a gateway pair, not of a node: drill it in a lab with two "
+                             f"gateways ('ttsha lab up --gateways 2', then 'ttsha lab drill --fault {kind}')")
+        if kind not in NODE_FAULTS:
             raise TTSHAError(f"unknown fault {kind!r}; one of {', '.join(FAULTS)}")
         self.config, self.node, self.kind, self.pid = config, node, kind, pid
         self.shell = NodeShell(config, node)
@@ -336,3 +357,51 @@ class Fault:
         except (OSError, PeerUnreachable):
             pass
 
+
+
+class GatewayHosts(Protocol):
+    """What a gateway fault needs of the gateway hosts (the lab's pair provides it)."""
+
+    def kill_gateway(self, name: str) -> list[int]: ...
+
+    def signal_gateway(self, name: str, roles: tuple[str, ...], sig: signal.Signals) -> list[int]: ...
+
+    def start_gateway(self, name: str) -> None: ...
+
+
+class GatewayFault:
+    """One fault of gateway ``gateway`` (the VIP holder): :meth:`describe`, :meth:`inject`, :meth:`restore`."""
+
+    def __init__(self, hosts: GatewayHosts, gateway: str, kind: str) -> None:
+        if kind not in GATEWAY_FAULTS:
+            raise TTSHAError(f"unknown gateway fault {kind!r}; one of {', '.join(GATEWAY_FAULTS)}")
+        self.hosts, self.gateway, self.kind = hosts, gateway, kind
+        self.injected = False
+
+    def describe(self) -> list[str]:
+        if self.kind == "gateway-kill":
+            return [f"inject: SIGKILL at once to Nginx, monitor and keepalived of {self.gateway} (the VIP holder), "
+                    "its link down (a power loss)",
+                    f"restore: {self.gateway}'s link up, Nginx, monitor and keepalived started again (it stays backup)"]
+        return [f"inject: SIGSTOP to Nginx (master and workers) of {self.gateway} (the VIP holder); keepalived's "
+                "track script must give the VIP up", "restore: SIGCONT to the same processes"]
+
+    def inject(self) -> None:
+        self.injected = True  # before the signals: an interrupted inject is still restored
+        if self.kind == "gateway-kill":
+            killed = self.hosts.kill_gateway(self.gateway)
+        else:
+            killed = self.hosts.signal_gateway(self.gateway, ("nginx",), signal.SIGSTOP)
+        if not killed:
+            raise Refused(f"{self.kind}: none of {self.gateway}'s processes is the one the lab started; "
+                          "not signalling anything")
+        log.info("%s on %s: pids %s", self.kind, self.gateway, killed)
+
+    def restore(self) -> None:
+        if not self.injected:
+            return
+        if self.kind == "gateway-kill":
+            self.hosts.start_gateway(self.gateway)
+        else:
+            self.hosts.signal_gateway(self.gateway, ("nginx",), signal.SIGCONT)
+        self.injected = False

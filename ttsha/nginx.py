@@ -36,6 +36,7 @@ from .fsutil import atomic_write
 # The role vocabulary lives in .protocol (nodes import it without gateway code).
 from .protocol import (  # noqa: F401 - re-exported: gateway code imports roles from here
     ACTIVE,
+    ARRIVAL_HEADER,
     BACKUP,
     CLAIM_HEADER,
     DOWN,
@@ -216,8 +217,12 @@ def render_upstream(nodes: dict[str, NodeConfig], roles: dict[str, str], generat
         f'map "" $ttsha_roles {{ default "{pairs}"; }}',
         f"upstream {UPSTREAM_NAME} {{",
     ]
-    for name, node in nodes.items():
-        role = roles.get(name, DOWN)
+    # The primary first, then the backups in the order the monitor would promote them
+    # (priority, then name); Nginx itself spreads retries over every backup.
+    order = {PRIMARY: 0, ACTIVE: 1, BACKUP: 2, DOWN: 3}
+    ranked = sorted(nodes, key=lambda n: (order[roles.get(n, DOWN)], -nodes[n].priority, n))
+    for name in ranked:
+        node, role = nodes[name], roles.get(name, DOWN)
         params = {
             PRIMARY: "max_fails=1 fail_timeout=2s",
             ACTIVE: f"weight={node.weight} max_fails=1 fail_timeout=2s",
@@ -287,6 +292,10 @@ include {include};
         # Marks the request as proxied (a client cannot remove it): nodes show
         # /health details only to the monitor and to direct loopback callers.
         proxy_set_header {GATEWAY_HEADER} 1;
+        # When this gateway received the request (replacing any the client sent).
+        # The upstream request is built once, so a retry on another node keeps
+        # the first attempt's time and is served before requests that came later.
+        proxy_set_header {ARRIVAL_HEADER} "t=${{msec}}";
         # A dead node must not stall requests: fail fast, then retry elsewhere.
         proxy_connect_timeout {_seconds(ng.proxy_connect_timeout)};
         proxy_send_timeout 10s;

@@ -85,11 +85,18 @@ CLAIM_HEADER = "X-TTSHA-Role-Claim"
 #: Set by the gateway on every proxied request (clients cannot remove it):
 #: a node shows ``/health`` details only to loopback callers without it.
 GATEWAY_HEADER = "X-TTSHA-Gateway"
+#: When the gateway first received the client's request, ``t=<seconds since
+#: the epoch>`` with milliseconds (Nginx's ``$msec``). Nginx builds the
+#: upstream request once, so a request retried on another node after its
+#: first node died carries its original arrival: the node serves it before
+#: requests that arrived later (:func:`request_arrival`).
+ARRIVAL_HEADER = "X-Request-Start"
 #: How far a claim's timestamp may be from the node's clock (nodes need NTP).
 CLAIM_WINDOW_S = 30.0
 #: Shortest secret accepted.
 MIN_SECRET_BYTES = 16
 
+_ARRIVAL = re.compile(r"(?:t=)?([0-9]{1,12}(?:\.[0-9]{1,6})?)")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _CLAIM = re.compile(
     r"v1 node=(?P<node>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}) gw=(?P<gw>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}) "
@@ -297,6 +304,23 @@ def probe_headers(secret: bytes | None, node: str, gateway: str) -> dict[str, st
 def valid_name(name: str) -> bool:
     """A node or gateway name as claims carry it."""
     return _NAME.fullmatch(name) is not None
+
+
+def request_arrival(value: str | None, now: float, horizon: float) -> float:
+    """When the gateway received a request, from :data:`ARRIVAL_HEADER`, for ordering the queue.
+
+    The header is the gateway's clock, not the node's, and anyone who can reach
+    a node directly can send it: a missing or malformed value is ``now``, and a
+    valid one is held within ``horizon`` seconds of ``now`` (the node's
+    deadline), so a forged stamp can at most put a request ahead of those that
+    arrived in the last ``horizon`` seconds, and a gateway whose clock is off
+    by more than that is served in arrival order. Within it, skew shifts every
+    request from that gateway alike and their order holds.
+    """
+    match = _ARRIVAL.fullmatch(value.strip()) if value else None
+    if match is None:
+        return now
+    return min(now + horizon, max(now - horizon, float(match.group(1))))
 
 
 # -- the /health document ----------------------------------------------------

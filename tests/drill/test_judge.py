@@ -38,3 +38,27 @@ def test_each_objective_can_be_missed():
                       "RPO 1 files > 0", "no request completed", "no request in the 5 s after the fault",
                       "40 of 100 planned requests never sent: every client was stuck",
                       "primary did not rejoin as standby within 60 s"]
+
+
+def test_a_gateway_drill_needs_a_quick_move_clean_requests_after_it_and_the_same_primary():
+    from dataclasses import replace
+
+    from ttsha.drill.judge import GatewayOutcome, judge_gateway
+
+    good = GatewayOutcome("gateway-kill", "gw-a", answered_s=0.9, bound_s=1.5, failed_after_move=0, after_move=30,
+                          primary_before="primary", primary_after="primary")
+    assert judge_gateway(good) == []
+    assert judge_gateway(replace(good, answered_s=1.6)) == [
+        "VIP moved and a new request answered 1.600 s after the fault > 1.5 s"]
+    assert "did not move" in judge_gateway(replace(good, answered_s=None))[0]
+    assert judge_gateway(replace(good, failed_after_move=2)) == [
+        "2 of 30 requests started after the VIP moved failed"]
+    assert judge_gateway(replace(good, primary_after="standby")) == ["the primary node changed: primary -> standby"]
+    assert "restoring gw-a failed" in judge_gateway(replace(good, restore_error="nginx did not start"))[0]
+
+
+def test_a_frozen_gateway_is_allowed_the_track_script_s_two_failed_checks():
+    from ttsha.drill.gateway import bound_s
+
+    assert bound_s("gateway-kill", 1.0) == 1.5
+    assert bound_s("gateway-freeze", 1.0) == 5.5

@@ -69,3 +69,18 @@ def test_the_slowest_requests_say_why():
 
 def test_new_texts_answered_from_cache_are_counted():
     assert stats.new_cached([s(0, cache="HIT"), s(0, cache="MISS"), s(0, cache="HIT", kind="hot")]) == 1
+
+
+def test_requests_are_counted_apart_before_and_after_the_vip_moved():
+    samples = [s(-1.0), s(0.1, status=0), s(0.5, status=0), s(0.9), s(1.2, latency=0.3), s(2.0, status=502)]
+    assert stats.around_move(samples, 0.8) == {"before_move": 3, "failed_before_move": 2,
+                                               "after_move": 3, "failed_after_move": 1}
+    # Never moved: every request counts as sent to the faulted gateway.
+    assert stats.around_move(samples, None)["before_move"] == 6
+
+
+def test_the_first_answer_after_the_move_is_the_earliest_end_of_a_request_sent_after_it():
+    samples = [s(0.5, latency=0.1), s(0.9, latency=0.6), s(1.0, latency=0.2), s(1.1, status=0, latency=0.01)]
+    assert stats.first_answer_after(samples, 0.8) == pytest.approx(1.2)
+    assert stats.first_answer_after(samples, None) is None
+    assert stats.first_answer_after([s(0.9, status=0)], 0.8) is None

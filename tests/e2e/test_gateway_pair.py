@@ -3,8 +3,10 @@ network namespace with a real Nginx, ``ttsha monitor`` and keepalived (track
 script ``ttsha keepalived check``, notify ``ttsha keepalived notify``), in
 front of two nodes; an outside client (standard library only) in the LAN
 namespace calls the virtual IP while a gateway is killed, then while the
-other one's Nginx is frozen. Everything is created in namespaces this test
-makes and removes.
+other one's Nginx is frozen. The network is the lab's
+(:class:`ttsha.lab.pair.GatewayNet`) on a LAN namespace this test makes and
+removes. ``ttsha lab up --gateways 2`` is tested in test_lab_gateways.py;
+this test watches the nodes' role claims (epochs) through both moves.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ from ttsha.nginx import render_main, render_site, render_upstream
 from ttsha.protocol import generate_secret
 
 from ..monitor.conftest import need
-from ..test_keepalived_pair import VIP, Pair, _wait
+from ..test_keepalived_pair import SUBNET, VIP, Pair, _wait
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).with_name("ttsha")
 CLIENT = Path(__file__).with_name("outside_client.py")
-NODES = {"a": "10.213.0.21", "b": "10.213.0.22"}
+NODES = {"a": f"{SUBNET}.21", "b": f"{SUBNET}.22"}
 NODE_PORT, GATEWAY_PORT = 8900, 8080
 
 
@@ -54,9 +56,8 @@ class StackPair(Pair):
         return [self.ip, "netns", "exec", self.lan, *argv]
 
     def start_nodes(self) -> None:
-        self.run(self.ip, "link", "set", "lo", "up", ns=self.lan)
         for name, host in NODES.items():
-            self.run(self.ip, "addr", "add", f"{host}/24", "dev", "br0", ns=self.lan)
+            self.net.add_address(host)
             proc = subprocess.Popen(
                 self.in_lan(sys.executable, "-m", "tests.server.fake_node", host, str(NODE_PORT),
                             str(self.root / f"store-{name}"), str(self.secret), name, "64"),

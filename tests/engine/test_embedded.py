@@ -173,3 +173,86 @@ def test_openmp_waits_passively_unless_the_operator_says_otherwise():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     chosen = subprocess.run([sys.executable, "-c", _POLICY], env=env, capture_output=True, text=True, check=True)
     assert chosen.stdout.split() == ["ACTIVE", "False"]
+
+
+def _refuse_model_files(monkeypatch):
+    """Make parsing a .tflite file fail, so a load can only succeed from the prepared model."""
+    from ttsha.engine import tflite_reader
+
+    def refuse(self, path):
+        raise AssertionError(f"parsed {path} although a prepared model was there")
+
+    monkeypatch.setattr(tflite_reader.TFLiteModel, "__init__", refuse)
+
+
+def test_prepared_model_is_kept_and_gives_the_same_audio(tmp_path, monkeypatch, embedded_engine):
+    built = EmbeddedEngine(threads=2, cache_dir=tmp_path)
+    built.load()
+    kept = list(tmp_path.glob("embedded-*.pt"))
+    assert [p.name for p in kept] == [f"embedded-{built.info.model_version}.v1.pt"]
+    _refuse_model_files(monkeypatch)
+    cached = EmbeddedEngine(threads=2, cache_dir=tmp_path)
+    cached.load()
+    assert cached.info == built.info
+    assert cached.acoustic.bf16 == built.acoustic.bf16
+    for text, emotion in ((TEXT, "neutral"), ("今天是二零二六年十一月二十三日。", "happy")):
+        np.testing.assert_array_equal(cached.synthesize(text, emotion=emotion).samples,
+                                      built.synthesize(text, emotion=emotion).samples)
+    # The int8 emulation (the fidelity tests' comparison mode) survives the round trip.
+    emulated = sorted(n for n, m in cached.acoustic.named_modules() if getattr(m, "int8_weights", False))
+    assert emulated and emulated == sorted(
+        n for n, m in built.acoustic.named_modules() if getattr(m, "int8_weights", False))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other voice"])
+def test_a_damaged_or_stale_prepared_model_is_rebuilt(tmp_path, caplog, monkeypatch, damage):
+    import torch
+
+    engine = EmbeddedEngine(threads=2, cache_dir=tmp_path)
+    engine.load()
+    reference = engine.synthesize(TEXT).samples
+    (path,) = tmp_path.glob("embedded-*.pt")
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00" * 4096)
+    else:
+        state = torch.load(path, weights_only=True)
+        state["source"] = "0123456789abcdef"
+        torch.save(state, path)
+    again = EmbeddedEngine(threads=2, cache_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="ttsha.engine.embedded"):
+        again.load()
+    assert "rebuilding it from the voice files" in caplog.text
+    np.testing.assert_array_equal(again.synthesize(TEXT).samples, reference)
+    # Rewritten whole: the next load reads it.
+    _refuse_model_files(monkeypatch)
+    third = EmbeddedEngine(threads=2, cache_dir=tmp_path)
+    third.load()
+    np.testing.assert_array_equal(third.synthesize(TEXT).samples, reference)
+
+
+def test_an_unwritable_cache_only_costs_the_next_load(tmp_path, caplog):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    engine = EmbeddedEngine(threads=2, cache_dir=blocked / "cache")
+    with caplog.at_level("WARNING", logger="ttsha.engine.embedded"):
+        engine.load()
+    assert "cannot keep the prepared model" in caplog.text
+    assert engine.synthesize("你好。").duration_s > 0.2
+
+
+_STARTUP = ("import sys; from ttsha.engine.embedded import EmbeddedEngine; e = EmbeddedEngine(threads=1); e.load(); "
+            "e.synthesize('你好。'); print(*(m in sys.modules for m in ('torch._dynamo', 'cn2an', 'flatbuffers')))")
+
+
+def test_a_short_sentence_loads_only_what_it_needs(tmp_path):
+    """The startup path (bench/startup.py) stays lean: loading the prepared model imports neither
+    torch's compiler (~1 s) nor the flatbuffer reader, and a sentence without digits never imports cn2an."""
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", _STARTUP], env=env, capture_output=True, text=True, check=True)
+    assert first.stdout.split() == ["False", "False", "True"]  # built from the .tflite files, then kept
+    assert list((tmp_path / "cache").glob("embedded-*.pt"))
+    again = subprocess.run([sys.executable, "-c", _STARTUP], env=env, capture_output=True, text=True, check=True)
+    assert again.stdout.split() == ["False", "False", "False"]

@@ -68,16 +68,13 @@ class NodeProcess:
             self.proc.wait(10)
 
 
-@pytest.fixture
-def pair(tmp_path):
-    """Two fake-engine node processes on 127.0.0.2 and 127.0.0.3, a real Nginx in front, and the config."""
+def cluster(tmp_path, nodes: dict[str, tuple[str, int, int]], mode: str = "active-standby"):
+    """Fake-engine node processes (name -> (host, priority, weight)), a real Nginx in front, and the config."""
     binary = need("nginx", "nginx")
     secret = tmp_path / "monitor.secret"
     generate_secret(secret)
-    nodes_live = {
-        "a": NodeProcess("127.0.0.2", free_port("127.0.0.2"), tmp_path / "store-a", secret, "a"),
-        "b": NodeProcess("127.0.0.3", free_port("127.0.0.3"), tmp_path / "store-b", secret, "b"),
-    }
+    nodes_live = {name: NodeProcess(host, free_port(host), tmp_path / f"store-{name}", secret, name)
+                  for name, (host, _, _) in nodes.items()}
     for node in nodes_live.values():
         node.start()
     prefix = tmp_path / "gw"
@@ -86,12 +83,11 @@ def pair(tmp_path):
     test = [binary, "-t", "-q", "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
     reload = [binary, "-s", "reload", "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
     config = Config(
-        nodes={
-            name: NodeConfig(url=node.url, priority=200 if name == "a" else 100)
-            for name, node in nodes_live.items()
-        },
-        monitor=MonitorConfig(interval=0.1, fast_interval=0.05, fall=2, rise=2, state_file=tmp_path / "monitor.json",
-                              control_socket=tmp_path / "monitor.sock", secret_file=secret),
+        nodes={name: NodeConfig(url=node.url, priority=nodes[name][1], weight=nodes[name][2])
+               for name, node in nodes_live.items()},
+        monitor=MonitorConfig(mode=mode, interval=0.1, fast_interval=0.05, fall=2, rise=2,
+                              state_file=tmp_path / "monitor.json", control_socket=tmp_path / "monitor.sock",
+                              secret_file=secret),
         nginx=NginxConfig(
             listen=f"127.0.0.1:{gw_port}",
             upstream_file=prefix / "ttsha-upstream.conf",
@@ -100,12 +96,33 @@ def pair(tmp_path):
             reload_command=reload,
         ),
     )
-    from ttsha.nginx import render_upstream
+    from ttsha.nginx import initial_roles, render_upstream
 
-    (prefix / "ttsha-upstream.conf").write_text(render_upstream(config.nodes, {"a": "primary", "b": "backup"}))
+    (prefix / "ttsha-upstream.conf").write_text(render_upstream(config.nodes, initial_roles(config.nodes)))
     gateway = PrivateGateway(config, prefix, binary)
     gateway.start()
-    yield config, nodes_live, gateway
-    gateway.stop()
-    for node in nodes_live.values():
-        node.close()
+    try:
+        yield config, nodes_live, gateway
+    finally:
+        gateway.stop()
+        for node in nodes_live.values():
+            node.close()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Two fake-engine node processes on 127.0.0.2 and 127.0.0.3, a real Nginx in front, and the config."""
+    yield from cluster(tmp_path, {"a": ("127.0.0.2", 200, 1), "b": ("127.0.0.3", 100, 1)})
+
+
+@pytest.fixture
+def trio_active(tmp_path):
+    """Three nodes (127.0.0.2-4, weights 1, 2, 1) in active-active mode behind a real Nginx."""
+    yield from cluster(tmp_path, {"a": ("127.0.0.2", 300, 1), "b": ("127.0.0.3", 200, 2), "c": ("127.0.0.4", 100, 1)},
+                       mode="active-active")
+
+
+@pytest.fixture
+def trio_standby(tmp_path):
+    """Three nodes (priorities 300, 200, 100) in active-standby mode behind a real Nginx."""
+    yield from cluster(tmp_path, {"a": ("127.0.0.2", 300, 1), "b": ("127.0.0.3", 200, 1), "c": ("127.0.0.4", 100, 1)})

@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from ttsha import keepalived
 from ttsha.monitor.authority import Authority, local_addresses
@@ -171,3 +172,78 @@ def test_only_the_vip_holder_sets_roles_and_a_split_never_flips_a_node(pair, tmp
         if m2 is not None:
             m2.stop()
         gateway2.stop()
+
+
+def test_address_events_tell_the_monitor_when_to_look(tmp_path):
+    """The kernel's rtnetlink messages, in a network namespace of the test's own (root only)."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    import pytest
+
+    from .conftest import need
+
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace needs root")
+    ip = need("ip", "iproute2")
+    ns = f"ttsha-t-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "watch.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "from ttsha.monitor.authority import AddressEvents, Authority\n"
+        "ip = sys.argv[1]\n"
+        "events = AddressEvents()\n"
+        "assert events.available\n"
+        "authority = Authority('198.51.100.7/24', 'lo', events=events)\n"
+        "assert authority.refresh(force=True) is None and not authority.holds\n"
+        "assert not events.pending()  # nothing changed yet\n"
+        "subprocess.run([ip, 'addr', 'add', '198.51.100.7/32', 'dev', 'lo'], check=True)\n"
+        "deadline = time.monotonic() + 5\n"
+        "change = None\n"
+        "while change is None and time.monotonic() < deadline:\n"
+        "    change = authority.refresh()\n"
+        "    time.sleep(0.01)\n"
+        "assert change == 'takeover', change\n"
+        "subprocess.run([ip, 'addr', 'del', '198.51.100.7/32', 'dev', 'lo'], check=True)\n"
+        "deadline = time.monotonic() + 5\n"
+        "change = None\n"
+        "while change is None and time.monotonic() < deadline:\n"
+        "    change = authority.refresh()\n"
+        "    time.sleep(0.01)\n"
+        "assert change == 'released', change\n"
+        "authority.close()\n"
+        "print('ok')\n")
+    subprocess.run([ip, "netns", "add", ns], check=True)
+    try:
+        root = str(Path(__file__).resolve().parents[2])
+        proc = subprocess.run([ip, "netns", "exec", ns, sys.executable, str(script), ip], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": root})
+    finally:
+        subprocess.run([ip, "netns", "del", ns], check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert ns not in subprocess.run([ip, "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_without_an_event_the_authority_does_not_look_until_the_idle_check():
+    class Quiet:
+        available = True
+
+        def pending(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    looks = []
+
+    def addresses() -> set[str]:
+        looks.append(1)
+        return set()
+
+    authority = Authority(VIP, addresses=addresses, events=Quiet())
+    authority.refresh(force=True)
+    for _ in range(50):
+        authority.refresh()
+    assert len(looks) == 1  # no event: no look (IDLE_CHECK_S later it looks anyway)

@@ -131,6 +131,75 @@ def test_kill_primary_switches_nginx_with_no_failed_request(pair):
         thread.join(5)
 
 
+def test_three_nodes_active_active_share_by_weight_and_a_dead_one_leaves_and_rejoins(trio_active):
+    config, nodes, gateway = trio_active
+    address = {name: f"{node.host}:{node.port}" for name, node in nodes.items()}
+    upstream = config.nginx.upstream_file
+    monitor, thread = start_monitor(config)
+    try:
+        wait_for(lambda: monitor._applied_roles == {"a": "active", "b": "active", "c": "active"}, what="all active")
+        assert f"server {address['b']} weight=2 " in upstream.read_text()
+        with Traffic(gateway.port, seconds=180) as traffic:
+            wait_for(lambda: len(traffic.results) >= 60, timeout=60, what="traffic")
+            served = [up for _, _, up in traffic.results]
+            # Every healthy node serves; b, weighted 2, about half (Nginx's smooth weighted round robin).
+            assert all(served.count(address[name]) > 0 for name in nodes), served
+            assert served.count(address["b"]) > 0.3 * len(served), served
+            nodes["c"].kill()  # kill -9 of one of three
+            wait_for(lambda: "# c: down" in upstream.read_text(), timeout=5, what="c marked down")
+            marked = time.monotonic()
+            assert monitor.decider.roles() == {"a": "active", "b": "active", "c": "down"}
+            # (0.5 s: the reload reaches Nginx's workers a moment after the file is rewritten)
+            wait_for(lambda: sum(t > marked + 0.5 for t, _, _ in traffic.results) >= 20, timeout=60,
+                     what="traffic without c")
+            nodes["c"].start()
+            wait_for(lambda: "# c: active" in upstream.read_text(), timeout=30, what="c rejoined")
+            rejoined = time.monotonic()
+            wait_for(lambda: address["c"] in [up for t, _, up in traffic.results if t > rejoined], timeout=30,
+                     what="c serving again")
+        failed = [r for r in traffic.results if r[1] != 200]
+        assert not failed, f"failed requests: {failed}"
+        away = [up for t, _, up in traffic.results if marked + 0.5 < t < rejoined]
+        assert len(away) >= 20 and address["c"] not in away
+        events = [(e["kind"], e["node"]) for e in json.loads(config.monitor.state_file.read_text())["events"]]
+        assert ("node_down", "c") in events and ("node_up", "c") in events
+    finally:
+        monitor.stop()
+        thread.join(5)
+
+
+def test_three_nodes_active_standby_promote_the_next_by_priority(trio_standby):
+    config, nodes, gateway = trio_standby
+    address = {name: f"{node.host}:{node.port}" for name, node in nodes.items()}
+    monitor, thread = start_monitor(config)
+    try:
+        wait_for(lambda: monitor._applied_roles == {"a": "primary", "b": "backup", "c": "backup"},
+                 what="one primary, two backups")
+        with Traffic(gateway.port) as traffic:
+            wait_for(lambda: len(traffic.results) >= 20, what="traffic")
+            nodes["a"].kill()
+            wait_for(lambda: monitor._applied_roles == {"a": "down", "b": "primary", "c": "backup"}, timeout=5,
+                     what="b (priority 200) promoted, c still backup")
+            switched = time.monotonic()
+            wait_for(lambda: sum(t > switched + 0.5 for t, _, _ in traffic.results) >= 20, timeout=30,
+                     what="traffic after the switch")
+        assert all(status == 200 for _, status, _ in traffic.results), traffic.results
+        after = [up for t, _, up in traffic.results if t > switched + 0.5]
+        # The new primary answers; c, a backup, only takes what Nginx retries (a busy node's 503 on this
+        # loaded machine); the dead node never appears.
+        assert after and not any(address["a"] in up for up in after), after
+        assert sum(up == address["b"] for up in after) > len(after) / 2, after
+        assert wait_for_roles(nodes, {"b": "primary", "c": "backup"})
+    finally:
+        monitor.stop()
+        thread.join(5)
+
+
+def wait_for_roles(nodes, roles) -> bool:
+    wait_for(lambda: {name: node_role(nodes[name]) for name in roles} == roles, what=f"roles {roles}")
+    return True
+
+
 def test_starting_node_is_not_eligible(pair):
     """A frozen primary (SIGSTOP) stops answering probes and is taken out."""
     config, nodes, gateway = pair
@@ -213,3 +282,78 @@ def test_the_gateway_buffers_whole_results_but_passes_streams_through(tmp_path):
     finally:
         gateway.stop()
         node.close()
+
+
+def test_a_request_retried_on_the_other_node_keeps_its_first_arrival_stamp(tmp_path):
+    """Nginx stamps X-Request-Start once: the node that gets the retry sees how long the request has waited."""
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ttsha.config import Config, NginxConfig, NodeConfig
+    from ttsha.nginx import PrivateGateway, render_upstream
+    from ttsha.protocol import ARRIVAL_HEADER
+
+    from .conftest import free_port, need
+
+    hang_up_after = 0.4
+    dying = socket.create_server(("127.0.0.1", 0))  # reads the request, then dies without answering
+
+    def die_mid_request() -> None:
+        while True:
+            try:
+                conn, _ = dying.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            time.sleep(hang_up_after)  # the node "synthesizes", then its process is gone
+            conn.close()
+
+    seen: list[tuple[str | None, float]] = []
+
+    class Standby(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.headers.get(ARRIVAL_HEADER), time.time()))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    standby = ThreadingHTTPServer(("127.0.0.1", 0), Standby)
+    threads = [threading.Thread(target=die_mid_request, daemon=True),
+               threading.Thread(target=standby.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)]
+    for thread in threads:
+        thread.start()
+    prefix = tmp_path / "gw"
+    prefix.mkdir()
+    config = Config(nodes={"a": NodeConfig(url=f"http://127.0.0.1:{dying.getsockname()[1]}", priority=200),
+                           "b": NodeConfig(url=f"http://127.0.0.1:{standby.server_address[1]}", priority=100)},
+                    nginx=NginxConfig(listen=f"127.0.0.1:{free_port()}", upstream_file=prefix / "up.conf",
+                                      site_file=prefix / "ttsha-site.conf"))
+    (prefix / "up.conf").write_text(render_upstream(config.nodes, {"a": "primary", "b": "backup"}))
+    gateway = PrivateGateway(config, prefix, need("nginx", "nginx"))
+    gateway.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        sent = time.time()
+        # A client's own stamp is replaced by the gateway's.
+        conn.request("POST", "/v1/synthesize", body=b'{"text": "x"}',
+                     headers={"Content-Type": "application/json", ARRIVAL_HEADER: "t=1.000"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        conn.close()
+    finally:
+        gateway.stop()
+        standby.shutdown()
+        dying.close()
+    (stamp, received), = seen
+    assert stamp is not None and stamp.startswith("t=")
+    arrived = float(stamp[2:])
+    assert sent - 0.05 <= arrived  # the gateway's stamp, not the client's
+    # Stamped when the request first went to the dying node, not when it was retried.
+    assert received - arrived >= hang_up_after - 0.05, (received, arrived)

@@ -250,3 +250,103 @@ def test_switchover_refuses_unknown_down_or_active_active(clock):
     feed(aa, clock, "a", True)
     with pytest.raises(ValueError, match="active-standby"):
         aa.set_primary("a", clock.tick())
+
+
+# -- three nodes ------------------------------------------------------------------
+TRIO = {
+    "a": NodeConfig(url="http://127.0.0.2:8900", priority=300),
+    "b": NodeConfig(url="http://127.0.0.3:8900", priority=200, weight=3),
+    "c": NodeConfig(url="http://127.0.0.4:8900", priority=100),
+}
+
+
+def trio(clock, **kw):
+    d = Decider(TRIO, fall=2, rise=3, **kw)
+    for name in ("c", "b", "a"):
+        feed(d, clock, name, True)
+    return d
+
+
+def test_three_nodes_active_standby_promote_backups_in_priority_order(clock):
+    d = trio(clock)
+    assert d.primary == "a" and d.roles() == {"a": "primary", "b": "backup", "c": "backup"}
+    events = feed(d, clock, "a", False, 2)
+    assert ("switchover", "b") in kinds(events)
+    assert d.roles() == {"a": "down", "b": "primary", "c": "backup"}  # the next in priority, c still backs it up
+    feed(d, clock, "b", False, 2)
+    assert d.roles() == {"a": "down", "b": "down", "c": "primary"}
+    # The first to return is a backup; the primary keeps its role (no automatic failback).
+    feed(d, clock, "a", True, 3)
+    assert d.roles() == {"a": "backup", "b": "down", "c": "primary"}
+    feed(d, clock, "b", True, 3)
+    assert d.roles() == {"a": "backup", "b": "backup", "c": "primary"}
+    # c fails: the highest-priority backup takes over, not the first one to come back.
+    feed(d, clock, "c", False, 2)
+    assert d.primary == "a" and d.roles() == {"a": "primary", "b": "backup", "c": "down"}
+
+
+def test_three_nodes_failback_goes_to_the_highest_priority(clock):
+    d = trio(clock, failback="after:10s")
+    feed(d, clock, "a", False, 2)
+    feed(d, clock, "b", False, 2)
+    assert d.primary == "c"
+    feed(d, clock, "b", True, 3)  # b back: higher than c, after 10 s up it takes over
+    assert d.primary == "c"
+    feed(d, clock, "b", True, 10)
+    assert d.primary == "b"
+    feed(d, clock, "a", True, 13)
+    assert d.primary == "a" and d.roles() == {"a": "primary", "b": "backup", "c": "backup"}
+
+
+def test_three_nodes_active_active_route_to_every_healthy_node(clock):
+    d = trio(clock, mode="active-active")
+    assert d.roles() == {"a": "active", "b": "active", "c": "active"}
+    feed(d, clock, "b", False, 2)
+    assert d.roles() == {"a": "active", "b": "down", "c": "active"}
+    feed(d, clock, "c", False, 2)
+    assert d.roles() == {"a": "active", "b": "down", "c": "down"}
+    feed(d, clock, "b", True, 2)
+    assert d.roles()["b"] == "down"  # rejoins only after rise good probes
+    feed(d, clock, "b", True)
+    assert d.roles() == {"a": "active", "b": "active", "c": "down"}
+    feed(d, clock, "a", False, 2)
+    feed(d, clock, "b", False, 2)
+    assert d.all_down and d.roles() is None  # nothing up: the last routing stays (the daemon keeps it)
+
+
+def test_three_nodes_model_mismatches_are_reported_once_per_node(clock):
+    d = trio(clock)
+    v2 = {"engine": "embedded", "model_version": "v2"}
+    events = feed(d, clock, "b", True, info=v2) + feed(d, clock, "c", True, info=v2)
+    assert kinds(events) == [("model_mismatch", "b"), ("model_mismatch", "c")]
+    # Two differing nodes must not take turns being reported on every probe.
+    assert feed(d, clock, "b", True, 3, info=v2) + feed(d, clock, "c", True, 3, info=v2) == []
+    feed(d, clock, "b", True)  # b caught up with the primary; a later difference is news again
+    assert kinds(feed(d, clock, "b", True, info={"engine": "embedded", "model_version": "v3"})) == [
+        ("model_mismatch", "b")]
+
+
+def test_the_upstream_lists_the_primary_then_the_backups_in_promotion_order(clock):
+    from ttsha.nginx import render_upstream, roles_of
+
+    d = trio(clock)
+    feed(d, clock, "a", False, 2)
+    feed(d, clock, "a", True, 3)  # back as a backup, ahead of c by priority
+    text = render_upstream(TRIO, d.roles())
+    servers = [line.split("#")[1].strip() for line in text.splitlines() if line.strip().startswith("server")]
+    assert servers == ["b: primary", "a: backup", "c: backup"]
+    assert roles_of(text) == {"a": "backup", "b": "primary", "c": "backup"}
+
+
+def test_three_nodes_active_active_check_models_against_the_highest_priority_node(clock):
+    d = trio(clock, mode="active-active")
+    events = feed(d, clock, "c", True, info={"engine": "embedded", "model_version": "v0"})
+    assert kinds(events) == [("model_mismatch", "c")]
+    assert "the models source, node a, serves embedded v1" in events[0].detail
+    assert feed(d, clock, "b", True) == []
+    named = Decider(TRIO, mode="active-active", fall=2, rise=3, models_source="c")
+    for name in ("c", "b"):
+        feed(named, clock, name, True)
+    events = feed(named, clock, "a", True, info={"engine": "embedded", "model_version": "v0"})
+    assert kinds(events) == [("node_up", "a"), ("model_mismatch", "a")]
+    assert "the models source, node c, serves" in events[1].detail

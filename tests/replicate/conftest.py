@@ -63,7 +63,7 @@ def rep_config(tmp_path, sshd_running):
         },
         store=StoreConfig(path=tmp_path / "src-audio"),
         replicate=ReplicateConfig(
-            peer="standby",
+            peers=["standby"],
             known_hosts=known,
             key_file=sshd_running.client_key,
             remote_store=tmp_path / "dst-audio",

@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 
 from ttsha.lab import descendants
-from ttsha.replicate import ack
+from ttsha.replicate import ack, paths
 from ttsha.replicate.ack import DEGRADED, SYNC, AckClient, AckGate, AckUnavailable
 from ttsha.store import AudioStore
 
@@ -147,8 +147,8 @@ def test_local_mode_never_waits():
 def test_mode_follows_the_peer(rep_config):
     assert ack.mode(rep_config) == "standby"
     assert ack.mode(replace(rep_config, replicate=replace(rep_config.replicate, ack="local"))) == "local"
-    assert ack.mode(replace(rep_config, replicate=replace(rep_config.replicate, peer=""))) == "local"
-    assert ack.socket_path(rep_config) == rep_config.replicate.queue_file.with_suffix(".sock")
+    assert ack.mode(replace(rep_config, replicate=replace(rep_config.replicate, peers=[]))) == "local"
+    assert paths.socket_path(rep_config) == rep_config.replicate.queue_file.with_suffix(".sock")
 
 
 # -- serve with the gate ------------------------------------------------------------
@@ -213,7 +213,7 @@ def acked(rep_config):
     config = replace(rep_config, replicate=replace(rep_config.replicate, ack_timeout=TIMEOUT))
     replicator, thread = start(config)
     alerts: list = []
-    gate = AckGate("standby", TIMEOUT, AckClient(ack.socket_path(config)), alert=lambda *a: alerts.append(a))
+    gate = AckGate("standby", TIMEOUT, AckClient(paths.socket_path(config)), alert=lambda *a: alerts.append(a))
     waits: list[float] = []
     confirm = gate.confirm
 
@@ -261,13 +261,13 @@ def test_an_answered_result_is_already_on_the_standby(acked):
     assert not list(config.replicate.remote_store.rglob(".*.tmp"))
     # inotify queued the same files: whichever path comes second finds the
     # file on the peer; no file crosses the link twice.
-    assert wait_for(lambda: replicator.queue.depth() == 0, 30)
-    sent = replicator.acks.stats
+    assert wait_for(lambda: replicator.links["standby"].queue.depth() == 0, 30)
+    sent = replicator.links["standby"].acks.stats
     assert sent["sent"] + sent["present"] == 16 and sent["failed"] == 0
-    assert sent["sent"] + replicator.stats["files_sent"] == 16, (sent, replicator.stats)
+    assert sent["sent"] + replicator.links["standby"].stats["files_sent"] == 16, (sent, replicator.stats)
     # Once serve asks, the queue leaves new files to the acknowledgement path
     # (only the first result can have gone the other way).
-    assert replicator.stats["files_sent"] <= 2, replicator.stats
+    assert replicator.links["standby"].stats["files_sent"] <= 2, replicator.stats
     # A file written by other means still reaches the peer through the queue.
     other = put_results(AudioStore(config.store.path), 900, 1)
     assert wait_for(lambda: on_peer(config, other[0]), 30)
@@ -321,11 +321,11 @@ def test_a_peer_that_stops_answering_costs_at_most_ack_timeout(acked, sshd_runni
 
 
 def test_durable_put_writes_syncs_and_renames_or_syncs_in_place(rep_config):
-    from ttsha.replicate.daemon import peer_for
+    from ttsha.replicate.link import peer_for
 
     src, dst = rep_config.store.path, rep_config.replicate.remote_store
     first, second = put_results(AudioStore(src), 0, 2)
-    peer = peer_for(rep_config, str(dst)).connect()
+    peer = peer_for(rep_config, "standby", str(dst)).connect()
     try:
         lane = peer.channel()
         rels = [f"{second[:2]}/{second}.json", f"{second[:2]}/{second}.wav"]
@@ -349,18 +349,18 @@ def test_durable_put_writes_syncs_and_renames_or_syncs_in_place(rep_config):
 @pytest.fixture
 def sender(rep_config):
     """An AckSender on a real connection to the sshd, its thread running."""
-    from ttsha.replicate.daemon import peer_for
-    from ttsha.replicate.durable import AckSender, OnPeer, PathLocks
+    from ttsha.replicate.durable import AckFanout, AckSender, OnPeer, PathLocks
+    from ttsha.replicate.link import peer_for
 
     src = rep_config.store.path
-    peer = peer_for(rep_config, str(rep_config.replicate.remote_store)).connect()
+    peer = peer_for(rep_config, "standby", str(rep_config.replicate.remote_store)).connect()
     delivered: list[list[str]] = []
-    s = AckSender(src, lambda: peer, PathLocks(), OnPeer(), lambda: {"last_error": ""},
-                  lambda rels, since: delivered.append(rels))
+    s = AckSender(src, lambda: peer, PathLocks(), OnPeer(), lambda rels, since: delivered.append(rels))
+    fan = AckFanout(src, {"standby": s}, 1, lambda: {"last_error": ""})
     thread = threading.Thread(target=s.run, daemon=True)
     thread.start()
     try:
-        yield s, peer, delivered
+        yield s, peer, delivered, fan
     finally:
         s.stop()
         thread.join(10)
@@ -372,11 +372,11 @@ def result_rels(rid: str) -> list[str]:
 
 
 def test_files_opened_ahead_are_written_synced_and_renamed_at_the_acknowledgement(rep_config, sender):
-    s, peer, delivered = sender
+    s, peer, delivered, fan = sender
     src, dst = rep_config.store.path, rep_config.replicate.remote_store
     rid = put_results(AudioStore(src / "elsewhere"), 0, 1)[0]  # its id; written into the store below
     rels = result_rels(rid)
-    assert s.handle({"op": "prepare", "paths": rels}) == {"ok": True}  # before the files exist: no wait
+    assert fan.handle({"op": "prepare", "paths": rels}) == {"ok": True}  # before the files exist: no wait
     assert wait_for(lambda: s.stats["prepared"] == 1, 30), s.stats
     # Opened on the peer under tagged temp names, nothing in place yet; a
     # catch-up of this process does not take them for a dead sender's leftovers.
@@ -387,7 +387,7 @@ def test_files_opened_ahead_are_written_synced_and_renamed_at_the_acknowledgemen
     dead = f"{rid[:2]}/.{rid}.wav.ttsha-1-ack.tmp"  # another process's
     assert peer.stale_temps({dead: None}) == [dead]
     put_results(AudioStore(src), 0, 1)
-    reply = s.handle({"op": "ack", "paths": rels, "timeout": 10})
+    reply = fan.handle({"op": "ack", "paths": rels, "timeout": 10})
     assert reply["ok"], reply
     assert on_peer(rep_config, rid) and not list(dst.rglob(".*.tmp"))
     assert int((dst / rels[1]).stat().st_mtime) == int((src / rels[1]).stat().st_mtime)
@@ -395,13 +395,13 @@ def test_files_opened_ahead_are_written_synced_and_renamed_at_the_acknowledgemen
 
 
 def test_an_acknowledgement_without_or_beside_an_opening_ahead_still_holds(rep_config, sender):
-    s, peer, _ = sender
+    s, peer, _, fan = sender
     src, dst = rep_config.store.path, rep_config.replicate.remote_store
     a, b = put_results(AudioStore(src), 10, 2)
-    assert s.handle({"op": "prepare", "paths": result_rels(a)}) == {"ok": True}
+    assert fan.handle({"op": "prepare", "paths": result_rels(a)}) == {"ok": True}
     assert wait_for(lambda: s.stats["prepared"] == 1, 30)
     # One batch: a was opened ahead, b was not (its files are opened now).
-    reply = s.handle({"op": "ack", "paths": result_rels(a) + result_rels(b), "timeout": 10})
+    reply = fan.handle({"op": "ack", "paths": result_rels(a) + result_rels(b), "timeout": 10})
     assert reply["ok"], reply
     assert on_peer(rep_config, a) and on_peer(rep_config, b) and not list(dst.rglob(".*.tmp"))
     assert s.stats["prepared_used"] == 1
@@ -410,24 +410,24 @@ def test_an_acknowledgement_without_or_beside_an_opening_ahead_still_holds(rep_c
 def test_openings_nobody_asks_for_are_discarded(rep_config, sender, monkeypatch):
     from ttsha.replicate import durable
 
-    s, peer, _ = sender
+    s, peer, _, fan = sender
     dst = rep_config.replicate.remote_store
     rid = put_results(AudioStore(rep_config.store.path / "elsewhere"), 20, 1)[0]  # a synthesis that failed
-    s.handle({"op": "prepare", "paths": result_rels(rid)})
+    fan.handle({"op": "prepare", "paths": result_rels(rid)})
     assert wait_for(lambda: s.stats["prepared"] == 1, 30)
     assert len(list(dst.rglob(".*.tmp"))) == 2
     monkeypatch.setattr(durable, "PREPARED_TTL_S", 0.0)
     other = put_results(AudioStore(rep_config.store.path), 21, 1)[0]
-    assert s.handle({"op": "ack", "paths": result_rels(other), "timeout": 10})["ok"]  # a batch expires openings
+    assert fan.handle({"op": "ack", "paths": result_rels(other), "timeout": 10})["ok"]  # a batch expires openings
     assert wait_for(lambda: not list(dst.rglob(".*.tmp")), 30), list(dst.rglob(".*.tmp"))
     assert not (dst / result_rels(rid)[1]).exists()
 
 
 def test_openings_of_a_lost_connection_are_removed_on_the_next(rep_config, sender):
-    s, peer, _ = sender
+    s, peer, _, fan = sender
     dst = rep_config.replicate.remote_store
     rid = put_results(AudioStore(rep_config.store.path / "elsewhere"), 30, 1)[0]
-    s.handle({"op": "prepare", "paths": result_rels(rid)})
+    fan.handle({"op": "prepare", "paths": result_rels(rid)})
     assert wait_for(lambda: s.stats["prepared"] == 1, 30)
     s.close()  # as on a failure: the lanes and their handles are gone
     assert len(list(dst.rglob(".*.tmp"))) == 2
@@ -436,9 +436,9 @@ def test_openings_of_a_lost_connection_are_removed_on_the_next(rep_config, sende
 
 
 def test_a_bad_prepare_is_refused_without_waiting(sender):
-    s, _, _ = sender
-    assert not s.handle({"op": "prepare", "paths": ["../out.wav"]})["ok"]
-    assert not s.handle({"op": "prepare", "paths": []})["ok"]
+    s, _, _, fan = sender
+    assert not fan.handle({"op": "prepare", "paths": ["../out.wav"]})["ok"]
+    assert not fan.handle({"op": "prepare", "paths": []})["ok"]
 
 
 def test_the_gate_sends_hints_only_while_synchronous():
@@ -460,11 +460,11 @@ def test_the_gate_sends_hints_only_while_synchronous():
 
 
 def test_a_hint_that_comes_after_its_acknowledgement_opens_nothing(rep_config, sender):
-    s, _, _ = sender
+    s, _, _, fan = sender
     dst = rep_config.replicate.remote_store
     rid = put_results(AudioStore(rep_config.store.path), 40, 1)[0]
-    assert s.handle({"op": "ack", "paths": result_rels(rid), "timeout": 10})["ok"]
-    assert s.handle({"op": "prepare", "paths": result_rels(rid)}) == {"ok": True}
+    assert fan.handle({"op": "ack", "paths": result_rels(rid), "timeout": 10})["ok"]
+    assert fan.handle({"op": "prepare", "paths": result_rels(rid)}) == {"ok": True}
     other = put_results(AudioStore(rep_config.store.path), 41, 1)[0]
-    assert s.handle({"op": "ack", "paths": result_rels(other), "timeout": 10})["ok"]  # the hint was handled before
+    assert fan.handle({"op": "ack", "paths": result_rels(other), "timeout": 10})["ok"]  # the hint was handled before
     assert s.stats["prepared"] == 0 and not list(dst.rglob(".*.tmp"))

@@ -72,7 +72,7 @@ def test_results_arrive_in_real_time_sidecar_first(rep_config):
     try:
         ids = put_results(store, 0, 40)
         assert wait_for(lambda: arrived(src, dst, ids), 30)
-        assert wait_for(lambda: replicator.queue.depth() == 0, 10)
+        assert wait_for(lambda: replicator.links["standby"].queue.depth() == 0, 10)
     finally:
         done.set()
         checker.join()
@@ -95,7 +95,7 @@ def test_standby_outage_loses_nothing(rep_config, sshd_running):
         during = put_results(store, 100, 60)
         time.sleep(1.5)
         assert not arrived(src, dst, during)
-        assert replicator.queue.depth() > 0
+        assert replicator.links["standby"].queue.depth() > 0
         sshd_running.start()
         assert wait_for(lambda: arrived(src, dst, during), 60), "queue did not drain after the peer returned"
     finally:
@@ -140,7 +140,8 @@ def test_inotify_overflow_triggers_a_catch_up_scan(rep_config):
     knob.write_text("8")  # read once, when the inotify instance is created
     try:
         replicator, thread = start(rep_config)
-        assert wait_for(lambda: not replicator._scan.is_set() and replicator.stats["connected"], 30)
+        link = replicator.links["standby"]
+        assert wait_for(lambda: not link.scanning and link.connected, 30)
     finally:
         knob.write_text(before)
     try:

@@ -60,9 +60,47 @@ def test_models_follow_the_role_told_by_the_monitor(tmp_path, node):
     assert replicator.models_turn() == (True, "this node is the primary")
     tell(node, "nonsense")  # ignored: not a role
     assert replicator.models_turn()[0] is True
-    tell(node, "active")
-    assert replicator.models_turn() == (False, 'active-active has no primary: set models = "always" on the node '
-                                               "whose cache is the source")
+    tell(node, "active")  # a gateway routing active-active while this node's configuration says otherwise
+    turn, why = replicator.models_turn()
+    assert not turn and "set the same mode on the nodes" in why
+
+
+def test_a_node_whose_canary_fails_sends_no_models_whatever_its_role(tmp_path, node):
+    """Its model may be the damaged one: copied, it would replace the good one on the others."""
+    replicator = Replicator(config_for(tmp_path, node.port))
+    always = Replicator(config_for(tmp_path, node.port, "always"))
+    tell(node, "primary")
+    assert replicator.models_turn() == (True, "this node is the primary")
+    node.engine.output = "silence"  # what a broken model says
+    assert node.service._canary_once(blocking=True) is not None
+    tell(node, "primary")
+    for job in (replicator, always):
+        turn, why = job.models_turn()
+        assert not turn and why.startswith("the local serve's canary fails") and "damaged" in why, why
+    node.engine.output = "speech"
+    assert node.service._canary_once(blocking=True) is None
+    assert replicator.models_turn() == (True, "this node is the primary")
+    assert always.models_turn()[0] is True
+
+
+def test_in_active_active_models_flow_from_the_models_source_only(tmp_path):
+    """Every node of three runs the same configuration; only the source sends, whatever the roles say."""
+    nodes = {name: NodeConfig(url=f"http://127.0.0.{i + 2}:8900") for i, name in enumerate(("a", "b", "c"))}
+    base = replace(config_for(tmp_path, 8900), nodes=nodes, monitor=MonitorConfig(mode="active-active"),
+                   replicate=ReplicateConfig(models_source="b", local_models=tmp_path / "models",
+                                             queue_file=tmp_path / "queue.sqlite"))
+    turns = {}
+    for name in nodes:
+        replicator = Replicator(replace(base, serve=replace(base.serve, node=name)))
+        assert sorted(replicator.links) == sorted(set(nodes) - {name})  # to every other node
+        turns[name] = replicator.models_turn()
+    assert {name: turn for name, (turn, _) in turns.items()} == {"a": False, "b": True, "c": False}
+    assert "models source b" in turns["a"][1]
+    # Without models_source: the highest-priority node, the same on every node.
+    nodes["c"] = replace(nodes["c"], priority=200)
+    unset = replace(base, nodes=nodes, replicate=replace(base.replicate, models_source=""))
+    assert [Replicator(replace(unset, serve=replace(unset.serve, node=n))).models_turn()[0] for n in nodes] == [
+        False, False, True]
 
 
 def test_a_role_the_monitor_stopped_repeating_is_unknown(tmp_path, node, monkeypatch):

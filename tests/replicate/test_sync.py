@@ -12,7 +12,7 @@ import paramiko
 import pytest
 
 from ttsha.errors import TTSHAError
-from ttsha.replicate.daemon import peer_for
+from ttsha.replicate.link import peer_for
 from ttsha.replicate.sync import sync
 from ttsha.replicate.transport import HostKeyRefused, UnsafePath, safe_relative
 
@@ -38,7 +38,7 @@ def rsync_differences(src: Path, dst: Path) -> list[str]:
 
 
 def models_peer(config):
-    return peer_for(config, str(config.replicate.remote_models)).connect()
+    return peer_for(config, "standby", str(config.replicate.remote_models)).connect()
 
 
 def test_sync_matches_rsync_check(rep_config):
@@ -157,7 +157,7 @@ def test_bwlimit_slows_the_transfer(rep_config):
     src = rep_config.replicate.local_models
     (src / "f.bin").write_bytes(os.urandom(512 * 1024))
     slow = replace(rep_config, replicate=replace(rep_config.replicate, bwlimit=1024))  # 1 MiB/s
-    peer = peer_for(slow, str(slow.replicate.remote_models)).connect()
+    peer = peer_for(slow, "standby", str(slow.replicate.remote_models)).connect()
     try:
         started = time.monotonic()
         sync(src, peer)

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from ttsha.replicate.daemon import Replicator, peer_for
+from ttsha.replicate.daemon import Replicator
+from ttsha.replicate.link import peer_for
 from ttsha.replicate.local import NotSendable, open_inside
 from ttsha.replicate.sync import scan_local, sync
 from ttsha.store import AudioStore
@@ -32,7 +33,7 @@ def test_inotify_path_does_not_follow_a_symlink_renamed_into_the_store(rep_confi
     thread = threading.Thread(target=replicator.run, kwargs={"install_signals": False, "models": False}, daemon=True)
     thread.start()
     try:
-        assert wait_for(lambda: replicator.stats["connected"], 30)
+        assert wait_for(lambda: replicator.links["standby"].connected, 30)
         (src / "ab").mkdir(exist_ok=True)
         link = src / "ab" / ".x.tmp"
         link.symlink_to(secret)
@@ -41,7 +42,7 @@ def test_inotify_path_does_not_follow_a_symlink_renamed_into_the_store(rep_confi
         (src / "cd").symlink_to(secret.parent, target_is_directory=True)
         ids = put_results(store, 0, 2)
         assert wait_for(lambda: arrived(src, dst, ids), 30)
-        assert wait_for(lambda: replicator.queue.depth() == 0, 10)
+        assert wait_for(lambda: replicator.links["standby"].queue.depth() == 0, 10)
     finally:
         replicator.stop()
         thread.join(10)
@@ -60,7 +61,7 @@ def test_scan_path_sends_only_regular_files_inside_the_root(rep_config, secret):
     os.mkfifo(src / "ab" / "fifo.wav")
     (src / "ef").symlink_to(secret.parent, target_is_directory=True)
     assert set(scan_local(src)) == {"ab/real.wav", "ab/in.wav"}  # a link inside the root: its target's content
-    peer = peer_for(rep_config, str(dst)).connect()
+    peer = peer_for(rep_config, "standby", str(dst)).connect()
     try:
         result = sync(src, peer, delete=False)
     finally:

@@ -108,3 +108,71 @@ def test_server_admits_a_burst_it_can_finish_and_refuses_beyond_the_deadline(mak
     for thread in threads:
         thread.join(30)
     assert [results[i][0] for i in range(first)] == [200] * first  # the whole admitted burst
+
+
+def test_queued_requests_go_oldest_first_by_their_arrival_at_the_gateway():
+    """A request retried from a dead node arrives here late but has waited longest: it goes first."""
+    from concurrent.futures import Future
+
+    from ttsha.server.pool import SynthesisPool
+
+    pool = SynthesisPool(workers=1, queue_size=8)
+    pool.start()
+    gate, order = threading.Event(), []
+    try:
+        blocker: Future = pool.submit(lambda: gate.wait(30))
+        now = time.time()
+        # Submitted in this order while the only worker is busy.
+        futures = [pool.submit(lambda name=name: order.append(name), arrived=arrived)
+                   for name, arrived in (("new", None), ("retried", now - 4.0), ("older-retried", now - 6.0),
+                                         ("just-before", now - 0.5))]
+        gate.set()
+        for future in (blocker, *futures):
+            future.result(30)
+    finally:
+        gate.set()
+        pool.stop(5)
+    assert order == ["older-retried", "retried", "just-before", "new"]
+
+
+def test_the_server_serves_a_request_stamped_earlier_by_the_gateway_first(make_node, fake_engine):
+    from ttsha.protocol import ARRIVAL_HEADER
+
+    spoken: list[str] = []
+    speak = fake_engine._synthesize_piece
+
+    def recording(text, *args):
+        spoken.append(text)
+        return speak(text, *args)
+
+    fake_engine._synthesize_piece = recording
+    node = make_node(fake_engine, workers=1, queue_size=8)
+    fake_engine.gate.clear()
+    fake_engine.started.clear()
+    results: dict[str, int] = {}
+
+    def send(text: str, headers: dict[str, str]) -> None:
+        resp, _ = node.client.request("POST", "/v1/synthesize", body={"text": text}, headers=headers)
+        results[text] = resp.status
+
+    def start(text: str, headers: dict[str, str], queued: int) -> threading.Thread:
+        thread = threading.Thread(target=send, args=(text, headers))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while node.service.pool.queue_depth < queued and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert node.service.pool.queue_depth == queued
+        return thread
+
+    threads = [threading.Thread(target=send, args=("占着工人。", {}))]
+    threads[0].start()
+    assert fake_engine.started.wait(10)
+    threads.append(start("新来的请求。", {}, 1))
+    threads.append(start("从失效节点重试的请求。", {ARRIVAL_HEADER: f"t={time.time() - 3:.3f}"}, 2))
+    # A stamp that is not a time is ignored (the request counts as arriving now), never an error.
+    threads.append(start("乱写的时间戳。", {ARRIVAL_HEADER: "t=soon"}, 3))
+    fake_engine.gate.set()
+    for thread in threads:
+        thread.join(30)
+    assert set(results.values()) == {200}
+    assert spoken[-3:] == ["从失效节点重试的请求", "新来的请求", "乱写的时间戳"], spoken  # pieces lose their stop

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import click
@@ -38,7 +37,8 @@ _DRILL_OPTIONS = [
     click.option("--fault", type=click.Choice(FAULTS),
                  help="Drill fault (default: [drill] fault): kill = SIGKILL, stop = SIGTERM, freeze = SIGSTOP of the "
                  "serve process; isolate = drop packets to its port; crash = SIGKILL of serve, replicator and sshd "
-                 "at once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle."),
+                 "at once; disk-full = fill the store's filesystem; slow = stop/continue serve on a duty cycle; "
+                 "gateway-kill, gateway-freeze = of the gateway holding the virtual IP (lab with --gateways 2)."),
     click.option("--duration", callback=_duration,
                  help="Drill: traffic duration, e.g. 60s (default: [drill] duration)."),
     click.option("--rate", type=float, help="Drill: requests per second (default: [drill] rate)."),
@@ -118,34 +118,29 @@ def failover(ctx: Context, target: str | None, force: bool, wait_s: float, drill
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
     elif not outcome.changed:
-        click.echo(f"{target} is already the primary; nothing to do", err=True)
+        click.echo(f"node {target} is already the primary; nothing to do", err=True)
     else:
         forced = f" (forced past: {'; '.join(outcome.forced_past)})" if outcome.forced_past else ""
-        click.echo(f"primary is now {outcome.target} (was {outcome.source or 'none'}), via the {outcome.via}; "
+        click.echo(f"node {outcome.target} is now the primary (was {fo.node_label(outcome.source)}), "
+                   f"via the {outcome.via}; "
                    f"requests reach it through the gateway after {outcome.verified_s:.2f} s{forced}", err=True)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_drill(config: Config, options, as_json: bool, report_file: Path | None, dry_run: bool) -> None:
-    """The drill for ``failover --drill`` and ``lab drill``: plan, run, print, exit 5 on a missed objective."""
+    """``failover --drill``: :func:`ttsha.drill.prepare` (dry run) or :func:`ttsha.drill.run`, then the report."""
     from .. import drill as drill_
-    from .. import failover as fo
 
-    plan = drill_.prepare(config, options)
     if dry_run:
-        for line in plan.describe():
+        for line in drill_.prepare(config, options).describe():
             click.echo(line)
         return
-    # A drill stopped from outside (systemd's TimeoutStartSec, kill) still gives
-    # the node back: SIGTERM unwinds like Ctrl-C, through the drill's restore.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = drill_.execute(config, plan)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    show_report(drill_.run(config, options), as_json, report_file)
+
+
+def show_report(report, as_json: bool, report_file: Path | None) -> None:
+    """Print (and save) a drill report; exit 5 when an objective was missed."""
+    from .. import failover as fo
+
     data = report.to_dict()
     if report_file:
         fo.save_report(report_file, data)
@@ -170,7 +165,7 @@ def print_report(report) -> None:
         load = (f"{t['load']:g} x {t['capacity']['rps']:.1f} new texts/s measured = " if t.get("capacity") else "")
         console.print(literal(f"traffic: seed {t['seed']}, {load}{t['rate']:.1f} requests/s for {t['duration_s']:g} s, "
                       f"{t['concurrency']} clients, {mix}"))
-    timeline = Table(title=literal(f"drill: {report.fault} of {report.target} (standby {report.standby})"))
+    timeline = Table(title=literal(f"drill: {report.fault} of node {report.target} (standby: node {report.standby})"))
     timeline.add_column("event")
     timeline.add_column("t (s after fault)", justify="right")
     for name, value in sorted(report.timeline.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
@@ -195,7 +190,7 @@ def print_report(report) -> None:
     console.print(literal(f"requests {report.requests}, failed {report.failed} ({failures}), retried by the gateway "
                           f"{report.retried_by_gateway}, bodies completed by Range {report.resumed_with_range}; "
                           f"RTO {rto}; RPO {report.rpo_files} files; "
-                          f"{report.target} rejoined as {report.rejoined_as or '-'}"))
+                          f"node {report.target} rejoined as {report.rejoined_as or '-'}"))
     if report.new_cached or report.late_requests or report.unsent:
         console.print(f"new texts answered from cache {report.new_cached}; requests sent late for lack of a free "
                       f"client {report.late_requests}, never sent {report.unsent}")

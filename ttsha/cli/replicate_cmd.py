@@ -1,4 +1,4 @@
-"""``ttsha replicate``: copy models and audio to the standby over SSH."""
+"""``ttsha replicate``: copy models and audio to the other nodes over SSH."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import Refused, UsageError
+from ..errors import UsageError
 from . import Context, pass_ctx
 
 
@@ -21,8 +21,9 @@ from . import Context, pass_ctx
 @click.pass_context
 def replicate(click_ctx: click.Context, once: str | None, dry_run: bool, force: bool, store_dir: Path | None) -> None:
     """Replicate the model cache (every [replicate] interval) and the audio
-    store (in real time, via inotify) to [replicate] peer over one verified
-    SSH connection. Nothing queued is lost across restarts or peer outages.
+    store (in real time, via inotify) to every node of [replicate] peers, over
+    one verified SSH connection and one durable queue per peer. Nothing queued
+    is lost across restarts or peer outages.
 
     \b
     Examples:
@@ -51,42 +52,32 @@ def replicate(click_ctx: click.Context, once: str | None, dry_run: bool, force: 
 def _once_models(replicator, dry_run: bool, force: bool) -> None:
     from rich.progress import Progress
 
-    if dry_run:
-        result = replicator.sync_models(dry_run=True)
-        for change in result.changes:
-            click.echo(change.itemize())
-        click.echo(f"dry run: {len(result.changes)} changes", err=True)
+    if dry_run:  # changes nothing: it may look from any node
+        for name, result in replicator.sync_models(dry_run=True).items():
+            _print_changes(name, result)
         return
-    turn, why = replicator.models_turn()  # a dry run changes nothing: it may look from any node
-    if not turn:
-        # Only a node the monitor made primary (a signed claim) pushes with deletes: a stale cache
-        # sent from anywhere else would remove the primary's newer files.
-        if not force:
-            raise Refused(f"not sending models from this node: {why}. Run it on the primary, add --force "
-                          'to send once regardless, or set [replicate] models = "always".')
-        click.echo(f"warning: {why}; sending anyway (--force)", err=True)
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("models", total=None)
-        result = replicator.sync_models(progress=lambda change, sent: progress.update(task, completed=sent))
-    click.echo(f"models: {result.files_sent} files sent ({result.bytes_sent} bytes), {result.deleted} deleted, "
-               f"{result.seconds:.2f} s", err=True)
+        results = replicator.send_models_once(
+            force=force, warn=lambda why: click.echo(f"warning: {why}", err=True),
+            progress=lambda change, sent: progress.update(task, completed=sent))
+    for name, result in results.items():
+        click.echo(f"models to {name}: {result.files_sent} files sent ({result.bytes_sent} bytes), "
+                   f"{result.deleted} deleted, {result.seconds:.2f} s", err=True)
 
 
 def _once_audio(replicator, dry_run: bool) -> None:
-    from ..replicate.daemon import peer_for
-    from ..replicate.sync import sync
+    for name, result in replicator.sync_audio(dry_run=dry_run).items():
+        if dry_run:
+            _print_changes(name, result)
+        else:
+            click.echo(f"audio to {name}: {len(result.changes)} changes, {result.files_sent} files sent", err=True)
 
-    rc = replicator.config.replicate
-    peer = peer_for(replicator.config, str(rc.remote_store)).connect()
-    try:
-        result = sync(replicator.store, peer, delete=False, checksum=rc.checksum, include=rc.include,
-                      exclude=rc.exclude, dry_run=dry_run)
-    finally:
-        peer.close()
-    if dry_run:
-        for change in result.changes:
-            click.echo(change.itemize())
-    click.echo(f"audio: {len(result.changes)} changes, {result.files_sent} files sent", err=True)
+
+def _print_changes(peer: str, result) -> None:
+    for change in result.changes:
+        click.echo(change.itemize())
+    click.echo(f"dry run for {peer}: {len(result.changes)} changes", err=True)
 
 
 @replicate.command("trust-host")

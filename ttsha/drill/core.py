@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -317,7 +319,7 @@ class DrillPlan:
     def describe(self) -> list[str]:
         t = self.traffic
         return [
-            f"drill: {self.fault.kind} of the primary {self.target}; {self.standby} should take over",
+            f"drill: {self.fault.kind} of the primary, node {self.target}; node {self.standby} should take over",
             *([f"first: {CAPACITY_SECONDS:g} s of new texts back to back with {t.concurrency} clients through "
                f"{self.gateway} to measure capacity"] if t.load is not None else []),
             f"traffic: {t.describe()} through {self.gateway}; the fault after {t.fault_after:g} s",
@@ -350,8 +352,11 @@ def resolve(drill: DrillConfig, options: DrillOptions) -> tuple[DrillConfig, Tra
     return drill, traffic
 
 
-def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
-    """Check the pair can be drilled and work out what to do; raises :class:`Refused`."""
+def prepare(config: Config, options: DrillOptions | None = None, gateway: str | None = None) -> DrillPlan:
+    """Check the pair can be drilled and work out what to do; raises :class:`Refused`.
+
+    ``gateway``: the URL the clients call (default: this host's Nginx; the lab's pair gives its virtual IP).
+    """
     from .. import failover
     from ..monitor import control
     from ..nginx import gateway_url
@@ -367,7 +372,7 @@ def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
         raise Refused("no primary: the monitor has not chosen one yet (see 'ttsha status')")
     health = failover.node_state(config, target)
     if not health or not health.ready:
-        raise Refused(f"refusing to drill: the primary {target} is not healthy "
+        raise Refused(f"refusing to drill: the primary, node {target}, is not healthy "
                       f"({health.status if health else 'no answer'})")
     standbys = sorted(
         (n for n in config.nodes if n != target),
@@ -378,8 +383,8 @@ def prepare(config: Config, options: DrillOptions | None = None) -> DrillPlan:
         raise Refused(f"refusing to drill: no standby is healthy ({', '.join(standbys) or 'none configured'})")
     pid = health.pid
     fault = options.fault or settings.fault
-    return DrillPlan(target, ready[0], gateway_url(config.nginx), Fault(config, target, fault, pid), settings,
-                     traffic, api_key)
+    return DrillPlan(target, ready[0], gateway or gateway_url(config.nginx), Fault(config, target, fault, pid),
+                     settings, traffic, api_key)
 
 
 def drill_api_key(config: Config) -> str | None:
@@ -439,3 +444,31 @@ def execute(config: Config, plan: DrillPlan) -> DrillReport:
                              "failed": report.failed, "max_latency_s": slowest,
                              "rto_s": report.rto_s, "rpo_files": report.rpo_files, "missed": report.missed})
     return report
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While in this block (in the main thread), SIGTERM raises KeyboardInterrupt, so a drill
+    stopped from outside (systemd's TimeoutStartSec, kill) still restores what it broke."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(config: Config, options: DrillOptions | None = None, gateway: str | None = None) -> DrillReport:
+    """Prepare and execute one drill: the one entry of ``failover --drill`` and ``lab drill``.
+
+    A drill stopped from outside still gives the node back (:class:`sigterm_unwinds`).
+    """
+    plan = prepare(config, options, gateway)
+    with sigterm_unwinds():
+        return execute(config, plan)

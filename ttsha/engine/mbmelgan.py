@@ -161,6 +161,41 @@ class MBMelGAN(nn.Module):
         full = F.pad(full, ((taps - 1) // 2, taps // 2))
         return F.conv1d(full, self.synthesis_filter)[0, 0]
 
+    def prepared(self) -> dict:
+        """The generator and PQMF as plain tensors and numbers (``torch.load(weights_only=True)`` reads it back)."""
+
+        def conv(c: _Conv) -> dict:
+            return {"weight": c.weight, "bias": c.bias, "pad": c.pad, "dilation": c.dilation}
+
+        return {
+            "first": conv(self.first),
+            "blocks": [{"weight": up.weight, "bias": up.bias, "stride": up.stride,
+                        "stacks": [[conv(s.shortcut), conv(s.dilated), conv(s.pointwise)] for s in stacks]}
+                       for up, stacks in self.blocks],
+            "last": conv(self.last),
+            "synthesis_up": self.synthesis_up,
+            "synthesis_filter": self.synthesis_filter,
+            "subbands": self.subbands,
+            "alpha": self.alpha,
+            "subband_scale": self.subband_scale,
+        }
+
+    @classmethod
+    def from_prepared(cls, state: dict) -> MBMelGAN:
+        """The vocoder :meth:`prepared` described, without parsing the model file again."""
+        alpha = float(state["alpha"])
+
+        def conv(c: dict) -> _Conv:
+            return _Conv(c["weight"], c["bias"], int(c["pad"]), int(c["dilation"]))
+
+        blocks = [(_Upsample(b["weight"], b["bias"], int(b["stride"])),
+                   [_ResidualStack(conv(s), conv(d), conv(p), alpha) for s, d, p in b["stacks"]])
+                  for b in state["blocks"]]
+        scale = state["subband_scale"]
+        return cls(conv(state["first"]), blocks, conv(state["last"]), state["synthesis_up"],
+                   state["synthesis_filter"], int(state["subbands"]), alpha,
+                   None if scale is None else float(scale)).eval()
+
     @classmethod
     def from_tflite(cls, model: TFLiteModel) -> MBMelGAN:
         """Rebuild the generator and PQMF from the operators of ``model``."""

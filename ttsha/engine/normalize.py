@@ -18,8 +18,6 @@ import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
-import cn2an
-
 from .spans import Tracked
 
 _DIGITS = "零一二三四五六七八九"
@@ -119,6 +117,8 @@ def _read_integer(digits: str) -> str:
         return _read_digits(digits)
     # cn2an refuses more than 16 digits in all.
     if len(digits) <= 12:
+        import cn2an  # on first use: its import compiles regexes for ~0.5 s of CPU
+
         text = cn2an.an2cn(digits)
         # 2000 is 两千, 20000 两万: a leading 二 before a magnitude is 两.
         return "两" + text[1:] if text[:2] in ("二千", "二万", "二亿") else text
@@ -130,6 +130,8 @@ def _read_number(number: str) -> str:
     negative = number.startswith("-")
     number = number.lstrip("-+")
     if "." in number:
+        import cn2an  # on first use (see _read_integer)
+
         whole, frac = number.split(".", 1)
         whole = whole or "0"
         text = (cn2an.an2cn(whole) if len(whole) <= 12 and not (len(whole) > 1 and whole[0] == "0")

@@ -25,13 +25,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .. import history
 from ..config import load as load_config
-from ..errors import PeerUnreachable, TTSHAError
+from ..errors import PeerUnreachable, Refused, TTSHAError
+from ..faults import GATEWAY_FAULTS, GatewayFault
 from ..fsutil import atomic_write
 from ..monitor import statefile
 from ..nginx import PrivateGateway
 from .layout import GATEWAY_HOST, NODE_HOSTS, LabError, LabLayout, node_cpus, write_config
+from .pair import GATEWAYS, LAB_NET, keepalived_command
 from .procs import (
     alive,
     check_dir,
@@ -45,6 +49,9 @@ from .procs import (
     wait_port,
 )
 from .sshd import known_hosts, render_sshd_config, sshd_command, write_keys
+
+if TYPE_CHECKING:
+    from ..drill import DrillOptions, DrillReport, GatewayReport
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +77,7 @@ class Lab:
         except (OSError, ValueError):
             raise LabError(f"no lab in {self.root}: run 'ttsha lab up --dir {self.root}'") from None
         return LabLayout(self.root, data["node_ports"], data["gateway_port"], data.get("ssh_port", 0),
-                         tuple(data.get("store_mounts", ())))
+                         tuple(data.get("store_mounts", ())), data.get("gateways", 1))
 
     def _records(self) -> dict[str, dict]:
         """name -> {"pid", "start"}: pids.json (name -> pid) and, beside it, each start time."""
@@ -170,7 +177,7 @@ class Lab:
         store = layout.node_dir(name) / "audio"
         store.mkdir(parents=True, exist_ok=True)
         command = [*node_cpus(name), sys.executable, "-m", "ttsha", "--config", str(self.node_config(name)), "serve",
-                   "--host", NODE_HOSTS[name], "--port", str(layout.node_ports[name]), "--store", str(store)]
+                   "--host", layout.hosts[name], "--port", str(layout.node_ports[name]), "--store", str(store)]
         return self._spawn(name, command)
 
     def start_replicate(self, name: str) -> int:
@@ -197,7 +204,7 @@ class Lab:
         sshd = find_binary("sshd", "openssh-server")
         pid = self._spawn(f"sshd-{name}", sshd_command(sshd, layout.ssh / f"sshd_config-{name}",
                                                        self.root / f"sshd-{name}.log"))
-        wait_port(NODE_HOSTS[name], layout.ssh_port)
+        wait_port(layout.hosts[name], layout.ssh_port)
         return pid
 
     def stop_sshd(self, name: str) -> None:
@@ -224,43 +231,63 @@ class Lab:
             time.sleep(0.02)
 
     def up(self, node_ports: dict[str, int] | None = None, gateway_port: int | None = None, monitor: bool = True,
-           timeout: float = 120.0) -> LabLayout:
+           timeout: float = 120.0, gateways: int = 1) -> LabLayout:
         """Write configs, start everything, wait until healthy.
 
-        If any step fails, whatever was already started is stopped again.
+        ``gateways=2``: a gateway pair with keepalived, each in a network
+        namespace (:mod:`.pair`; root only). If any step fails, whatever was
+        already started or created is stopped or removed again.
         """
+        if gateways not in (1, 2):
+            raise LabError(f"--gateways must be 1 or 2, not {gateways}")
+        if gateways == 2:
+            if os.geteuid() != 0:
+                raise LabError("a gateway pair needs root (network namespaces, veth links, keepalived): "
+                               "run 'sudo ttsha lab up --gateways 2'")
+            find_binary("keepalived", "keepalived")
+            if LAB_NET.leftovers():
+                raise LabError(f"the lab's gateway network already exists ({', '.join(LAB_NET.leftovers())}): "
+                               "another lab runs a pair; 'ttsha lab down --dir DIR' it first")
         if self._pids():
             raise LabError(f"a lab already runs in {self.root} (ttsha lab down --dir {self.root})")
         try:
-            return self._up(node_ports, gateway_port, monitor, timeout)
+            return self._up(node_ports, gateway_port, monitor, timeout, gateways)
         except BaseException:
             self.down()
             raise
 
     def _up(self, node_ports: dict[str, int] | None, gateway_port: int | None, monitor: bool,
-            timeout: float) -> LabLayout:
+            timeout: float, gateways: int) -> LabLayout:
         nginx = find_binary("nginx", "nginx")
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         check_dir(self.root)
         find_binary("sshd", "openssh-server")
         keygen = find_binary("ssh-keygen", "openssh-client")
-        ports = node_ports or {name: pick_port(host, 8900) for name, host in NODE_HOSTS.items()}
-        ssh_port = next((p for p in range(2222, 2300) if all(port_free(h, p) for h in NODE_HOSTS.values())), 0)
+        if gateways == 2:
+            # Recorded before anything is created, so that down() removes whatever part of it exists.
+            atomic_write(self.root / "lab.json", json.dumps({"node_ports": {}, "gateway_port": 0,
+                                                             "gateways": 2}), sync_dir=False)
+            LAB_NET.up()
+        hosts = LabLayout(self.root, {}, 0, gateways=gateways).hosts
+        for host in hosts.values() if gateways == 2 else ():
+            LAB_NET.add_address(host)
+        ports = node_ports or {name: pick_port(host, 8900) for name, host in hosts.items()}
+        ssh_port = next((p for p in range(2222, 2300) if all(port_free(h, p) for h in hosts.values())), 0)
         if not ssh_port:
-            raise LabError("no free SSH port for the lab between 2222 and 2299 on 127.0.0.2/3")
-        layout = LabLayout(self.root, ports, gateway_port or pick_port(GATEWAY_HOST, 8080), ssh_port)
+            raise LabError(f"no free SSH port for the lab between 2222 and 2299 on {', '.join(hosts.values())}")
+        # A pair's gateways listen in namespaces of their own, where 8080 is always free.
+        port = gateway_port or (pick_port(GATEWAY_HOST, 8080) if gateways == 1 else 8080)
+        layout = LabLayout(self.root, ports, port, ssh_port, gateways=gateways)
         layout.store_mounts = self._mount_stores(layout)
         atomic_write(self.root / "lab.json", json.dumps({
             "node_ports": ports, "gateway_port": layout.gateway_port, "ssh_port": layout.ssh_port,
-            "store_mounts": list(layout.store_mounts)}), sync_dir=False)
+            "store_mounts": list(layout.store_mounts), "gateways": gateways}), sync_dir=False)
         if not (self.root / "monitor.secret").exists():
             from ..protocol import generate_secret
 
             generate_secret(self.root / "monitor.secret")
         write_config(layout, nginx)
         self._write_ssh(layout, keygen)
-        gateway = PrivateGateway(load_config(self.root / "ttsha.toml"), layout.gateway, nginx)
-        gateway.write(force=True)
         for name in NODE_HOSTS:
             self.start_node(name)
             (layout.node_dir(name) / "models").mkdir(parents=True, exist_ok=True)
@@ -271,6 +298,17 @@ class Lab:
             self.start_sshd(name)
         for name in NODE_HOSTS:
             self.start_replicate(name)
+        if gateways == 2:
+            for name in GATEWAYS:
+                PrivateGateway(load_config(self.gateway_config(name)), layout.gateway_dir(name) / "gateway",
+                               nginx).write(force=True)
+                self._start_gateway_nginx(name)
+            self.wait_healthy(layout, timeout)
+            if monitor:
+                self._start_pair(timeout)
+            return layout
+        gateway = PrivateGateway(load_config(self.root / "ttsha.toml"), layout.gateway, nginx)
+        gateway.write(force=True)
         try:
             nginx_pid = gateway.start()
         except TTSHAError as exc:
@@ -283,6 +321,126 @@ class Lab:
             self._spawn("monitor", self._ttsha("monitor"))
             self.wait_monitor(timeout=30)
         return layout
+
+    # -- the gateway pair (``up --gateways 2``) ------------------------------
+    def gateway_config(self, name: str) -> Path:
+        return self.root / name / "ttsha.toml"
+
+    def _start_pair(self, timeout: float) -> None:
+        """Each gateway's monitor, then keepalived: gw-a first, so that it takes the VIP, then gw-b."""
+        for name in GATEWAYS:
+            self._start_gateway_monitor(name)
+        for name in GATEWAYS:
+            self._start_keepalived(name)
+            if name == GATEWAYS[0]:
+                self.wait_vip(name, timeout=30)
+        for name in GATEWAYS:
+            self.wait_monitor(timeout=30, state_file=self.root / name / "monitor.json")
+
+    def _start_gateway_nginx(self, name: str) -> int:
+        running = self.pid(f"nginx-{name}")
+        if running is not None and alive(running):
+            return running
+        prefix = self.root / name / "gateway"
+        (prefix / "nginx.pid").unlink(missing_ok=True)
+        nginx = find_binary("nginx", "nginx")
+        proc = subprocess.run([*LAB_NET.exec(name), nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if proc.returncode != 0:
+            raise LabError(f"nginx of {name} did not start: {proc.stderr.strip()}")
+        # Nginx forks into the background: its master's pid is in its pid file.
+        deadline = time.monotonic() + 10
+        while not (prefix / "nginx.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        try:
+            pid = int((prefix / "nginx.pid").read_text())
+        except (OSError, ValueError):
+            raise LabError(f"nginx of {name} wrote no {prefix}/nginx.pid") from None
+        pids = self._pids()
+        pids[f"nginx-{name}"] = pid
+        self._save_pids(pids)
+        wait_port(LAB_NET.address(name), self.layout().gateway_port)
+        return pid
+
+    def _start_gateway_monitor(self, name: str) -> int:
+        running = self.pid(f"monitor-{name}")
+        if running is not None and alive(running):
+            return running
+        return self._spawn(f"monitor-{name}", [*LAB_NET.exec(name), sys.executable, "-m", "ttsha", "--config",
+                                               str(self.gateway_config(name)), "monitor"])
+
+    def _start_keepalived(self, name: str) -> int:
+        from .. import keepalived
+
+        running = self.pid(f"keepalived-{name}")
+        if running is not None and alive(running):
+            return running
+        home = self.root / name
+        for pid_file in home.glob("keepalived*.pid"):
+            pid_file.unlink()  # a restarted keepalived must not take a recycled pid for its own
+        entry = Path(sys.executable).with_name("ttsha")
+        text = keepalived.render(load_config(self.gateway_config(name)), name,
+                                 ttsha_bin=str(entry) if entry.exists() else "ttsha",
+                                 config_path=self.gateway_config(name))
+        atomic_write(home / "keepalived.conf", text, sync_dir=False)
+        return self._spawn(f"keepalived-{name}", [*LAB_NET.exec(name), *keepalived_command(
+            find_binary("keepalived", "keepalived"), home / "keepalived.conf", home)])
+
+    def wait_vip(self, name: str, timeout: float) -> float:
+        """Seconds until ``name`` alone holds the virtual IP."""
+        start = time.monotonic()
+        while LAB_NET.holders() != [name]:
+            if time.monotonic() - start > timeout:
+                raise LabError(f"{name} did not take the virtual IP {LAB_NET.vip} within {timeout:.0f} s "
+                               f"(holders: {LAB_NET.holders() or 'none'}; see {self.root}/keepalived-{name}.log)")
+            time.sleep(0.02)
+        return time.monotonic() - start
+
+    def vip_holders(self) -> list[str]:
+        """The gateways holding the virtual IP (empty for a one-gateway lab)."""
+        return LAB_NET.holders() if self.layout().gateways == 2 else []
+
+    def gateway_processes(self, name: str) -> dict[str, int]:
+        """Gateway ``name``'s recorded processes (nginx, monitor, keepalived) by role."""
+        pids = self._pids()
+        return {role: pids[f"{role}-{name}"] for role in ("nginx", "monitor", "keepalived")
+                if f"{role}-{name}" in pids}
+
+    def signal_gateway(self, name: str, roles: tuple[str, ...], sig: signal.Signals) -> list[int]:
+        """Send ``sig`` to gateway ``name``'s processes of ``roles`` and everything below them
+        (Nginx's workers, keepalived's VRRP child); the pids signalled."""
+        signalled = []
+        for role in roles:
+            record = f"{role}-{name}"
+            pid = self.pid(record)
+            if pid is None:
+                continue
+            below = descendants(pid)  # before the parent: a killed parent's children are reparented
+            if self._signal(record, sig):
+                signalled.append(pid)
+                for child in below:
+                    try:
+                        os.kill(child, sig)
+                        signalled.append(child)
+                    except ProcessLookupError:
+                        pass
+        return signalled
+
+    def kill_gateway(self, name: str) -> list[int]:
+        """A power loss of gateway ``name``: Nginx, monitor and keepalived SIGKILLed at once, its link down."""
+        killed = self.signal_gateway(name, ("keepalived", "nginx", "monitor"), signal.SIGKILL)
+        LAB_NET.power_off(name)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in killed) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return killed
+
+    def start_gateway(self, name: str) -> None:
+        """Power gateway ``name`` on again: link, Nginx, monitor, keepalived (each unless it runs)."""
+        LAB_NET.power_on(name)
+        self._start_gateway_nginx(name)
+        self._start_gateway_monitor(name)
+        self._start_keepalived(name)
 
     def _mount_stores(self, layout: LabLayout) -> tuple[str, ...]:
         """As root, each node's store on a tmpfs of its own (disk-full fills it); else plain directories."""
@@ -319,8 +477,8 @@ class Lab:
         """Host key, client key, authorized_keys and known_hosts for the standby's sshd."""
         ssh = layout.ssh
         write_keys(ssh, keygen)
-        (ssh / "known_hosts").write_text(known_hosts(ssh, [(host, layout.ssh_port) for host in NODE_HOSTS.values()]))
-        for name, host in NODE_HOSTS.items():
+        (ssh / "known_hosts").write_text(known_hosts(ssh, [(host, layout.ssh_port) for host in layout.hosts.values()]))
+        for name, host in layout.hosts.items():
             (ssh / f"sshd_config-{name}").write_text(render_sshd_config(host, layout.ssh_port, ssh, name))
 
     def wait_healthy(self, layout: LabLayout, timeout: float) -> None:
@@ -341,19 +499,77 @@ class Lab:
             raise PeerUnreachable(f"lab nodes not ready after {timeout:.0f} s: {', '.join(sorted(pending))} "
                                   f"(see {self.root}/*.log)")
 
-    def wait_monitor(self, timeout: float) -> dict:
+    def wait_monitor(self, timeout: float, state_file: Path | None = None) -> dict:
+        state_file = state_file or self.root / "monitor.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = statefile.read(self.root / "monitor.json")
+            state = statefile.read(state_file)
             if state and state.primary and state.nginx_ok:
                 return state.raw
             time.sleep(0.1)
-        raise LabError(f"the monitor did not take control within {timeout:.0f} s (see {self.root}/monitor.log)")
+        raise LabError(f"the monitor did not take control within {timeout:.0f} s (see {state_file.parent}/*.log)")
 
     def monitor_state(self) -> dict | None:
         """The monitor's state document (raw: tests and the bench index it), or None."""
         state = statefile.read(self.root / "monitor.json")
         return state.raw if state else None
+
+    # -- drills ----------------------------------------------------------
+    def drill_config(self) -> Path:
+        """The config a drill runs with: the gateway's (for a pair, the VIP holder's, whose monitor leads)."""
+        layout = self.layout()
+        if layout.gateways == 1:
+            return layout.config
+        holders = LAB_NET.holders()
+        if len(holders) != 1:
+            raise Refused(f"refusing to drill: {len(holders)} gateways hold the virtual IP "
+                          f"({', '.join(holders) or 'none'}); see 'ttsha lab status'")
+        return self.gateway_config(holders[0])
+
+    def drill_plan(self, options: DrillOptions) -> list[str]:
+        """What :meth:`drill` would do, changing nothing."""
+        from .. import drill
+
+        if options.fault in GATEWAY_FAULTS:
+            return self._gateway_fault(options.fault).describe()
+        return drill.prepare(load_config(self.drill_config()), options, self.layout().gateway_url).describe()
+
+    def drill(self, options: DrillOptions) -> DrillReport | GatewayReport:
+        """A drill against the lab: of the primary node (faults over SSH, as on a real pair), or,
+        for a pair, of the gateway holding the virtual IP."""
+        from .. import drill
+
+        config = load_config(self.drill_config())
+        if options.fault not in GATEWAY_FAULTS:
+            return drill.run(config, options, self.layout().gateway_url)
+        fault = self._gateway_fault(options.fault)
+        settings, traffic = drill.resolve(config.drill, options)
+        traffic = drill.with_capacity(traffic, self.layout().gateway_url, drill.CLIENT_TIMEOUT_S)
+        with drill.sigterm_unwinds():
+            report = drill.run_gateway_drill(self.layout().gateway_url, fault, LAB_NET.holders, self.primary_node,
+                                             traffic, float(config.vrrp.check_interval))
+        history.record(config, {"kind": "drill", "fault": report.fault, "target": report.target,
+                                 "seed": traffic.seed, "rate": round(traffic.rate, 3), "requests": report.requests,
+                                 "failed": report.failed, "vip_moved_s": report.vip_moved_s,
+                                 "failed_after_move": report.failed_after_move, "missed": report.missed})
+        return report
+
+    def _gateway_fault(self, kind: str) -> GatewayFault:
+        if self.layout().gateways != 2:
+            raise LabError(f"{kind} needs a gateway pair: 'ttsha lab up --gateways 2'")
+        holders = LAB_NET.holders()
+        if len(holders) != 1:
+            raise Refused(f"refusing to drill: {len(holders)} gateways hold the virtual IP")
+        return GatewayFault(self, holders[0], kind)
+
+    def primary_node(self) -> str | None:
+        """The node whose /health says it is the primary (None: none, or more than one)."""
+        from ..failover import node_state
+
+        config = load_config(self.layout().config)
+        primaries = [name for name in config.nodes
+                     if (state := node_state(config, name, timeout=1.0)) is not None and state.role == "primary"]
+        return primaries[0] if len(primaries) == 1 else None
 
     def status(self) -> dict[str, dict]:
         layout = self.layout()
@@ -362,13 +578,17 @@ class Lab:
             running = alive(pid)
             entry = {"pid": pid, "running": running, "log": str(self.root / f"{name}.log")}
             if name.startswith("sshd-"):
-                entry["endpoint"] = f"ssh://{NODE_HOSTS[name[5:]]}:{layout.ssh_port}"
+                entry["endpoint"] = f"ssh://{layout.hosts[name[5:]]}:{layout.ssh_port}"
             if name in NODE_HOSTS:
                 entry["endpoint"] = layout.url(name)
                 entry["health"] = health(layout.url(name)) if running else "-"
             elif name == "nginx":
                 entry["endpoint"] = layout.gateway_url
                 entry["log"] = str(layout.gateway / "error.log")
+            elif name.startswith("nginx-"):
+                gateway = name[len("nginx-"):]
+                entry["endpoint"] = f"http://{LAB_NET.address(gateway)}:{layout.gateway_port}"
+                entry["log"] = str(layout.gateway_dir(gateway) / "gateway" / "error.log")
             out[name] = entry
         return out
 
@@ -376,7 +596,9 @@ class Lab:
         """Stop every process this lab started (by recorded pid), and nothing else."""
         stopped = []
         pids = self._pids()
-        order = ("monitor", "replicate-primary", "replicate-standby", "nginx", "sshd-primary", "sshd-standby")
+        pair = [f"{role}-{g}" for role in ("keepalived", "monitor") for g in GATEWAYS]
+        order = (*pair, "monitor", "replicate-primary", "replicate-standby", "nginx",
+                 *(f"nginx-{g}" for g in GATEWAYS), "sshd-primary", "sshd-standby")
         for name in (*order, *NODE_HOSTS):
             pid = pids.get(name)
             if pid is None or not alive(pid):
@@ -384,7 +606,12 @@ class Lab:
             # Each signal only to the process the lab started (pid, start time, argv).
             if not self._signal(name, signal.SIGCONT):  # a drill may have frozen it
                 continue
-            self._signal(name, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+            for child in descendants(pid):  # and Nginx's workers with it
+                try:
+                    os.kill(child, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            self._signal(name, signal.SIGQUIT if name.startswith("nginx") else signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -394,6 +621,12 @@ class Lab:
         self.pids.unlink(missing_ok=True)
         self.starts.unlink(missing_ok=True)
         self._unmount_stores()
+        try:
+            two = self.layout().gateways == 2
+        except LabError:
+            two = False
+        if two:
+            stopped += LAB_NET.down()
         return stopped
 
 

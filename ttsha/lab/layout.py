@@ -46,6 +46,17 @@ class LabLayout:
     ssh_port: int = 0
     #: Each store on a filesystem of its own (a tmpfs: ``lab up`` as root), which disk-full needs.
     store_mounts: tuple[str, ...] = ()
+    #: 1: one gateway on loopback; 2: a gateway pair in network namespaces (:mod:`.pair`).
+    gateways: int = 1
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """Each node's address: on loopback, or on the pair's LAN bridge (the gateways' namespaces reach it)."""
+        if self.gateways == 1:
+            return NODE_HOSTS
+        from .pair import LAB_NET
+
+        return {name: LAB_NET.node_address(i) for i, name in enumerate(NODE_HOSTS)}
 
     @property
     def ssh(self) -> Path:
@@ -63,11 +74,20 @@ class LabLayout:
         return self.root / name
 
     def url(self, name: str) -> str:
-        return f"http://{NODE_HOSTS[name]}:{self.node_ports[name]}"
+        return f"http://{self.hosts[name]}:{self.node_ports[name]}"
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{GATEWAY_HOST}:{self.gateway_port}"
+        """Where clients call: the one gateway, or the pair's virtual IP."""
+        if self.gateways == 1:
+            return f"http://{GATEWAY_HOST}:{self.gateway_port}"
+        from .pair import LAB_NET
+
+        return f"http://{LAB_NET.vip}:{self.gateway_port}"
+
+    def gateway_dir(self, name: str) -> Path:
+        """A gateway of the pair: its config, Nginx prefix, monitor state, keepalived files."""
+        return self.root / name
 
 
 def lab_settings(layout: LabLayout, nginx_binary: str, user: str) -> dict[str, dict[str, Any]]:
@@ -83,11 +103,11 @@ def lab_settings(layout: LabLayout, nginx_binary: str, user: str) -> dict[str, d
     test_command, reload_command = prefix_commands(nginx_binary, gw)
     return {
         # This node's address: its replicator asks it for its role (see [replicate] models).
-        "serve": {"host": NODE_HOSTS["primary"], "port": layout.node_ports["primary"], "workers": 2,
+        "serve": {"host": layout.hosts["primary"], "port": layout.node_ports["primary"], "workers": 2,
                   "canary_interval": "30s", "drain_timeout": "10s"},
         "store": {"path": f"{root}/primary/audio"},
         "nodes": {name: {"url": layout.url(name), "priority": 200 if name == "primary" else 100,
-                         "ssh_host": NODE_HOSTS[name], "ssh_port": layout.ssh_port, "ssh_user": user,
+                         "ssh_host": layout.hosts[name], "ssh_port": layout.ssh_port, "ssh_user": user,
                          "start_command": start(name), "power_on_command": start(name, "power-on"),
                          "store": f"{layout.node_dir(name)}/audio"}
                   for name in NODE_HOSTS},
@@ -123,20 +143,56 @@ def standby_settings(layout: LabLayout, primary: dict[str, dict[str, Any]]) -> d
     """
     root = layout.root
     back = {table: dict(values) for table, values in primary.items()}
-    back["serve"].update(host=NODE_HOSTS["standby"], port=layout.node_ports["standby"])
+    back["serve"].update(host=layout.hosts["standby"], port=layout.node_ports["standby"])
     back["replicate"].update(peer="primary", remote_store=f"{root}/primary/audio",
                              remote_models=f"{root}/primary/models", local_models=f"{root}/standby/models",
                              queue_file=f"{root}/standby/replicate.sqlite")
     return back
 
 
+def gateway_settings(layout: LabLayout, primary: dict[str, dict[str, Any]], name: str,
+                     nginx_binary: str) -> dict[str, dict[str, Any]]:
+    """Gateway ``name`` of the pair: the primary's tables with its own Nginx, monitor and VRRP settings.
+
+    Nginx listens on every address of the gateway's namespace, so it serves
+    the virtual IP wherever keepalived puts it; the monitor's state, socket
+    and name are its own; the secret that signs roles is shared.
+    """
+    from .pair import GATEWAYS, INTERFACE, LAB_NET
+
+    home = layout.gateway_dir(name)
+    prefix = home / "gateway"
+    test_command, reload_command = prefix_commands(nginx_binary, prefix)
+    tables = {table: dict(values) for table, values in primary.items()}
+    tables["nginx"].update(listen=f"0.0.0.0:{layout.gateway_port}", upstream_file=f"{prefix}/ttsha-upstream.conf",
+                           site_file=f"{prefix}/ttsha-site.conf", test_command=test_command,
+                           reload_command=reload_command)
+    tables["monitor"].update(state_file=f"{home}/monitor.json", control_socket=f"{home}/monitor.sock",
+                             gateway_id=name)
+    # Adverts every 200 ms: keepalived's takeover floor is 3 adverts + skew (~0.7 s), within the 1.5 s target.
+    # The track script runs each second and fails after two misses: a frozen Nginx loses the VIP in ~2-3 s.
+    tables["vrrp"] = {"vip": f"{LAB_NET.vip}/24", "interface": INTERFACE, "advert_interval": "200ms",
+                      "router_id": 79, "check_interval": "1s"}
+    tables["gateways"] = {g: {"address": LAB_NET.address(g), "priority": 150 - 50 * i}
+                          for i, g in enumerate(GATEWAYS)}
+    return tables
+
+
 def write_config(layout: LabLayout, nginx_binary: str) -> None:
-    """The lab's ttsha.toml and ttsha-standby.toml, checked by the config loader and written by its one TOML writer."""
+    """The lab's ttsha.toml and ttsha-standby.toml (and, for a pair, each gateway's), checked by the
+    config loader and written by its one TOML writer."""
     import getpass
 
     primary = lab_settings(layout, nginx_binary, getpass.getuser())
     header = "# Written by `ttsha lab up` (see ttsha.lab.lab_settings for why each setting).\n"
-    for path, tables in ((layout.config, primary),
-                         (layout.root / "ttsha-standby.toml", standby_settings(layout, primary))):
+    files = [(layout.config, primary), (layout.root / "ttsha-standby.toml", standby_settings(layout, primary))]
+    if layout.gateways == 2:
+        from .pair import GATEWAYS
+
+        for name in GATEWAYS:
+            layout.gateway_dir(name).mkdir(parents=True, exist_ok=True)
+            files.append((layout.gateway_dir(name) / "ttsha.toml", gateway_settings(layout, primary, name,
+                                                                                    nginx_binary)))
+    for path, tables in files:
         path.write_text(header + to_toml(parse_config(tables, path)), encoding="utf-8")
 

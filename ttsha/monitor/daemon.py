@@ -32,13 +32,13 @@ from typing import Any
 
 from .. import httpclient, systemd
 from ..alert import Alert, Alerter
-from ..config import Config
+from ..config import Config, models_source
 from ..fsutil import atomic_write
 from ..nginx import NginxError, UpstreamController, node_address
 from ..protocol import DOWN, PRIMARY, Health, HealthError, default_gateway_id, load_secret, sign_claim
-from .authority import Authority
+from .authority import AddressEvents, Authority
 from .control import ControlServer, GatewayLock, lock_path
-from .state import Decider, Event
+from .state import Decider, Event, moved
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class Monitor:
         mc = config.monitor
         self.nginx = UpstreamController(config.nginx, config.nodes)
         self.decider = Decider(config.nodes, mc.mode, mc.fall, mc.rise, mc.failback,
-                               primary=self.nginx.current_primary())
+                               primary=self.nginx.current_primary(), models_source=models_source(config))
         self.alerter = alerter or Alerter(config.alert)
         # Probe results and control commands: only the main loop touches the Decider.
         self.inbox: queue.Queue[Probe | Command] = queue.Queue()
@@ -150,7 +150,8 @@ class Monitor:
         self._secret = load_secret(mc.secret_file)
         self.gateway_id = mc.gateway_id or default_gateway_id()
         # Only the holder of the virtual IP tells the nodes their roles (ttsha.monitor.authority).
-        self.authority = Authority(config.vrrp.vip, config.vrrp.interface or None)
+        self.authority = Authority(config.vrrp.vip, config.vrrp.interface or None,
+                                   events=AddressEvents() if config.vrrp.vip else None)
         self._splits: set[tuple[str, int]] = set()
         if self._secret is None:
             log.warning("no [monitor] secret_file: nodes are not told their roles, so models = \"primary\" "
@@ -215,7 +216,7 @@ class Monitor:
                 self._splits.add((gateway, epoch))
                 events.append(Event(
                     "split_brain", result.node, result.at,
-                    f"{result.node} follows gateway {gateway} (epoch {epoch}), which took over after this one "
+                    f"node {result.node} follows gateway {gateway} (epoch {epoch}), which took over after this one "
                     f"(epoch {self.authority.epoch}): two gateways hold the roles; this one follows it",
                     {"gateway": gateway, "epoch": epoch, "mine": self.authority.epoch}))
         state = self.decider.states.get(result.node)
@@ -223,7 +224,7 @@ class Monitor:
                 and state is not None and state.status == "up"):
             switched = self.decider.set_primary(result.node, result.at)
             events.append(Event("switchover", result.node, result.at,
-                                f"{switched.data['from'] or 'none'} -> {result.node}, following gateway {gateway} "
+                                f"{moved(switched.data['from'], result.node)}, following gateway {gateway} "
                                 f"(epoch {epoch})", switched.data))
         return events
 
@@ -440,6 +441,7 @@ class Monitor:
                 next_ping = time.monotonic() + interval
         systemd.stopping()
         control.close()
+        self.authority.close()
         self.write_state()
         lock.release()
         self.alerter.close(timeout=2)

@@ -17,14 +17,16 @@ Rules (HAProxy-style hysteresis):
   ``rise`` x 2^:data:`MAX_FLAP_DOUBLINGS`), so a node that is slow now and
   then stays out instead of costing a reload and a fence every few seconds;
   a stay of :data:`FLAP_WINDOW_S` up forgives it;
-* active-standby: at start, the primary of the existing routing keeps its
-  role until probed; without one, the choice waits until every node has been
-  heard from. The primary keeps its role while UP; when it goes DOWN the
-  UP node with the highest priority takes over. A recovered node rejoins as
-  standby: no automatic failback unless ``failback = "after:<duration>"``,
-  which hands the role back to a higher-priority node once it has been UP
-  that long;
-* active-active: every UP node serves;
+* active-standby, any number of nodes: at start, the primary of the existing
+  routing keeps its role until probed; without one, the choice waits until
+  every node has been heard from. The primary keeps its role while UP; every
+  other UP node is a backup; when the primary goes DOWN the UP node with the
+  highest priority takes over (ties: the first name). A recovered node
+  rejoins as a backup: no automatic failback unless ``failback =
+  "after:<duration>"``, which hands the role to the highest-priority node
+  once it has been UP that long;
+* active-active: every UP node serves (with its weight); a DOWN node leaves
+  and rejoins after ``rise`` good probes;
 * when every node is DOWN the last routing is kept (an alert says so): an
   empty upstream would fail every request, a stale one may still work.
 """
@@ -80,6 +82,17 @@ class NodeState:
         return self.successes > 0 or self.status == UNKNOWN
 
 
+def node_label(name: str | None) -> str:
+    """``node NAME`` or ``no node``: nodes may be named like roles (the lab's
+    "primary" and "standby"), and "primary -> standby" would not say which."""
+    return f"node {name}" if name else "no node"
+
+
+def moved(old: str | None, new: str) -> str:
+    """A switchover event's detail."""
+    return f"{node_label(old)} -> {node_label(new)}"
+
+
 @dataclass(frozen=True)
 class Event:
     kind: str  # probe_failed, node_down, node_up, switchover, all_down, model_mismatch
@@ -97,6 +110,9 @@ class Decider:
     rise: int = 3
     failback: str = "manual"
     primary: str | None = None
+    #: active-active: the node whose model the others must serve ([replicate] models_source); None: the
+    #: highest-priority node that is up.
+    models_source: str | None = None
     states: dict[str, NodeState] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,7 +120,8 @@ class Decider:
         self._failback_after = (
             None if self.failback == "manual" else parse_duration(self.failback.split(":", 1)[1])
         )
-        self._mismatch_reported: tuple[str, str] | None = None
+        #: Node -> the model version last reported as differing from the primary's (once per node and version).
+        self._mismatch_reported: dict[str, tuple[str, str]] = {}
         self._all_down = False
         #: Set by a planned switchover: automatic failback leaves this primary alone.
         self._pinned: str | None = None
@@ -191,7 +208,7 @@ class Decider:
                 self.primary = chosen.name
                 self._pinned = None
                 events.append(
-                    Event("switchover", chosen.name, now, f"{old or 'none'} -> {chosen.name}",
+                    Event("switchover", chosen.name, now, moved(old, chosen.name),
                           {"from": old, "to": chosen.name})
                 )
         events += self._check_models(now)
@@ -199,25 +216,30 @@ class Decider:
 
     def _check_models(self, now: float) -> list[Event]:
         primary = self.states.get(self.primary) if self.primary else None
+        what = "primary"
+        if self.mode == "active-active":
+            # No primary: every node serves, so all must match the node the others
+            # copy their models from ([replicate] models_source).
+            source = self.states.get(self.models_source) if self.models_source else None
+            primary = source if source is not None and source.status == UP else next(iter(self._up()), None)
+            what = "models source"
         if primary is None or not primary.model_version:
             return []
+        events = []
         for state in self._up():
             if state is primary or not state.model_version:
                 continue
-            if (state.engine, state.model_version) != (primary.engine, primary.model_version):
-                key = (state.name, state.model_version)
-                if self._mismatch_reported != key:
-                    self._mismatch_reported = key
-                    return [
-                        Event(
-                            "model_mismatch",
-                            state.name,
-                            now,
-                            f"{state.name} serves {state.engine} {state.model_version}, "
-                            f"primary {primary.name} serves {primary.engine} {primary.model_version}",
-                        )
-                    ]
-        return []
+            served = (state.engine, state.model_version)
+            if served == (primary.engine, primary.model_version):
+                self._mismatch_reported.pop(state.name, None)  # caught up: a later difference is news again
+            elif self._mismatch_reported.get(state.name) != served:
+                # Each node once per version: with three or more nodes, two that
+                # differ must not take turns being reported on every probe.
+                self._mismatch_reported[state.name] = served
+                events.append(Event("model_mismatch", state.name, now,
+                                    f"node {state.name} serves {state.engine} {state.model_version}, the {what}, "
+                                    f"node {primary.name}, serves {primary.engine} {primary.model_version}"))
+        return events
 
     @property
     def all_down(self) -> bool:
@@ -255,7 +277,7 @@ class Decider:
         if self.mode != "active-standby":
             raise ValueError("a switchover needs mode = \"active-standby\"")
         old, self.primary, self._pinned = self.primary, name, name
-        return Event("switchover", name, now, f"{old or 'none'} -> {name} (manual)", {"from": old, "to": name})
+        return Event("switchover", name, now, f"{moved(old, name)} (manual)", {"from": old, "to": name})
 
     def undo_switchover(self, previous: str | None) -> None:
         """Put ``previous`` back after Nginx refused a planned switchover."""

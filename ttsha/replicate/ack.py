@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, replication_peer
+from ..config import Config, replication_peers
 from ..errors import TTSHAError
 from ..localsocket import LineServer, NoAnswer, ask
 
@@ -47,15 +47,9 @@ POLL_S = 0.5
 STARTUP_GRACE_S = 60.0
 
 
-def socket_path(config: Config) -> Path:
-    """The replicator's acknowledgement socket: beside its queue, so that
-    ``serve`` and ``replicate`` of one node find it from the same configuration."""
-    return Path(config.replicate.queue_file).with_suffix(".sock")
-
-
 def mode(config: Config) -> str:
     """``"standby"`` or ``"local"``: without a peer there is nothing to wait for."""
-    return config.replicate.ack if replication_peer(config) else "local"
+    return config.replicate.ack if replication_peers(config) else "local"
 
 
 class AckUnavailable(TTSHAError):

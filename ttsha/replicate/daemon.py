@@ -1,12 +1,15 @@
-"""``ttsha replicate``: models on a schedule, audio in real time, over one SSH link.
+"""``ttsha replicate``: models on a schedule, audio in real time, to every peer.
 
 The audio store is watched with pyinotify (``IN_CLOSE_WRITE`` and
 ``IN_MOVED_TO``: the store writes by rename). Every finished file goes into
-the durable queue first; a sender drains the queue in order over SFTP,
-reconnecting with exponential backoff when the peer is away. A catch-up scan
-at start and after an inotify queue overflow finds anything missed. With
-``ack = "standby"``, ``serve`` asks on a local socket for each new result and
-:mod:`.durable` sends it at once, fsynced, over the same connection.
+each peer's durable queue first (:mod:`.link`: one queue, one SSH link and
+one thread per peer, so a dead or slow peer delays only its own copies). A
+catch-up scan at start, on each (re)connection and after an inotify queue
+overflow finds anything missed. With ``ack = "standby"``, ``serve`` asks on a
+local socket for each new result; :mod:`.durable` sends it at once, fsynced,
+to every connected peer and answers once ``ack_peers`` of them hold it.
+Models flow from one node at a time: the primary (active-standby) or the
+``models_source`` node (active-active), to every peer.
 """
 
 from __future__ import annotations
@@ -17,28 +20,25 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyinotify
 
 from .. import httpclient, systemd
-from ..config import Config, replication_peer
-from ..errors import TTSHAError
+from ..config import Config, models_source, replication_peers, this_node
+from ..errors import Refused, TTSHAError
 from ..fsutil import atomic_write
 from ..protocol import ACTIVE, PRIMARY, Health
-from . import ack
-from .durable import AckSender, OnPeer, PathLocks
-from .local import NotSendable, stat_inside
+from . import ack, paths
+from .durable import AckFanout
+from .link import PeerLink, remote_store
 from .queue import DurableQueue
-from .sync import SyncResult, run_groups, scan_local, selected, sidecar_first, sync
-from .transport import HostKeyRefused, Peer
+from .sync import SyncResult, selected
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
-LAG_SAMPLES = 2000
 #: How often the models job asks the local node for its role.
 ROLE_CHECK_S = 5.0
 #: A role the monitor has not repeated for this long is unknown: a node cut
@@ -49,18 +49,6 @@ ROLE_FRESH_S = 30.0
 ACK_ACTIVE_S = 10.0
 #: Beyond ack_timeout, how long a new file is left to the acknowledgement path.
 ACK_MARGIN_S = 0.2
-
-
-def peer_for(config: Config, root: str) -> Peer:
-    """A Peer for the replication peer (:func:`~ttsha.config.replication_peer`) rooted at ``root`` on that node."""
-    name = replication_peer(config)
-    if not name:
-        raise TTSHAError("no replication peer: set replicate.peer, or name this node ([serve] node, or a [nodes] "
-                         "url with [serve] host and port) among exactly two [nodes] tables")
-    node = config.nodes[name]
-    host = node.ssh_host or urlsplit(node.url).hostname or ""
-    return Peer(host, node.ssh_port, node.ssh_user, config.replicate.key_file, config.replicate.known_hosts, root,
-                bwlimit_kib=config.replicate.bwlimit)
 
 
 def local_health_url(config: Config) -> tuple[str, int]:
@@ -80,15 +68,30 @@ def local_role(config: Config, timeout: float = 2.0) -> str | None:
     return local_claim(config, timeout)[0]
 
 
-def local_claim(config: Config, timeout: float = 2.0) -> tuple[str | None, float | None]:
-    """(role, since when) as :func:`local_role`: the second changes whenever the
-    node's role does, even when it flips back between two reads."""
+def local_health(config: Config, timeout: float = 2.0) -> Health | None:
+    """This node's own ``ttsha serve``'s ``/health`` (None: it does not answer)."""
     host, port = local_health_url(config)
     reply = httpclient.get(httpclient.host_url(host, port, "/health"), timeout=timeout, limit=65536)
-    health = Health.parse(reply.json()) if not reply.error else None
+    return Health.parse(reply.json()) if not reply.error else None
+
+
+def local_claim(config: Config, timeout: float = 2.0,
+                health: Health | None = None) -> tuple[str | None, float | None]:
+    """(role, since when) as :func:`local_role` (from ``health`` when given): the
+    second changes whenever the node's role does, even when it flips back between two reads."""
+    if health is None:
+        health = local_health(config, timeout)
     if health is None or not health.role_fresh(time.time(), ROLE_FRESH_S):
         return None, None
     return health.role, health.role_since
+
+
+def failed_canary(health: Health | None) -> str | None:
+    """Why the model this node serves may be damaged: its canary's failure (None: not known to be bad)."""
+    canary = health.raw.get("canary") if health is not None else None
+    if isinstance(canary, dict) and canary.get("ok") is False:
+        return str(canary.get("reason") or "the canary failed")
+    return None
 
 
 class _Handler(pyinotify.ProcessEvent):
@@ -112,29 +115,40 @@ class _Handler(pyinotify.ProcessEvent):
 
 
 class Replicator:
+    """A node's replicator: inotify into one :class:`~.link.PeerLink` per peer, the
+    models job, the acknowledgement socket, the state file and the watchdog."""
+
     def __init__(self, config: Config, store: Path | None = None) -> None:
         self.config = config
-        rc = config.replicate
         self.store = Path(store or config.store.path)
-        self.queue = DurableQueue(rc.queue_file)
-        self.state_file = Path(rc.queue_file).with_suffix(".json")
+        self.state_file = paths.state_path(config)
         self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._scan = threading.Event()
-        self._scan.set()  # catch-up at start
-        self.lags: list[float] = []
-        self._due_in: float | None = None  # seconds until a held-back file is due
         self._role_since: float | None = None  # of the last role read (see local_claim)
-        self.stats: dict[str, Any] = {"files_sent": 0, "bytes_sent": 0, "last_error": "", "connected": False,
-                                      "overflows": 0, "models": {}}
-        #: The live connection of the audio loop, shared with the acknowledgement path.
-        self.peer: Peer | None = None
-        self.locks = PathLocks()
-        self.on_peer = OnPeer()
-        self.acks = AckSender(self.store, lambda: self.peer, self.locks, self.on_peer, self.ack_status,
-                              self._delivered)
+        self.stats: dict[str, Any] = {"overflows": 0, "models": {}}
+        self.links = {name: PeerLink(config, name, self.store, DurableQueue(paths.queue_path(config, name)),
+                                     self._holdback, self._stop)
+                      for name in replication_peers(config)}
+        self.fanout = AckFanout(self.store, {name: link.acks for name, link in self.links.items()},
+                                config.replicate.ack_peers, self.ack_status)
 
-    # -- producer --------------------------------------------------------
+    def migrate_legacy_queue(self) -> None:
+        """A queue from before fan-out (one file for the one peer): its files go to every peer's queue.
+
+        Only the daemon does it (a ``--once`` run beside it must not move its queue),
+        in one transaction per peer, so a long backlog does not hold up the start."""
+        legacy = paths.legacy_queue_path(self.config)
+        if not legacy.is_file() or not self.links:
+            return
+        old = DurableQueue(legacy)
+        pending = old.peek(1 << 30)
+        old.close()
+        for link in self.links.values():
+            link.queue.put_items([(item.rel, item.closed_at) for item in pending])
+        for path in (legacy, legacy.with_name(legacy.name + "-wal"), legacy.with_name(legacy.name + "-shm")):
+            path.unlink(missing_ok=True)
+        log.info("moved %d pending files of %s into the queues of %s", len(pending), legacy, ", ".join(self.links))
+
+    # -- producer (inotify) ------------------------------------------------
     def file_done(self, path: str) -> None:
         rel = os.path.relpath(path, self.store)
         name = os.path.basename(rel)
@@ -143,12 +157,11 @@ class Replicator:
         if not selected(rel, self.config.replicate.include, self.config.replicate.exclude):
             return
         try:
-            if self.on_peer.has(rel, os.stat(path)):
-                return  # the acknowledgement path delivered it before this event was read
+            st = os.stat(path)
         except FileNotFoundError:
             return
-        self.queue.put(rel, time.time())
-        self._wake.set()
+        for link in self.links.values():
+            link.offer(rel, st)
 
     def scan_directory(self, directory: Path) -> None:
         for dirpath, _, filenames in os.walk(directory):
@@ -162,167 +175,79 @@ class Replicator:
         self.request_scan()
 
     def request_scan(self) -> None:
-        self._scan.set()
-        self._wake.set()
+        for link in self.links.values():
+            link.request_scan()
 
-    # -- sender ----------------------------------------------------------
-    def _catch_up(self, peer: Peer) -> None:
-        """Queue every local file the peer lacks or has in another version."""
-        local = scan_local(self.store, self.config.replicate.include, self.config.replicate.exclude)
-        remote = peer.walk()
-        for rel in peer.stale_temps(remote):
-            peer.remove(rel)  # left by a sender killed mid-transfer
-        missing = [
-            rel for rel, e in local.items()
-            if rel not in remote or remote[rel].size != e.size or remote[rel].mtime != e.mtime
-        ]
-        if missing:
-            self.queue.put_many(sorted(missing, key=sidecar_first))
-            log.info("catch-up: %d files to send", len(missing))
-
-    def drain(self, peer: Peer) -> int:
-        """Send what is queued, in order; returns files sent."""
-        sent = [0]  # files sent, counted by the channels' threads
-        lock = threading.Lock()
-
-        def send_group(channel: Peer, items: list) -> None:
-            for item in items:
-                nbytes = self._send_one(channel, item)
-                if nbytes is not None:
-                    with lock:
-                        sent[0] += 1
-                        self.lags.append(time.time() - item.closed_at)
-                        self.stats["files_sent"] += 1
-                        self.stats["bytes_sent"] += nbytes
-
-        while not self._stop.is_set():
-            if self._scan.is_set():
-                self._scan.clear()
-                self._catch_up(peer)
-            batch = self.queue.peek(256)
-            hold = self._holdback()
-            if hold:
-                # serve is about to ask for its new results on the acknowledgement
-                # path, which sends them fsynced; sending them here first would
-                # make it wait behind this path and then sync them again.
-                now = time.time()
-                young = [item.closed_at + hold - now for item in batch if item.closed_at + hold > now]
-                batch = [item for item in batch if item.closed_at + hold <= now]
-                self._due_in = min(young, default=None)
-            if not batch:
-                return sent[0]
-            # Sidecars first, then the rest: whoever sees an audio file on the
-            # standby can also read the request that made it.
-            sidecars = [i for i in batch if i.rel.endswith(".json")]
-            for phase in (sidecars, [i for i in batch if not i.rel.endswith(".json")]):
-                groups = [[item] for item in phase]
-                if self.config.replicate.concurrency > 1 and len(groups) > 1:
-                    run_groups(peer, groups, send_group, self.config.replicate.concurrency)
-                else:
-                    for items in groups:
-                        send_group(peer, items)
-            del self.lags[:-LAG_SAMPLES]
-        return sent[0]
-
-    def _send_one(self, peer: Peer, item) -> int | None:
-        """Send one queued file; None when there was nothing to send."""
-        try:
-            # Results are immutable and content-addressed, so nodes can
-            # replicate to each other: a file that came from the peer is
-            # already there (same size and mtime) and is not sent back.
-            with self.locks.hold([item.rel]):  # never beside the acknowledgement path on one file
-                st = stat_inside(self.store, item.rel)
-                there = peer.stat(item.rel)
-                if there is not None and there.size == st.st_size and there.mtime == int(st.st_mtime):
-                    self.on_peer.add(item.rel, st)
-                    self.queue.done(item)
-                    return None
-                nbytes = peer.put(self.store, item.rel)
-                self.on_peer.add(item.rel, st)
-        except FileNotFoundError:
-            self.queue.done(item)  # removed locally (gc) before it could be sent
-            return None
-        except NotSendable as exc:  # a symlink renamed into the store, say: never followed
-            log.warning("not sending %s", exc)
-            self.queue.done(item)
-            return None
-        except Exception:
-            self.queue.failed(item)
-            raise
-        self.queue.done(item)
-        return nbytes
-
-    def _audio_loop(self) -> None:
-        backoff = 0.5
-        peer: Peer | None = None
-        while not self._stop.is_set():
-            try:
-                if peer is None or not peer.alive:
-                    self.peer = None
-                    peer = peer_for(self.config, str(self.config.replicate.remote_store)).connect()
-                    self.peer = peer
-                    if self.ack_enabled:
-                        try:  # reserve the acknowledgement channels before a burst takes them all
-                            self.acks.lanes()
-                        except Exception as exc:  # the sender tries again per batch
-                            log.warning("cannot open the acknowledgement channels yet: %s", exc)
-                    self.stats["connected"] = True
-                    self._scan.set()
-                    log.info("connected to %s@%s:%d", peer.user, peer.host, peer.port)
-                self._due_in = None
-                self.drain(peer)
-                backoff = 0.5
-                self.write_state()
-                self._wake.wait(1.0 if self._due_in is None else min(1.0, max(0.01, self._due_in)))
-                self._wake.clear()
-            except HostKeyRefused as exc:
-                self._failure(peer, exc, alert=True)
-                peer = None
-                self._stop.wait(MAX_BACKOFF_S)
-            except Exception as exc:  # paramiko raises many kinds; all mean "retry later"
-                self._failure(peer, exc)
-                peer = None
-                self._stop.wait(backoff)
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
-
-    def _failure(self, peer: Peer | None, exc: Exception, alert: bool = False) -> None:
-        self.peer = None
-        self.acks.close()
-        self.on_peer.clear()  # the peer may have changed while away: send in full
-        if peer is not None:
-            peer.close()
-        self.stats["connected"] = False
-        self.stats["last_error"] = f"{type(exc).__name__}: {exc}"
-        (log.error if alert else log.warning)("replication paused: %s (queue depth %d)", exc, self.queue.depth())
-        self.write_state()
-
-    def sync_models(self, dry_run: bool = False, progress=None) -> SyncResult:
+    # -- models --------------------------------------------------------------
+    def sync_models(self, dry_run: bool = False, progress=None) -> dict[str, SyncResult]:
+        """Send the model cache to every peer; a peer that fails does not stop the others
+        (raised afterwards: the one error, or a :class:`TTSHAError` naming each peer)."""
         rc = self.config.replicate
-        peer = peer_for(self.config, str(rc.remote_models)).connect()
-        try:
-            result = sync(Path(rc.local_models), peer, delete=rc.delete, checksum=rc.checksum,
-                          include=rc.include, exclude=rc.exclude, dry_run=dry_run, progress=progress,
-                          concurrency=rc.concurrency)
-        finally:
-            peer.close()
-        self.stats["models"] = {"at": time.time(), "files": result.files_sent, "bytes": result.bytes_sent,
-                                "deleted": result.deleted, "seconds": round(result.seconds, 3)}
-        return result
+        results: dict[str, SyncResult] = {}
+        errors: dict[str, Exception] = {}
+        for name, link in self.links.items():
+            try:
+                results[name] = link.sync_root(Path(rc.local_models), str(rc.remote_models), delete=rc.delete,
+                                               dry_run=dry_run, progress=progress)
+            except Exception as exc:  # paramiko raises many kinds
+                errors[name] = exc
+                log.warning("models sync to %s failed: %s", name, exc)
+        if not dry_run:
+            self.stats["models"] = {name: {"at": time.time(), "files": r.files_sent, "bytes": r.bytes_sent,
+                                           "deleted": r.deleted, "seconds": round(r.seconds, 3)}
+                                    for name, r in results.items()}
+        if len(errors) == 1 and len(self.links) == 1:
+            raise next(iter(errors.values()))
+        if errors:
+            raise TTSHAError("models sync failed for " + "; ".join(f"{n}: {e}" for n, e in errors.items())
+                             + (f" (sent to {', '.join(results)})" if results else ""))
+        return results
+
+    def send_models_once(self, *, force: bool = False, warn: Callable[[str], None] = log.warning,
+                         progress=None) -> dict[str, SyncResult]:
+        """``ttsha replicate --once models``: send the model cache to every peer now,
+        if it is this node's turn (:meth:`models_turn`), or anyway with ``force``
+        (``warn`` is told why it was not this node's turn before anything is sent)."""
+        turn, why = self.models_turn()
+        if not turn:
+            # Only the node models flow from pushes with deletes: a stale cache
+            # sent from anywhere else would remove the source's newer files.
+            if not force:
+                raise Refused(f"not sending models from this node: {why}. Run it on the node models flow from, add "
+                              '--force to send once regardless, or set [replicate] models = "always".')
+            warn(f"{why}; sending anyway (--force)")
+        return self.sync_models(progress=progress)
+
+    def sync_audio(self, dry_run: bool = False) -> dict[str, SyncResult]:
+        """Make every peer's audio store hold this node's results (``ttsha replicate --once audio``)."""
+        return {name: link.sync_root(self.store, str(remote_store(self.config, name)), delete=False, dry_run=dry_run)
+                for name, link in self.links.items()}
 
     def models_turn(self) -> tuple[bool, str]:
         """Whether this node sends its model cache now, and why.
 
-        With ``models = "primary"`` (the default) both nodes run the same
-        configuration and the model cache flows from whichever node the
-        monitor routes traffic to: never from a stale standby over the
-        primary's newer files (``delete`` would remove them).
+        With ``models = "primary"`` (the default) every node runs the same
+        configuration and the model cache flows from one node only: in
+        active-standby from whichever node the monitor routes traffic to,
+        never from a stale standby over the primary's newer files (``delete``
+        would remove them); in active-active from ``models_source``.
         """
         mode = self.config.replicate.models
-        if mode == "always":
-            return True, 'models = "always"'
         if mode == "never":
             return False, 'models = "never"'
-        role, self._role_since = local_claim(self.config)
+        # A model that fails its canary (damaged in a copy, say) must not overwrite the good one elsewhere.
+        health = local_health(self.config)
+        bad = failed_canary(health)
+        if bad is not None:
+            return False, f"the local serve's canary fails ({bad}): its model may be damaged, so it is not sent"
+        if mode == "always":
+            return True, 'models = "always"'
+        if self.config.monitor.mode == "active-active":
+            source, me = models_source(self.config), this_node(self.config)
+            if me == source:
+                return True, f"this node is the models source of active-active ({source})"
+            return False, f"models flow from the models source {source} in active-active"
+        role, self._role_since = local_claim(self.config, health=health)
         if role == PRIMARY:
             return True, "this node is the primary"
         if role is None:
@@ -331,9 +256,10 @@ class Replicator:
                                "from the monitor (see ttsha(1), SECURITY)")
             host, port = local_health_url(self.config)
             return False, (f"role unknown: no recent signed role from the local ttsha serve at {host}:{port} "
-                           f"(not up, or no valid probe from the monitor for {ROLE_FRESH_S:.0f} s)")
+                           f"(not up, or no valid probe for {ROLE_FRESH_S:.0f} s)")
         if role == ACTIVE:
-            return False, 'active-active has no primary: set models = "always" on the node whose cache is the source'
+            return False, ('the gateway routes active-active but [monitor] mode here is active-standby: set the '
+                           'same mode on the nodes, whose models then flow from [replicate] models_source')
         return False, f"this node is {role} in the gateway; models flow from the primary"
 
     def _models_loop(self) -> None:
@@ -355,20 +281,20 @@ class Replicator:
                 last_attempt, sent_since = time.monotonic(), self._role_since
                 try:
                     if Path(self.config.replicate.local_models).is_dir():
-                        result = self.sync_models()
-                        log.info("models sync: %d files, %d bytes, %d deleted", result.files_sent,
-                                 result.bytes_sent, result.deleted)
+                        for name, result in self.sync_models().items():
+                            log.info("models sync to %s: %d files, %d bytes, %d deleted", name, result.files_sent,
+                                     result.bytes_sent, result.deleted)
                 except Exception as exc:
-                    self.stats["last_error"] = f"models: {type(exc).__name__}: {exc}"
+                    self.stats["models_error"] = f"{type(exc).__name__}: {exc}"
                     log.warning("models sync failed: %s", exc)
             was_turn = turn
             self._stop.wait(min(ROLE_CHECK_S, interval))
 
-    # -- acknowledgements ------------------------------------------------
-    def _holdback(self) -> float:
-        """How long a new file waits in the queue for serve's acknowledgement
+    # -- acknowledgements ----------------------------------------------------
+    def _holdback(self, link: PeerLink) -> float:
+        """How long a new file waits in ``link``'s queue for serve's acknowledgement
         request, while serve is asking (0: send at once)."""
-        last = self.acks.last_request
+        last = link.acks.last_request
         if not self.ack_enabled or last is None or time.monotonic() - last > ACK_ACTIVE_S:
             return 0.0
         return self.config.replicate.ack_timeout + ACK_MARGIN_S
@@ -377,40 +303,49 @@ class Replicator:
     def ack_enabled(self) -> bool:
         return ack.mode(self.config) == "standby"
 
-    def _delivered(self, rels: list[str], since: float) -> None:
-        """The acknowledgement path put ``rels`` on the peer: the queue forgets them,
-        and the state file says so (the next drain writes it)."""
-        self.queue.discard(rels, since)
-        self._wake.set()
-
     def ack_status(self) -> dict[str, Any]:
-        """What ``serve`` asks before it waits again after a degraded spell."""
-        peer = self.peer
-        return {"connected": bool(peer is not None and peer.alive), "queue_depth": self.queue.depth(),
-                "last_error": self.stats["last_error"]}
+        """What ``serve`` asks before it waits again after a degraded spell: connected
+        while ``ack_peers`` peers are; the queue depth of the ``ack_peers``-th most caught-up one."""
+        needed = self.config.replicate.ack_peers
+        connected = sorted((link.queue.depth(), name) for name, link in self.links.items() if link.connected)
+        errors = [f"{name}: {link.stats['last_error'] or 'not connected'}" for name, link in self.links.items()
+                  if not link.connected]
+        ok = len(connected) >= needed
+        return {"connected": ok, "queue_depth": connected[needed - 1][0] if ok else sum(d for d, _ in connected),
+                "last_error": "; ".join(errors), "peers_connected": [name for _, name in connected]}
 
-    # -- observability ---------------------------------------------------
+    # -- observability -------------------------------------------------------
     def lag_percentiles(self) -> dict[str, float | None]:
-        ordered = sorted(self.lags)
+        ordered = sorted(lag for link in self.links.values() for lag in link.lags)
         if not ordered:
             return {"p50": None, "p99": None}
         return {"p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
-    def write_state(self) -> None:
+    def state(self) -> dict[str, Any]:
+        """The state file's document: each peer under ``peers``, and the sums that
+        readers of one peer's state used (``connected``: every peer is)."""
         now = time.time()
-        oldest = self.queue.oldest_closed_at()
-        # An age, not a timestamp: a gateway on another host compares it with
-        # its own elapsed time, so the two clocks never need to agree.
-        data = {"updated_at": now, "queue_depth": self.queue.depth(),
-                "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 3),
-                "lag_s": self.lag_percentiles(),
-                **self.stats, "acks": dict(self.acks.stats)}
+        peers = {name: link.state(now) for name, link in self.links.items()}
+        ages = [p["oldest_pending_s"] for p in peers.values() if p["oldest_pending_s"] is not None]
+        acks: dict[str, int] = {}
+        for p in peers.values():
+            for key, value in p["acks"].items():
+                acks[key] = acks.get(key, 0) + value
+        return {"updated_at": now, "queue_depth": sum(p["queue_depth"] for p in peers.values()),
+                "oldest_pending_s": max(ages, default=None), "lag_s": self.lag_percentiles(),
+                "connected": bool(peers) and all(p["connected"] for p in peers.values()),
+                "last_error": "; ".join(f"{name}: {p['last_error']}" for name, p in peers.items() if p["last_error"]),
+                "files_sent": sum(p["files_sent"] for p in peers.values()),
+                "bytes_sent": sum(p["bytes_sent"] for p in peers.values()),
+                **self.stats, "acks": acks, "peers": peers}
+
+    def write_state(self) -> None:
         try:
-            atomic_write(self.state_file, json.dumps(data, indent=1))
+            atomic_write(self.state_file, json.dumps(self.state(), indent=1))
         except OSError as exc:
             log.warning("cannot write %s: %s", self.state_file, exc)
 
-    # -- daemon ----------------------------------------------------------
+    # -- daemon --------------------------------------------------------------
     def start_watch(self) -> pyinotify.ThreadedNotifier:
         self.store.mkdir(parents=True, exist_ok=True)
         manager = pyinotify.WatchManager()
@@ -422,44 +357,64 @@ class Replicator:
         manager.add_watch(str(self.store), mask, rec=True, auto_add=True)
         return notifier
 
+    def stalled(self, now: float, limit: float) -> list[str]:
+        """Peers whose link's loop has not made progress for ``limit`` seconds (a hung SFTP write, say)."""
+        return [name for name, link in self.links.items() if now - link.beat > limit]
+
     def run(self, install_signals: bool = True, models: bool | None = None) -> int:
+        if not self.links:
+            raise TTSHAError("no replication peer: set [replicate] peers, or name this node ([serve] node, or a "
+                             "[nodes] url with [serve] host and port) so that the others are its peers")
         if install_signals:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self.migrate_legacy_queue()
         notifier = self.start_watch()
-        threads = [threading.Thread(target=self._audio_loop, name="audio", daemon=True)]
+        threads = [threading.Thread(target=link.loop, args=(self.ack_enabled, self.write_state),
+                                    name=f"audio-{name}", daemon=True) for name, link in self.links.items()]
         if self.config.replicate.models != "never" if models is None else models:
             threads.append(threading.Thread(target=self._models_loop, name="models", daemon=True))
         server = None
         if self.ack_enabled:
-            server = ack.AckServer(ack.socket_path(self.config), self.acks.handle)
+            server = ack.AckServer(paths.socket_path(self.config), self.fanout.handle)
             try:
                 server.start()
             except TTSHAError as exc:
-                # Audio still flows through the queue; serve reports degraded
+                # Audio still flows through the queues; serve reports degraded
                 # acknowledgements and alerts, which says what is wrong.
                 log.error("acknowledgements off: %s", exc)
                 server = None
             else:
-                threads.append(threading.Thread(target=self.acks.run, name="acks", daemon=True))
+                threads += [threading.Thread(target=link.acks.run, name=f"acks-{name}", daemon=True)
+                            for name, link in self.links.items()]
         for thread in threads:
             thread.start()
-        systemd.ready(f"replicating {self.store} to {replication_peer(self.config)}")
+        systemd.ready(f"replicating {self.store} to {', '.join(self.links)}")
         interval = systemd.watchdog_interval() or 5.0
         while not self._stop.wait(interval):
-            if threads[0].is_alive():
+            # Pinged only while every peer's loop makes progress: the loops beat
+            # while they send and while they wait, never inside a hung write.
+            stalled = self.stalled(time.monotonic(), 2 * interval)
+            if stalled:
+                log.error("replication to %s made no progress for %.0f s; withholding the watchdog ping",
+                          ", ".join(stalled), 2 * interval)
+            else:
                 systemd.watchdog_ping()
         systemd.stopping()
         notifier.stop()
         if server is not None:
             server.close()
-        self.acks.stop()
+        for link in self.links.values():
+            link.acks.stop()
+            link.wake()
         for thread in threads:
             thread.join(10)
         self.write_state()
-        self.queue.close()
+        for link in self.links.values():
+            link.queue.close()
         return 0
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        for link in self.links.values():
+            link.wake()

@@ -120,18 +120,52 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     error: str = ""
     seconds: float = 0.0
+    #: Called (by the sender thread) once ``done`` is set: a fan-out counts the answers.
+    notify: Callable[[], None] | None = None
+
+    def finish(self, error: str, seconds: float) -> None:
+        self.error, self.seconds = error, seconds
+        self.done.set()
+        if self.notify is not None:
+            self.notify()
+
+
+class BadRequest(ValueError):
+    """An acknowledgement request that is malformed or names files this node does not hold."""
+
+
+def parse_request(request: dict[str, Any], store: Path) -> tuple[str, list[str], float]:
+    """(op, relative paths sidecar first, timeout) of an ``ack`` or ``prepare`` request; :class:`BadRequest` else."""
+    op = request.get("op")
+    if op not in ("ack", "prepare"):
+        raise BadRequest(f"unknown op {op!r}")
+    paths, timeout = request.get("paths"), request.get("timeout")
+    if not isinstance(paths, list) or not paths or len(paths) > MAX_PATHS:
+        raise BadRequest(f"paths: expected a list of 1 to {MAX_PATHS} paths")
+    try:
+        rels = [safe_relative(p) if isinstance(p, str) else safe_relative("") for p in paths]
+    except UnsafePath as exc:
+        raise BadRequest(str(exc)) from None
+    rels = sorted(dict.fromkeys(rels), key=sidecar_first)
+    if op == "prepare":
+        return op, rels, 0.0  # the files do not exist yet: serve is about to synthesize them
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise BadRequest("timeout: expected seconds, more than 0 and at most 60")
+    for rel in rels:
+        if not (store / rel).is_file():
+            raise BadRequest(f"{rel}: no such file in {store}")
+    return op, rels, float(timeout)
 
 
 class AckSender:
-    """Sends what ``serve`` is waiting for, ahead of the queue, fsynced on the peer."""
+    """Sends what ``serve`` is waiting for to one peer, ahead of its queue, fsynced there."""
 
     def __init__(self, store: Path, peer: Callable[[], Peer | None], locks: PathLocks, on_peer: OnPeer,
-                 status: Callable[[], dict[str, Any]], delivered: Callable[[list[str], float], None]) -> None:
+                 delivered: Callable[[list[str], float], None]) -> None:
         self.store = Path(store)
         self._peer = peer
         self.locks = locks
         self.on_peer = on_peer
-        self._status = status
         #: Told which files are on the peer now, and since when (the queue forgets them).
         self._delivered = delivered
         self._jobs: queue.Queue[_Job] = queue.Queue()
@@ -149,46 +183,17 @@ class AckSender:
         #: results opened ahead and of those, the ones an acknowledgement used.
         self.stats = {"batches": 0, "sent": 0, "present": 0, "failed": 0, "prepared": 0, "prepared_used": 0}
 
-    # -- requests (AckServer threads) ---------------------------------------
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One request from the socket: ``status``, or ``ack`` of some paths."""
-        op = request.get("op")
-        if op == "status":
-            return {"ok": True, **self._status()}
-        if op not in ("ack", "prepare"):
-            return {"ok": False, "error": f"unknown op {op!r}"}
-        self.last_request = time.monotonic()
-        paths, timeout = request.get("paths"), request.get("timeout")
-        if not isinstance(paths, list) or not paths or len(paths) > MAX_PATHS:
-            return {"ok": False, "error": f"paths: expected a list of 1 to {MAX_PATHS} paths"}
-        try:
-            rels = [safe_relative(p) if isinstance(p, str) else safe_relative("") for p in paths]
-        except UnsafePath as exc:
-            return {"ok": False, "error": str(exc)}
-        if op == "prepare":
-            # The files do not exist yet: serve is about to synthesize them. No wait.
-            peer = self._peer()
-            if peer is None or not peer.alive:
-                return {"ok": False, "error": "not connected to the peer"}
-            self._jobs.put(_Job(sorted(dict.fromkeys(rels), key=sidecar_first), prepare=True))
-            return {"ok": True}
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
-            return {"ok": False, "error": "timeout: expected seconds, more than 0 and at most 60"}
-        for rel in rels:
-            if not (self.store / rel).is_file():
-                return {"ok": False, "error": f"{rel}: no such file in {self.store}"}
+    @property
+    def connected(self) -> bool:
         peer = self._peer()
-        if peer is None or not peer.alive:
-            # Say so at once: serve need not wait out its deadline to learn it.
-            why = self._status().get("last_error") or "no link"
-            return {"ok": False, "error": f"not connected to the peer ({why})"}
-        job = _Job(sorted(dict.fromkeys(rels), key=sidecar_first))
+        return peer is not None and peer.alive
+
+    def submit(self, rels: list[str], *, prepare: bool = False, notify: Callable[[], None] | None = None) -> _Job:
+        """Queue ``rels`` (checked by :func:`parse_request`) for the sender thread."""
+        self.last_request = time.monotonic()
+        job = _Job(list(rels), prepare=prepare, notify=notify)
         self._jobs.put(job)
-        if not job.done.wait(timeout):
-            return {"ok": False, "error": f"not on the peer within {1000 * timeout:.0f} ms"}
-        if job.error:
-            return {"ok": False, "error": job.error}
-        return {"ok": True, "seconds": round(job.seconds, 6)}
+        return job
 
     # -- the sender thread ------------------------------------------------------
     def run(self) -> None:
@@ -209,6 +214,7 @@ class AckSender:
             for job in batch:
                 if job.prepare:
                     self._prepare(job.rels)
+                    job.finish("", 0.0)
             self._expire()
         self.close()
 
@@ -247,8 +253,7 @@ class AckSender:
         if error:
             self.stats["failed"] += len(rels)
         for job in batch:
-            job.error, job.seconds = error, seconds
-            job.done.set()
+            job.finish(error, seconds)
         if not error:
             self._delivered(rels, started_wall)  # after the answers: it writes to disk
 
@@ -355,3 +360,65 @@ class AckSender:
                 except Exception:
                     pass
             self._lanes, self._lanes_of = [], None
+
+
+class AckFanout:
+    """The acknowledgement socket's handler: every connected peer is sent each new
+    result at once, and serve's answer waits for ``needed`` of them (``ack_peers``).
+
+    A peer that is down or slow costs nothing while enough others confirm: its
+    own queue brings it the file later.
+    """
+
+    def __init__(self, store: Path, senders: dict[str, AckSender], needed: int,
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self.store = Path(store)
+        self.senders = senders
+        self.needed = needed
+        self._status = status
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request from the socket: ``status``, ``prepare`` or ``ack`` of some paths."""
+        if request.get("op") == "status":
+            return {"ok": True, **self._status()}
+        try:
+            op, rels, timeout = parse_request(request, self.store)
+        except BadRequest as exc:
+            return {"ok": False, "error": str(exc)}
+        connected = {name: sender for name, sender in self.senders.items() if sender.connected}
+        if op == "prepare":
+            for sender in connected.values():
+                sender.submit(rels, prepare=True)
+            return {"ok": True} if connected else {"ok": False, "error": "not connected to any peer"}
+        if len(connected) < self.needed:
+            # Say so at once: serve need not wait out its deadline to learn it.
+            why = self._status().get("last_error") or "no link"
+            return {"ok": False, "error": f"{len(connected)} of {len(self.senders)} peers connected, "
+                                          f"{self.needed} needed ({why})"}
+        return self._wait(connected, rels, timeout)
+
+    def _wait(self, connected: dict[str, AckSender], rels: list[str], timeout: float) -> dict[str, Any]:
+        started = time.monotonic()
+        answered = threading.Condition()
+        jobs = {name: sender.submit(rels, notify=lambda: _notify(answered)) for name, sender in connected.items()}
+
+        def outcome() -> tuple[list[str], dict[str, str]]:
+            good = [name for name, job in jobs.items() if job.done.is_set() and not job.error]
+            bad = {name: job.error for name, job in jobs.items() if job.done.is_set() and job.error}
+            return good, bad
+
+        with answered:
+            answered.wait_for(lambda: len(outcome()[0]) >= self.needed
+                              or len(jobs) - len(outcome()[1]) < self.needed, timeout)
+        good, bad = outcome()
+        if len(good) >= self.needed:
+            return {"ok": True, "seconds": round(time.monotonic() - started, 6), "peers": sorted(good)}
+        if len(jobs) - len(bad) < self.needed:
+            errors = "; ".join(f"{name}: {error}" for name, error in sorted(bad.items()))
+            return {"ok": False, "error": f"{len(good)} of {self.needed} peers confirmed ({errors})"}
+        return {"ok": False, "error": f"{len(good)} of {self.needed} peers confirmed within {1000 * timeout:.0f} ms"}
+
+
+def _notify(condition: threading.Condition) -> None:
+    with condition:
+        condition.notify_all()

@@ -40,20 +40,21 @@ class DurableQueue:
 
     def put(self, rel: str, closed_at: float | None = None) -> None:
         """Record ``rel``; a path already pending moves to the end (it changed again)."""
-        closed_at = time.time() if closed_at is None else closed_at
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM pending WHERE rel = ?", (rel,))
-            self._db.execute("INSERT INTO pending (rel, closed_at) VALUES (?, ?)", (rel, closed_at))
-            self._db.execute("COMMIT")
+        self.put_items([(rel, closed_at)])
 
     def put_many(self, rels: list[str], closed_at: float | None = None) -> None:
-        closed_at = time.time() if closed_at is None else closed_at
+        """Record every one of ``rels``, closed at one time, in one transaction."""
+        self.put_items([(rel, closed_at) for rel in rels])
+
+    def put_items(self, items: list[tuple[str, float | None]]) -> None:
+        """Record (rel, closed_at) pairs in one transaction (one fsync however many)."""
+        now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            for rel in rels:
+            for rel, closed_at in items:
                 self._db.execute("DELETE FROM pending WHERE rel = ?", (rel,))
-                self._db.execute("INSERT INTO pending (rel, closed_at) VALUES (?, ?)", (rel, closed_at))
+                self._db.execute("INSERT INTO pending (rel, closed_at) VALUES (?, ?)",
+                                 (rel, now if closed_at is None else closed_at))
             self._db.execute("COMMIT")
 
     def peek(self, limit: int = 64) -> list[Pending]:

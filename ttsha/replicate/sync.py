@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import paramiko
 
@@ -170,35 +171,27 @@ def sync(
         return result
     lock = threading.Lock()
 
-    def apply(channel: Peer, group: list[Change]) -> None:
-        for change in group:
-            if change.op == SEND:
-                try:
-                    sent = channel.put(root, change.rel)
-                except FileNotFoundError:
-                    log.info("%s vanished before it could be sent", change.rel)
-                    continue
-                except NotSendable as exc:
-                    log.warning("not sending %s", exc)
-                    continue
-                with lock:
-                    result.bytes_sent += sent
-                    result.files_sent += 1
-            else:
-                channel.remove(change.rel)
-                with lock:
-                    result.deleted += 1
-            if progress is not None:
-                progress(change, result.bytes_sent)
-
-    # Sidecars first, then everything else (each phase possibly concurrent).
-    sidecars = [c for c in result.changes if c.rel.endswith(".json")]
-    others = [c for c in result.changes if not c.rel.endswith(".json")]
-    for phase in (sidecars, others):
-        if concurrency <= 1 or len(phase) < 2:
-            apply(peer, phase)
+    def apply(channel: Peer, change: Change) -> None:
+        if change.op == SEND:
+            try:
+                sent = channel.put(root, change.rel)
+            except FileNotFoundError:
+                log.info("%s vanished before it could be sent", change.rel)
+                return
+            except NotSendable as exc:
+                log.warning("not sending %s", exc)
+                return
+            with lock:
+                result.bytes_sent += sent
+                result.files_sent += 1
         else:
-            run_groups(peer, [[c] for c in phase], apply, concurrency)
+            channel.remove(change.rel)
+            with lock:
+                result.deleted += 1
+        if progress is not None:
+            progress(change, result.bytes_sent)
+
+    apply_phased(peer, result.changes, lambda change: change.rel, apply, concurrency)
     if result.changes:
         _copy_dir_times(Path(root), peer, {os.path.dirname(rel) for rel in local})
     result.seconds = time.monotonic() - started
@@ -215,6 +208,24 @@ def _copy_dir_times(root: Path, peer: Peer, dirs: set[str]) -> None:
     ordered = sorted(every, key=lambda d: -d.count("/"))
     peer.set_dir_mtimes([(rel_dir, (root / rel_dir).stat().st_mtime) for rel_dir in ordered]
                         + [("", root.stat().st_mtime)])
+
+
+T = TypeVar("T")
+
+
+def apply_phased(peer: Peer, items: list[T], rel: Callable[[T], str], apply: Callable[[Peer, T], None],
+                 concurrency: int) -> None:
+    """``apply(channel, item)`` to each item, sidecars first, then everything else,
+    each phase over up to ``concurrency`` SFTP channels: whoever sees an audio
+    file on the peer can also read the request that made it."""
+    sidecars = [item for item in items if rel(item).endswith(".json")]
+    others = [item for item in items if not rel(item).endswith(".json")]
+    for phase in (sidecars, others):
+        if concurrency <= 1 or len(phase) < 2:
+            for item in phase:
+                apply(peer, item)
+        else:
+            run_groups(peer, [[item] for item in phase], lambda channel, group: apply(channel, group[0]), concurrency)
 
 
 def run_groups(peer: Peer, groups: list, apply: Callable, concurrency: int) -> None:

@@ -13,6 +13,7 @@ import os
 import posixpath
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol, cast
@@ -220,8 +221,9 @@ class Peer:
             and not (rel.endswith(mine[0]) or mine[1] in posixpath.basename(rel))
         ]
 
-    def walk(self) -> dict[str, RemoteEntry]:
-        """Every regular file under the root: relative path -> size, mtime, mode."""
+    def walk(self, progress: Callable[[], None] | None = None) -> dict[str, RemoteEntry]:
+        """Every regular file under the root: relative path -> size, mtime, mode
+        (``progress`` is called after each directory: a long walk is work, not a hang)."""
         found: dict[str, RemoteEntry] = {}
         try:
             self.sftp.stat(self.root)
@@ -231,6 +233,8 @@ class Peer:
         self._dirs.add(self.root)
         while pending:
             rel_dir = pending.pop()
+            if progress is not None:
+                progress()
             for attr in self.sftp.listdir_attr(posixpath.join(self.root, rel_dir) if rel_dir else self.root):
                 rel = posixpath.join(rel_dir, attr.filename) if rel_dir else attr.filename
                 mode = _mode(attr, rel)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -32,7 +33,7 @@ from werkzeug.wsgi import FileWrapper
 
 from ..config import OpenAIConfig
 from ..errors import EngineError, InputError, StoreError
-from ..protocol import GATEWAY_HEADER
+from ..protocol import ARRIVAL_HEADER, GATEWAY_HEADER, request_arrival
 from . import formats, openai_api
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .page import PAGE
@@ -240,7 +241,7 @@ class App:
         subtitles = fmt in formats.SUBTITLES
         if stream and not wants_json and not subtitles:  # subtitles need the whole synthesis
             return self._stream(request, req, fmt)
-        stored, cached = self._result(req, timing=timestamps or subtitles)
+        stored, cached = self._result(request, req, timing=timestamps or subtitles)
         if subtitles and not wants_json:
             response = formats.subtitle_response(stored, fmt)
             response.headers.update({"X-Audio-Id": stored.id, "X-Cache": "HIT" if cached else "MISS"})
@@ -268,7 +269,7 @@ class App:
         if speech.stream:
             response = self._stream(request, req, speech.format, speech.rate)
         else:
-            stored, cached = self._result(req)
+            stored, cached = self._result(request, req)
             response = self._audio_response(request, stored, speech.format, cached, speech.rate)
         response.headers.update(openai_api.speech_headers(speech, req.voice))
         return response
@@ -336,9 +337,13 @@ class App:
         except InputError as exc:
             raise ApiError(400, exc.code, exc.message) from None
 
-    def _result(self, req: SynthRequest, timing: bool = False):
+    def _arrival(self, request: Request) -> float:
+        """When the gateway received ``request`` (its queue position; see ttsha.protocol)."""
+        return request_arrival(request.headers.get(ARRIVAL_HEADER), time.time(), self.service.serve.deadline)
+
+    def _result(self, request: Request, req: SynthRequest, timing: bool = False):
         try:
-            return self.service.synthesize(req, timing=timing)
+            return self.service.synthesize(req, self._arrival(request), timing=timing)
         except Overloaded as exc:
             raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from None
         except InputError as exc:
@@ -354,7 +359,7 @@ class App:
         if found is not None:
             return self._audio_response(request, found, fmt, cached=True, rate=rate)
         try:
-            pieces = self.service.stream(req)
+            pieces = self.service.stream(req, self._arrival(request))
         except Overloaded as exc:
             raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from None
         response = formats.stream_response(pieces, fmt, self.service.engine.info.sample_rate, rate)

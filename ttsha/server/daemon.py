@@ -29,6 +29,7 @@ from ..protocol import RoleVerifier, load_secret
 from ..quality import golden_path
 from ..replicate import ack
 from ..replicate.ack import AckGate
+from ..replicate.paths import socket_path, state_path
 from ..store import AudioStore
 from .app import create_app
 from .http import BoundedWSGIServer
@@ -47,7 +48,7 @@ def _ack_gate(config: Config) -> AckGate:
     if mode != "local":
         alerter = Alerter(config.alert)
         alert = lambda kind, message, severity: alerter.send(Alert(kind, message, severity))  # noqa: E731
-    return AckGate(mode, config.replicate.ack_timeout, ack.AckClient(ack.socket_path(config)), alert)
+    return AckGate(mode, config.replicate.ack_timeout, ack.AckClient(socket_path(config)), alert)
 
 
 def claims_file(config: Config, store_dir: Path) -> Path:
@@ -76,9 +77,9 @@ class ServeDaemon:
         store.ensure()
         engine = create_engine(config.engine, workers=config.serve.workers)
         # The replicator on this node (if any) writes its state beside its queue.
-        replication = Path(config.replicate.queue_file).with_suffix(".json")
-        self.service = Service(config.serve, engine, store, replication_state=replication, acks=_ack_gate(config),
-                               roles=role_verifier(config, host, port, store_dir), golden_path=golden_path(config))
+        self.service = Service(config.serve, engine, store, replication_state=state_path(config),
+                               acks=_ack_gate(config), roles=role_verifier(config, host, port, store_dir),
+                               golden_path=golden_path(config))
         self.app = create_app(self.service, config.openai)
         self._stop = threading.Event()
         self._reload = threading.Event()

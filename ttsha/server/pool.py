@@ -8,8 +8,13 @@ of it and the seconds per unit of work the workers themselves measure
 the gateway tries the other node; a burst the node can finish in time (the
 retries of a dead primary's requests on the standby) is all admitted.
 ``queue_size`` only bounds memory. Identical requests in flight are coalesced
-into one job. Background work (the health canary) runs at lowest priority
-and only when the pool is idle.
+into one job. Queued requests are served oldest first by their arrival at
+the gateway (``X-Request-Start``, :func:`ttsha.protocol.request_arrival`),
+not by their arrival here: requests retried from a node that died or was
+fenced mid-synthesis have already waited, and go before newer ones instead of
+waiting a second time behind them (earliest deadline first, which keeps the
+slowest request as fast as the work allows). Background work (the health
+canary) runs at lowest priority and only when the pool is idle.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class Admission:
 @dataclass(order=True)
 class _Job:
     priority: int
+    arrived: float  # the gateway's arrival time (wall clock): oldest first within a priority
     seq: int
     fn: Callable[[], Any] = field(compare=False)
     future: Future = field(compare=False)
@@ -189,8 +195,11 @@ class SynthesisPool:
             return self.admission.finish_in(job_units(chars), self._waiting, self._waiting_units, running)
 
     def submit(self, fn: Callable[[], Any], key: str | None = None, priority: int = REQUEST,
-               chars: int = 0) -> Future:
+               chars: int = 0, arrived: float | None = None) -> Future:
         """Queue ``fn`` (``chars`` characters of work); identical ``key`` in flight shares its future.
+
+        ``arrived`` (wall-clock seconds, default now) orders the queue: the
+        earliest goes first among jobs of the same priority.
 
         Raises :class:`Overloaded` when a request could not finish within the deadline.
         """
@@ -215,7 +224,8 @@ class SynthesisPool:
             if key is not None:
                 self._inflight[key] = future
                 future.add_done_callback(lambda _f: self._forget(key))
-            self._queue.put(_Job(priority, next(self._seq), fn, future, key, units))
+            when = time.time() if arrived is None else arrived
+            self._queue.put(_Job(priority, when, next(self._seq), fn, future, key, units))
         return future
 
     def submit_if_idle(self, fn: Callable[[], Any], chars: int = 0) -> Future | None:
@@ -266,7 +276,7 @@ class SynthesisPool:
         with self._lock:
             self._accepting = False
         for _ in self._threads:
-            self._queue.put(_Job(_STOP, next(self._seq), lambda: None, Future()))
+            self._queue.put(_Job(_STOP, 0.0, next(self._seq), lambda: None, Future()))
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -243,9 +243,11 @@ class Service:
         self.metrics.cache.labels("hit" if found else "miss").inc()
         return found
 
-    def synthesize(self, req: SynthRequest, timing: bool = False) -> tuple[StoredResult, bool]:
+    def synthesize(self, req: SynthRequest, arrived: float | None = None,
+                   timing: bool = False) -> tuple[StoredResult, bool]:
         """The stored result for ``req`` and whether it was cached; synthesizes
-        through the pool when absent (or, with ``timing``, stored without timing).
+        through the pool when absent (queued by ``arrived``, see :meth:`SynthesisPool.submit`;
+        with ``timing``, also when it was stored without timing).
 
         Raises :class:`~ttsha.server.pool.Overloaded` when the queue is full.
         """
@@ -254,13 +256,13 @@ class Service:
             return found, True
         self.pool.deadline = self.serve.deadline  # SIGHUP may have changed it
         self._prepare(req.id)
-        future = self.pool.submit(lambda: self._render(req), key=req.id, chars=len(req.text))
+        future = self.pool.submit(lambda: self._render(req), key=req.id, chars=len(req.text), arrived=arrived)
         self._update_gauges()
         stored = future.result()
         self._confirm(req.id)
         return stored, False
 
-    def stream(self, req: SynthRequest) -> Iterator[bytes]:
+    def stream(self, req: SynthRequest, arrived: float | None = None) -> Iterator[bytes]:
         """PCM16 sentence by sentence as it is synthesized (encoded by the caller).
 
         The synthesis runs on a pool worker; the finished result is stored
@@ -278,7 +280,7 @@ class Service:
 
         self.pool.deadline = self.serve.deadline
         self._prepare(req.id)
-        self.pool.submit(produce, chars=len(req.text))
+        self.pool.submit(produce, chars=len(req.text), arrived=arrived)
         self._update_gauges()
 
         def body() -> Iterator[bytes]:
@@ -397,6 +399,10 @@ class Service:
                     "connected": data.get("connected"),
                     "last_error": data.get("last_error", ""),
                     "age_s": round(time.time() - data.get("updated_at", 0), 1),
+                    # Each peer's own queue and link (a failover checks the target's).
+                    "peers": {name: {key: peer.get(key) for key in ("queue_depth", "oldest_pending_s", "lag_s",
+                                                                    "connected", "last_error")}
+                              for name, peer in (data.get("peers") or {}).items() if isinstance(peer, dict)},
                 }
             except (OSError, ValueError):
                 cached = None
