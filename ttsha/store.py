@@ -57,17 +57,22 @@ def result_id(
     sample_rate: int,
     text: str,
     lexicon: str = "",
+    markup: str = "",
 ) -> str:
     """The content address of a synthesis request.
 
     ``lexicon`` is the pronunciation lexicon's fingerprint: a changed reading
     is a new result. Without one the id is what it was before lexicons.
+    ``markup`` names the text's markup ("ssml"): an SSML document is a
+    different request from the same characters as plain text.
     """
     fields: list[object] = [
         engine, model_version, voice, emotion, round(float(speed), 4), int(sample_rate), normalize_key_text(text)
     ]
     if lexicon:
         fields.append(lexicon)
+    if markup:
+        fields.append({"markup": markup})
     key = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 

@@ -96,7 +96,33 @@ def test_type_click_and_play(browser, page, tmp_path):
     )
     assert 0.5 < duration < 5
     assert "秒" in browser.find_element(By.ID, "status").text
+    # The text as spoken, one span per character, highlighted while it plays.
+    spans = browser.find_elements(By.CSS_SELECTOR, "#spoken span")
+    assert [s.text for s in spans] == list("今天天气很好")
+    seen = set()
+
+    def speaking(d):
+        lit = d.execute_script("return [...document.querySelectorAll('#spoken span')].findIndex("
+                               "(s) => s.classList.contains('speaking'))")
+        if lit >= 0:
+            seen.add(lit)
+        return len(seen) >= 2 or d.execute_script("return document.getElementById('player').ended")
+
+    browser.execute_script("const a = document.getElementById('player'); a.currentTime = 0; a.play();")
+    wait.until(speaking)
+    assert len(seen) >= 2, seen  # the highlight moved along the text as the audio played
+    assert _seek_and_read_highlight(browser, wait, 4) == "很"
+    assert browser.find_element(By.ID, "subtitles").get_attribute("href").endswith(".vtt")
     browser.save_screenshot(str(tmp_path / "page.png"))
+
+
+def _seek_and_read_highlight(browser, wait, index: int) -> str:
+    """Pause, seek into the middle of character ``index``'s time, and read what is highlighted."""
+    browser.execute_script(
+        "const a = document.getElementById('player'); a.pause();"
+        "a.currentTime = (marks[arguments[0]].start + marks[arguments[0]].end) / 2;", index)
+    return wait.until(lambda d: d.execute_script(
+        "const s = document.querySelector('#spoken span.speaking'); return s ? s.textContent : null;"))
 
 
 def test_chinese_labels_server_limits_formats_and_errors_in_place(browser, page):
@@ -136,5 +162,12 @@ def test_chinese_labels_server_limits_formats_and_errors_in_place(browser, page)
             "const a = document.getElementById('player'); return a.readyState >= 1 ? a.duration : null;"))
         assert 0.5 < duration < 5, fmt
         assert fmt.upper() in browser.find_element(By.ID, "status").text
+    # The screenshot shows a character highlighted as it is spoken (in WAV, which the browser can seek:
+    # the encoded formats are sent without Range).
+    formats.select_by_value("wav")
+    browser.find_element(By.ID, "play").click()
+    wait.until(lambda d: (d.find_element(By.ID, "player").get_attribute("src") or "").endswith(".wav"))
+    wait.until(lambda d: d.execute_script("return document.getElementById('player').readyState >= 1"))
+    assert _seek_and_read_highlight(browser, wait, 2) == "天"
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))

@@ -73,7 +73,7 @@ def test_vocoder_in_parts_matches_one_pass(embedded_engine):
     from ttsha.engine.embedded import EARLY_FRAMES
 
     text = "这是一段足够长的句子，用来检查声码器分段合成的结果与整段合成一致。"
-    mel = embedded_engine._piece_mel(text, "neutral", 1.0)
+    mel, _ = embedded_engine._piece_mel(text, "neutral", 1.0)
     assert mel.shape[0] > 3 * EARLY_FRAMES
     vocoder = embedded_engine.vocoder
     whole = vocoder(torch.from_numpy(mel)[None]).numpy()
@@ -115,13 +115,13 @@ def test_bad_requests(embedded_engine, kwargs, code):
 
 
 def test_nan_output_raises(embedded_engine, monkeypatch):
-    monkeypatch.setattr(embedded_engine, "_synthesize_piece", lambda *a: np.array([0.1, np.nan], np.float32))
+    monkeypatch.setattr(embedded_engine, "_piece_parts", lambda *a: iter([np.array([0.1, np.nan], np.float32)]))
     with pytest.raises(EngineError, match="NaN"):
         embedded_engine.synthesize(TEXT)
 
 
 def test_output_is_clipped(embedded_engine, monkeypatch):
-    monkeypatch.setattr(embedded_engine, "_synthesize_piece", lambda *a: np.array([3.0, -2.0, 0.5], np.float32))
+    monkeypatch.setattr(embedded_engine, "_piece_parts", lambda *a: iter([np.array([3.0, -2.0, 0.5], np.float32)]))
     samples = embedded_engine.synthesize(TEXT).samples
     assert samples.tolist() == [1.0, -1.0, 0.5]
 
@@ -154,8 +154,12 @@ def test_a_piece_too_long_for_one_pass_is_said_in_parts(embedded_engine):
     ids = embedded_engine.mapper.ids("了" * 80)
     with pytest.raises(UtteranceTooLong):
         embedded_engine.mel(ids, Prosody(speed=0.44))
-    mel = embedded_engine._piece_mel("了" * 80, "sad", 0.5)
-    assert mel is not None and mel.shape[0] > 2048
+    said = embedded_engine._piece_mel("了" * 80, "sad", 0.5)
+    assert said is not None and said[0].shape[0] > 2048
+    # Each half's syllables keep their places and frames in the whole.
+    assert [place for place, _, _ in said[1]] == [(i, i + 1) for i in range(80)]
+    frames = [(begin, end) for _, begin, end in said[1]]
+    assert all(a[1] <= b[0] for a, b in zip(frames, frames[1:], strict=False)) and frames[-1][1] <= said[0].shape[0]
 
 
 _POLICY = "import os, sys, ttsha.engine.embedded; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"

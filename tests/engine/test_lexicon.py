@@ -167,13 +167,13 @@ def test_the_loaded_engine_is_given_the_lexicon_reading(embedded_engine, monkeyp
     """Through the real engine's stream: the symbol ids its acoustic model receives."""
     lexicon = parse({"pinyin": {"曾小贤": "zeng1 xiao3 xian2"}}, "t")
     received = []
-    real_mel = embedded_engine.mel
+    real = embedded_engine._acoustic
 
     def spy(ids, prosody):
         received.append(ids)
-        return real_mel(ids, prosody)
+        return real(ids, prosody)
 
-    monkeypatch.setattr(embedded_engine, "mel", spy)
+    monkeypatch.setattr(embedded_engine, "_acoustic", spy)
     audio = list(embedded_engine.stream("曾小贤", lexicon=lexicon)) + list(embedded_engine.stream("曾小贤"))
     assert sum(len(a) for a in audio) > 0
     names = {v: k for k, v in embedded_engine.mapper.symbol_to_id.items()}

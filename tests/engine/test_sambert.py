@@ -203,3 +203,27 @@ def test_missing_frontend_wheel_names_what_to_install(standin, model_dir, monkey
     monkeypatch.setitem(sys.modules, "ttsfrd", None)
     with pytest.raises(EngineError, match="ttsfrd is not installed.*ModelScope's own kantts and ttsfrd"):
         SambertEngine(model_dir).load()
+
+
+def test_ssml_elements_pass_through_to_sambert(standin, model_dir):
+    from ttsha.engine.ssml import SSMLError
+
+    engine = SambertEngine(model_dir)
+    document = ('<speak>银<phoneme alphabet="pinyin" ph="hang2">行</phoneme>卡号<say-as interpret-as="digits">'
+                '6222</say-as>，<sub alias="世界卫生组织">WHO</sub>&amp;你<break time="200ms"/>'
+                '<prosody volume="-6dB">好</prosody></speak>')
+    parts = list(engine.stream(document, emotion="happy", ssml=True))
+    sent = [call["input"] for call in standin.calls if "input" in call]
+    assert sent == [
+        '<speak><emotion category="happy" intensity="1.00">银<phoneme alphabet="py" ph="hang2">行</phoneme>卡号'
+        '<say-as interpret-as="digits">6222</say-as></emotion></speak>',
+        '<speak><emotion category="happy" intensity="1.00"><sub alias="世界卫生组织">WHO</sub>&amp;你'
+        '</emotion></speak>',
+        '<speak><emotion category="happy" intensity="1.00">好</emotion></speak>',
+    ]
+    # The clause's pause, then the break; the quieter piece at half the amplitude.
+    assert [len(p) for p in parts[1:4:2]] == [int(0.15 * 16000), int(0.2 * 16000)]
+    assert np.abs(parts[-1]).max() == pytest.approx(np.abs(parts[0]).max() * 10 ** (-6 / 20), rel=1e-3)
+    for refused in ("<prosody rate='fast'>好</prosody>", "<prosody pitch='high'>好</prosody>"):
+        with pytest.raises(SSMLError, match="prosody"):
+            engine.pieces(f"<speak>{refused}</speak>", ssml=True)

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import EngineError, InputError
-from .frontend import Piece, normalize, require_text, split_sentences
+from .frontend import Piece, require_text, split_sentences
 from .lexicon import EMPTY, Lexicon
+from .normalize import normalize_tracked
+from .spans import Tracked
+from .timing import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,20 @@ class EngineInfo:
     voices: tuple[str, ...]
     emotions: tuple[str, ...]
     default_voice: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an engine will say: the source text and its pieces (see :meth:`Engine.plan`)."""
+
+    text: str
+    pieces: list[Piece]
+
+
+def _span(source: tuple[tuple[int, int], ...]) -> tuple[int, int] | None:
+    if not source:
+        return None
+    return min(s[0] for s in source), max(s[1] for s in source)
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,12 @@ class Engine(abc.ABC):
     max_piece_chars: int = 100
     #: Whether the engine reads a lexicon's [pinyin] entries (ttsha's phone mapper does).
     reads_pinyin: bool = False
+    #: Whether the engine knows when each syllable is said (per-character timestamps).
+    times_phones: bool = False
+    #: Whether the engine reads SSML itself (then pieces carry it as ``markup``; see :mod:`.ssml`).
+    reads_ssml: bool = False
+    #: Whether SSML's ``<prosody pitch>`` can be honoured.
+    varies_pitch: bool = False
 
     def __init__(self) -> None:
         self._info: EngineInfo | None = None
@@ -140,19 +163,47 @@ class Engine(abc.ABC):
                              code="bad_speed")
         return voice, emotion, speed
 
-    def pieces(self, text: str, lexicon: Lexicon | None = None) -> list[Piece]:
+    def pieces(self, text: str, lexicon: Lexicon | None = None, ssml: bool = False) -> list[Piece]:
         """Normalized pieces of ``text`` read with ``lexicon`` (default: the engine's);
         refuses text with nothing to say."""
+        return self.plan(text, lexicon, ssml).pieces
+
+    def plan(self, text: str, lexicon: Lexicon | None = None, ssml: bool = False) -> Plan:
+        """What will be said for ``text`` (an SSML document with ``ssml``): its pieces,
+        each character pointing at the source (for SSML: its written text)."""
         lexicon = lexicon or self.lexicon
-        text = lexicon.replace_text(require_text(text))
+        if ssml:
+            from . import ssml as markup
+
+            written, pieces = markup.plan(self, require_text(text), lexicon)
+            return Plan(written, pieces)
+        stripped = require_text(text)
+        tracked = lexicon.replace_text_tracked(Tracked.of(stripped, offset=len(text) - len(text.lstrip())))
         if self.normalize_text:
-            text = normalize(text)
+            tracked = normalize_tracked(tracked)
         if self.reads_pinyin:
-            text = lexicon.mark_pinyin(text)
-        pieces = split_sentences(text, speakable=self.speakable, max_len=self.max_piece_chars)
+            tracked = lexicon.mark_pinyin_tracked(tracked)
+        pieces = split_sentences(tracked.text, speakable=self.speakable, max_len=self.max_piece_chars)
         if not pieces:
             raise InputError("text has nothing to say (no Chinese characters or letters)", code="nothing_to_say")
-        return pieces
+        at = 0
+        for piece in pieces:  # pieces are stripped stretches of the text, in order
+            at = tracked.text.find(piece.text, at)
+            piece.source = tracked.spans[at : at + len(piece.text)]
+            at += len(piece.text)
+        return Plan(text, pieces)
+
+    def _piece_parts(self, piece: Piece, voice: str, emotion: str, speed: float, early: bool,
+                     syllables: list[tuple[tuple[int, int], float, float]] | None) -> Iterator[np.ndarray]:
+        """One piece's samples, in parts when ``early``.
+
+        Engines that know their phones' durations (:attr:`times_phones`) append
+        to ``syllables`` (when given) each syllable's stretch ``(start, end)`` of
+        ``piece.text`` and its start and end, in seconds from the piece's start.
+        """
+        if early:
+            return self._synthesize_piece_in_parts(piece.text, voice, emotion, speed)
+        return iter([self._synthesize_piece(piece.text, voice, emotion, speed)])
 
     def stream(
         self,
@@ -162,24 +213,47 @@ class Engine(abc.ABC):
         speed: float | None = None,
         early_start: bool = False,
         lexicon: Lexicon | None = None,
+        timeline: Timeline | None = None,
+        ssml: bool = False,
     ) -> Iterator[np.ndarray]:
         """Yield checked samples piece by piece, pauses included.
 
         With ``early_start`` the first piece may come in parts, so that a
         streaming client hears audio sooner (the later pieces are ready
-        before the first one has played).
+        before the first one has played). A ``timeline`` is filled with
+        when each piece (and, where the engine knows, each character) is said.
         """
         voice, emotion, speed = self.resolve(voice, emotion, speed)
         rate = self.info.sample_rate
-        for index, piece in enumerate(self.pieces(text, lexicon)):
-            if early_start and index == 0:
-                parts = self._synthesize_piece_in_parts(piece.text, voice, emotion, speed)
-            else:
-                parts = iter([self._synthesize_piece(piece.text, voice, emotion, speed)])
+        plan = self.plan(text, lexicon, ssml)
+        low, high = self.speed_range
+        if timeline is not None:
+            timeline.text = plan.text
+            timeline.marks = [] if self.times_phones else None
+            timeline.unavailable = "" if self.times_phones else (
+                f"engine {self.name} does not report when each character is said")
+        position = 0
+        for index, piece in enumerate(plan.pieces):
+            start = position
+            syllables: list[tuple[tuple[int, int], float, float]] | None = [] if timeline is not None else None
+            # SSML's prosody: its rate within what the engine can do, its volume as a gain.
+            pace = min(high, max(low, speed * piece.style.rate))
+            parts = self._piece_parts(piece, voice, emotion, pace, early_start and index == 0,
+                                      syllables) if piece.text else iter(())
             for part in parts:
-                yield check_audio(part, self.name)
-            if piece.pause_s:
-                yield np.zeros(int(piece.pause_s * rate / speed), np.float32)
+                samples = check_audio(part, self.name)
+                if piece.style.volume != 1.0:
+                    samples = np.clip(samples * np.float32(piece.style.volume), -1.0, 1.0)
+                position += samples.size
+                yield samples
+            if timeline is not None:
+                timeline.add_piece(_span(piece.source), start / rate, position / rate,
+                                   [(span, begin, end) for (a, b), begin, end in syllables or ()
+                                    if (span := _span(piece.source[a:b]))] if self.times_phones else None)
+            if piece.pause_s or piece.break_s:
+                pause = np.zeros(int((piece.pause_s / pace + piece.break_s) * rate), np.float32)
+                position += pause.size
+                yield pause
 
     def synthesize(
         self,

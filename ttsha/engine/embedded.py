@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..errors import EngineError
 from .base import Engine, EngineInfo
-from .frontend import SPEAKABLE, cut_long
+from .frontend import SPEAKABLE, Piece, cut_long
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,9 @@ def _write_prepared(path: Path, fingerprint: str, acoustic, vocoder) -> None:
                     path, exc)
 
 
+#: A syllable: the stretch ``(start, end)`` of its piece's text it says, its first and past-last mel frame.
+_Said = tuple[tuple[int, int], int, int]
+
 #: Mel frames (12.5 ms each) of the first part of a streamed answer.
 EARLY_FRAMES = 32
 
@@ -140,6 +144,8 @@ class EmbeddedEngine(Engine):
     #: 0.5 with the slowest preset a character takes up to ~40 frames.
     max_piece_chars = 40
     reads_pinyin = True
+    times_phones = True
+    varies_pitch = True  # scales the predicted pitch's movement around the speaker's mean
     speakable = SPEAKABLE  # Latin letters are spelled
 
     def __init__(self, data_dir: Path | None = None, threads: int = 0, cache_dir: Path | None = None) -> None:
@@ -189,50 +195,86 @@ class EmbeddedEngine(Engine):
 
     def mel(self, ids: list[int], prosody: Prosody) -> np.ndarray:
         """Log-mel frames ``[frames, 80]`` for symbol ids (exposed for tests and benches)."""
+        return self._acoustic(ids, prosody)[0]
+
+    def _acoustic(self, ids: list[int], prosody: Prosody) -> tuple[np.ndarray, np.ndarray]:
+        """Log-mel frames and the frames each symbol lasts."""
         import torch
 
-        _, mel, _ = self.acoustic(
+        _, mel, durations = self.acoustic(
             torch.tensor([ids], dtype=torch.long),
             speed_ratio=1.0 / prosody.speed,
             f0_ratio=prosody.f0,
             energy_ratio=prosody.energy,
         )
-        return mel[0].numpy()
+        return mel[0].numpy(), durations.numpy()
 
-    def _piece_mel(self, text: str, emotion: str, speed: float) -> np.ndarray | None:
+    def _piece_mel(self, text: str, emotion: str, speed: float,
+                   pitch: float = 1.0) -> tuple[np.ndarray, list[_Said]] | None:
+        """Mel frames for one piece, and for each syllable the stretch of ``text``
+        it says with its first and past-last frame (None when nothing is sayable)."""
         from .fastspeech2 import UtteranceTooLong  # torch is imported only once a model loads
 
-        ids = self.mapper.ids(text)
+        ids, places = self.mapper.ids_aligned(text)
         if not ids:
             return None
         preset = EMOTIONS[emotion]
         try:
             # Forward passes hold no state, so serve's workers share one model.
-            return self.mel(ids, Prosody(speed=preset.speed * speed, f0=preset.f0, energy=preset.energy))
+            mel, durations = self._acoustic(ids, Prosody(speed=preset.speed * speed, f0=preset.f0 * pitch,
+                                                         energy=preset.energy))
         except UtteranceTooLong:
             # The front end's cut is an estimate; a piece still too long is said in halves.
             halves = cut_long(text, max(1, len(text) // 2))
             if len(halves) < 2:
                 raise
             log.info("piece of %d characters too long for one pass; said in %d parts", len(text), len(halves))
-            mels = [m for m in (self._piece_mel(half, emotion, speed) for half in halves) if m is not None]
-            return np.concatenate(mels) if mels else None
+            mels: list[np.ndarray] = []
+            times: list[_Said] = []
+            frames = at = 0
+            for half in halves:
+                at = text.find(half, at)
+                said = self._piece_mel(half, emotion, speed, pitch)
+                if said is not None:
+                    times += [((at + a, at + b), frames + begin, frames + end) for (a, b), begin, end in said[1]]
+                    mels.append(said[0])
+                    frames += said[0].shape[0]
+                at += len(half)
+            return (np.concatenate(mels), times) if mels else None
+        # Symbols: sil, then per syllable k its initial and final at 3k+1 and 3k+2, and #0
+        # before the next one: a syllable lasts until the next begins, the last one to its final's end.
+        ends = np.cumsum(durations)
+        last = len(places) - 1
+        times = [(place, int(ends[3 * k] if k else ends[0]), int(ends[3 * k + 2 + (k < last)]))
+                 for k, place in enumerate(places)]
+        return mel, times
 
     def _synthesize_piece(self, text: str, voice: str, emotion: str, speed: float) -> np.ndarray:
         import torch
 
-        mel = self._piece_mel(text, emotion, speed)
-        if mel is None:
+        said = self._piece_mel(text, emotion, speed)
+        if said is None:
             return np.zeros(0, np.float32)
-        return self.vocoder(torch.from_numpy(mel)[None]).numpy()
+        return self.vocoder(torch.from_numpy(said[0])[None]).numpy()
 
-    def _synthesize_piece_in_parts(self, text: str, voice: str, emotion: str, speed: float):
+    def _piece_parts(self, piece: Piece, voice: str, emotion: str, speed: float, early: bool,
+                     syllables: list[tuple[tuple[int, int], float, float]] | None) -> Iterator[np.ndarray]:
         import torch
 
-        mel = self._piece_mel(text, emotion, speed)
-        if mel is None:
+        said = self._piece_mel(piece.text, emotion, speed, piece.style.pitch)
+        if said is None:
             yield np.zeros(0, np.float32)
+            return
+        mel, times = said
+        if syllables is not None:
+            seconds = self.vocoder.hop_length / self.sample_rate
+            syllables += [(place, begin * seconds, end * seconds) for place, begin, end in times]
+        if not early:
+            yield self.vocoder(torch.from_numpy(mel)[None]).numpy()
             return
         # The vocoder takes most of a sentence's time: its first 0.4 s of audio goes out first.
         for part in self.vocoder.in_parts(torch.from_numpy(mel)[None], EARLY_FRAMES):
             yield part.numpy()
+
+    def _synthesize_piece_in_parts(self, text: str, voice: str, emotion: str, speed: float):
+        return self._piece_parts(Piece(text, 0.0), voice, emotion, speed, True, None)

@@ -33,8 +33,20 @@ SPEAKABLE = re.compile("[\u4e00-\u9fffA-Za-z\U000f0000-\U000ffffd]")
 _SPECIAL = re.compile("[\U000f0000-\U000ffffd]+|[A-Za-z]+|[\u0391-\u03a9\u03b1-\u03c9]")
 
 # Sentence-final marks end a piece with a longer pause than clause marks.
-_SENTENCE_END = "。！？!?；;…"
-_CLAUSE_END = "，,、：:"
+SENTENCE_END = "。！？!?；;…"
+CLAUSE_END = "，,、：:"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How a piece is said, from SSML's ``<prosody>``: multipliers of speed, pitch and amplitude."""
+
+    rate: float = 1.0
+    pitch: float = 1.0
+    volume: float = 1.0
+
+
+PLAIN = Delivery()
 
 
 @dataclass
@@ -43,6 +55,13 @@ class Piece:
 
     text: str
     pause_s: float
+    #: For each character of ``text``, the span of the source text it stands for (see :mod:`.spans`).
+    source: tuple[tuple[int, int], ...] = ()
+    style: Delivery = PLAIN
+    #: For engines that read SSML themselves (Sambert): the piece as their markup.
+    markup: str = ""
+    #: Silence after ``pause_s`` that the speed does not shorten (SSML's ``<break time>``).
+    break_s: float = 0.0
 
 
 def split_sentences(
@@ -61,11 +80,11 @@ def split_sentences(
     start = 0
     text += "。"
     for end, char in enumerate(text):
-        if char in _SENTENCE_END or char in _CLAUSE_END or char == "\n":
+        if char in SENTENCE_END or char in CLAUSE_END or char == "\n":
             buf = text[start:end]
             start = end + 1
             if speakable.search(buf):
-                pause = clause_pause if char in _CLAUSE_END else sentence_pause
+                pause = clause_pause if char in CLAUSE_END else sentence_pause
                 parts = cut_long(buf.strip(), max_len) if max_len else [buf.strip()]
                 parts = [part for part in parts if speakable.search(part)]
                 pieces += [Piece(part, 0.0) for part in parts[:-1]]
@@ -144,28 +163,36 @@ class PhoneMapper:
         by letter (:data:`~.lexicon.LETTERS`), Greek letters by name. Anything
         else that is not punctuation or space is dropped with a warning naming it.
         """
-        result: list[str] = []
+        return [syllable for syllable, _, _ in self.aligned(text)]
+
+    def aligned(self, text: str) -> list[tuple[str, int, int]]:
+        """:meth:`syllables`, each with the stretch ``text[start:end]`` it is said for:
+        a character, a spelled letter, or a word said as a whole (``iPhone``)."""
+        result: list[tuple[str, int, int]] = []
         skipped: list[str] = []
         start = 0
         for match in _SPECIAL.finditer(text):
-            self._chinese(text[start : match.start()], result, skipped)
+            self._chinese(text[start : match.start()], start, result, skipped)
             start = match.end()
             found = match.group(0)
+            at = match.start()
             if lexicon.MARKS.match(found):
-                said: tuple[str, ...] | list[str] = [lexicon.read_mark(c) for c in found]
+                said = [(lexicon.read_mark(c), at + i, at + i + 1) for i, c in enumerate(found)]
             elif found[0].isascii():
                 lower = found.lower()
-                said = lexicon.WORDS.get(lower) or [s for c in lower for s in lexicon.LETTERS[c]]
+                word = lexicon.WORDS.get(lower)
+                said = ([(s, at, match.end()) for s in word] if word else
+                        [(s, at + i, at + i + 1) for i, c in enumerate(lower) for s in lexicon.LETTERS[c]])
             else:
-                said = lexicon.GREEK.get(found, ())
+                said = [(s, at, match.end()) for s in lexicon.GREEK.get(found, ())]
             self._keep(said, result, skipped)
-        self._chinese(text[start:], result, skipped)
+        self._chinese(text[start:], start, result, skipped)
         if skipped:
             self.skipped.extend(skipped)
             log.warning("skipping what the voice cannot say: %s", " ".join(dict.fromkeys(skipped)))
         return result
 
-    def _chinese(self, text: str, result: list[str], skipped: list[str]) -> None:
+    def _chinese(self, text: str, offset: int, result: list[tuple[str, int, int]], skipped: list[str]) -> None:
         if not text:
             return
 
@@ -174,22 +201,24 @@ class PhoneMapper:
             skipped.extend(c for c in chunk if unicodedata.category(c)[0] not in "PZC")
             return []
 
-        self._keep(
-            lazy_pinyin(
-                text,
-                style=Style.TONE3,
-                neutral_tone_with_five=True,
-                tone_sandhi=True,
-                # pypinyin documents a callback returning a list (here []: drop the chunk),
-                # but annotates the parameter as returning str.
-                errors=keep_unknown,  # type: ignore[arg-type]
-            ),
-            result,
-            skipped,
+        said = lazy_pinyin(
+            text,
+            style=Style.TONE3,
+            neutral_tone_with_five=True,
+            tone_sandhi=True,
+            # pypinyin documents a callback returning a list (here []: drop the chunk),
+            # but annotates the parameter as returning str.
+            errors=keep_unknown,  # type: ignore[arg-type]
         )
+        # pypinyin says one syllable per character it knows: the Chinese ones.
+        places = [offset + i for i, c in enumerate(text) if _HAN.match(c)]
+        if len(places) != len(said):  # not expected; spread them evenly rather than guess
+            places = [offset + i * len(text) // max(1, len(said)) for i in range(len(said))]
+        self._keep([(s, at, at + 1) for s, at in zip(said, places, strict=True)], result, skipped)
 
-    def _keep(self, syllables: tuple[str, ...] | list[str], result: list[str], skipped: list[str]) -> None:
-        for syllable in syllables:
+    def _keep(self, syllables: list[tuple[str, int, int]], result: list[tuple[str, int, int]],
+              skipped: list[str]) -> None:
+        for syllable, at, end in syllables:
             syllable = syllable.strip()
             if not syllable:
                 continue
@@ -201,12 +230,15 @@ class PhoneMapper:
             if base not in self.pinyin_to_phones:
                 skipped.append(syllable)
                 continue
-            result.append(base + syllable[-1])
+            result.append((base + syllable[-1], at, end))
 
     def phones(self, text: str) -> list[str]:
         """The symbol sequence for one piece: ``sil i f #0 i f ... sil``."""
+        return self._phones(self.syllables(text))
+
+    def _phones(self, syllables: list[str]) -> list[str]:
         out = ["sil"]
-        for i, syllable in enumerate(self.syllables(text)):
+        for i, syllable in enumerate(syllables):
             initial, final = self.pinyin_to_phones[syllable[:-1]]
             if i:
                 out.append("#0")
@@ -216,13 +248,23 @@ class PhoneMapper:
 
     def ids(self, text: str) -> list[int]:
         """Symbol ids for one piece, ending with ``eos``; empty when nothing is sayable."""
-        phones = self.phones(text)
+        return self.ids_aligned(text)[0]
+
+    def ids_aligned(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """:meth:`ids`, and for each syllable the stretch of ``text`` it is said for (see :meth:`aligned`).
+
+        Syllable ``k``'s initial and final are ids ``3k+1`` and ``3k+2``
+        (``sil``, then ``#0`` before every syllable but the first).
+        """
+        aligned = self.aligned(text)
+        phones = self._phones([s for s, _, _ in aligned])
         if len(phones) <= 2:
-            return []
+            return [], []
         try:
-            return [self.symbol_to_id[p] for p in phones] + [self.symbol_to_id["eos"]]
+            ids = [self.symbol_to_id[p] for p in phones] + [self.symbol_to_id["eos"]]
         except KeyError as exc:
             raise EngineError(f"the voice has no symbol {exc.args[0]!r}") from exc
+        return ids, [(start, end) for _, start, end in aligned]
 
 
 def require_text(text: str) -> str:

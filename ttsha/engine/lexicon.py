@@ -38,12 +38,13 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .spans import Tracked
 
 log = logging.getLogger(__name__)
 
@@ -155,22 +156,26 @@ class _Matcher:
             lengths.sort(reverse=True)
 
     def sub(self, text: str, replace: Callable[[Any], str]) -> str:
+        return self.sub_tracked(Tracked.of(text), replace).text
+
+    def sub_tracked(self, text: Tracked, replace: Callable[[Any], str]) -> Tracked:
+        """Each word replaced by ``replace(value)``, the replacement pointing at the word's source."""
         if not self.words:
             return text
+        return text.edit(self._edits(text.text, replace))
+
+    def _edits(self, text: str, replace: Callable[[Any], str]) -> Iterator[tuple[int, int, str]]:
         low = text.translate(_ASCII_LOWER)
-        out: list[str] = []
-        done = i = 0
+        i = 0
         while i < len(low):
             for length in self.lengths.get(low[i], ()):
                 word = low[i : i + length]
                 if len(word) == length and word in self.words and self._whole(low, i, i + length):
-                    out += [text[done:i], replace(self.words[word])]
-                    done = i = i + length
+                    yield i, i + length, replace(self.words[word])
+                    i += length
                     break
             else:
                 i += 1
-        out.append(text[done:])
-        return "".join(out)
 
     @staticmethod
     def _whole(low: str, start: int, end: int) -> bool:
@@ -211,9 +216,17 @@ class Lexicon:
         """``text`` with the words of ``[text]`` replaced."""
         return self._text_matcher.sub(text, str)
 
+    def replace_text_tracked(self, text: Tracked) -> Tracked:
+        """:meth:`replace_text`, keeping where each character came from."""
+        return self._text_matcher.sub_tracked(text, str)
+
     def mark_pinyin(self, text: str) -> str:
         """Normalized ``text`` with the words of ``[pinyin]`` replaced by :func:`pinyin_marks`."""
         return self._pinyin_matcher.sub(text, pinyin_marks)
+
+    def mark_pinyin_tracked(self, text: Tracked) -> Tracked:
+        """:meth:`mark_pinyin`, keeping where each character came from."""
+        return self._pinyin_matcher.sub_tracked(text, pinyin_marks)
 
     def changed_on_disk(self) -> bool:
         """Whether the file now differs from the one read (replaced, edited, created or removed)."""

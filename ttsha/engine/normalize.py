@@ -15,9 +15,10 @@ dates) come first, plain numbers last.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+
+from .spans import Tracked
 
 _DIGITS = "零一二三四五六七八九"
 
@@ -103,6 +104,11 @@ def _read_digits(digits: str, yao: bool = False) -> str:
     """Digit by digit, as codes and years are read (1 as 幺 in phone numbers with ``yao``)."""
     text = "".join(_DIGITS[int(d)] for d in digits)
     return text.replace("一", "幺") if yao else text
+
+
+def read_digits(text: str, yao: bool = False) -> str:
+    """Every ASCII digit of ``text`` said alone (SSML's ``say-as digits`` and ``telephone``); the rest kept."""
+    return re.sub(r"[0-9]+", lambda m: _read_digits(m.group(0), yao), text)
 
 
 def _read_integer(digits: str) -> str:
@@ -396,13 +402,18 @@ def normalize(text: str) -> str:
 
     Linear in the length of ``text`` (hostile input cannot make it slow).
     """
-    text = unicodedata.normalize("NFKC", text)
+    return normalize_tracked(Tracked.of(text)).text
+
+
+def normalize_tracked(text: Tracked) -> Tracked:
+    """:func:`normalize`, each character of the result pointing at what it was read from ("十二" at "12")."""
+    text = text.nfkc()
     # NFKC maps full-width punctuation to ASCII; keep Chinese sentence marks.
     text = text.replace("\r", "").replace("\t", " ")
     # Private-use characters of plane 15 are the lexicon's syllable marks: nobody else may write them.
-    text = _PRIVATE.sub("", text)
+    text = text.sub(_PRIVATE, lambda m: "")
     for pattern, replace in _RULES:
-        text = pattern.sub(replace, text)
+        text = text.sub(pattern, replace)
     for symbol, word in _SYMBOLS.items():
         text = text.replace(symbol, word)
     return text

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -23,6 +24,7 @@ import numpy as np
 from ..audio import resample
 from ..errors import EngineError
 from .base import Engine, EngineInfo
+from .frontend import Piece
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,16 @@ def frontend_problem() -> str | None:
     return None
 
 
-def ssml(text: str, emotion: str, intensity: float = 1.0) -> str:
-    """Wrap text in the SSML the Sambert front end reads; the text is XML-escaped."""
+def ssml(text: str, emotion: str, intensity: float = 1.0, markup: str = "") -> str:
+    """Wrap text in the SSML the Sambert front end reads; the text is XML-escaped.
+
+    ``markup`` is a piece already in Sambert's SSML (from ttsha's SSML route,
+    :mod:`.ssml`): it goes in as it is, in place of the text.
+    """
+    body = markup or escape(text)
     if emotion == "neutral":
-        return escape(text)
-    return f'<speak><emotion category="{emotion}" intensity="{intensity:.2f}">{escape(text)}</emotion></speak>'
+        return f"<speak>{body}</speak>" if markup else body
+    return f'<speak><emotion category="{emotion}" intensity="{intensity:.2f}">{body}</emotion></speak>'
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -91,6 +98,8 @@ class SambertEngine(Engine):
     speed_range = (1.0, 1.0)
     # The Sambert front end (ttsfrd) normalizes text itself and reads Latin letters.
     normalize_text = False
+    # It reads SSML itself: ttsha's SSML route passes its elements through.
+    reads_ssml = True
     speakable = re.compile(r"[\u4e00-\u9fffA-Za-z0-9]")
 
     def __init__(self, model_dir: Path, voices: tuple[str, ...] = VOICES, default_voice: str = "zhitian_emo"):
@@ -154,13 +163,20 @@ class SambertEngine(Engine):
             return rate
         return 48000 if "48k" in self.model_dir.name else 16000
 
+    def _piece_parts(self, piece: Piece, voice: str, emotion: str, speed: float, early: bool,
+                     syllables: list[tuple[tuple[int, int], float, float]] | None) -> Iterator[np.ndarray]:
+        yield self._say(ssml(piece.text, emotion, markup=piece.markup), voice)
+
     def _synthesize_piece(self, text: str, voice: str, emotion: str, speed: float) -> np.ndarray:
+        return self._say(ssml(text, emotion), voice)
+
+    def _say(self, document: str, voice: str) -> np.ndarray:
         import soundfile as sf
         from modelscope.outputs import OutputKeys
 
         with self._lock:
             try:
-                out = self._pipeline(input=ssml(text, emotion), voice=voice)
+                out = self._pipeline(input=document, voice=voice)
             except Exception as exc:
                 raise EngineError(f"Sambert synthesis failed: {exc}") from exc
         wav = out.get(OutputKeys.OUTPUT_WAV) if isinstance(out, dict) else None

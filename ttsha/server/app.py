@@ -2,12 +2,12 @@
 
 Routes::
 
-    POST /v1/synthesize         JSON {text, voice?, emotion?, speed?, format?, stream?}
+    POST /v1/synthesize         JSON {text, voice?, emotion?, speed?, format?, stream?, timestamps?, ssml?}
     GET  /v1/synthesize?text=…  the same, for curl
     POST /v1/audio/speech       OpenAI-compatible {model, input, voice, response_format, speed?} (openai_api)
     GET  /v1/models             OpenAI-compatible model list
     GET  /v1/audio/voices       voice names the OpenAI-compatible route accepts
-    GET  /v1/audio/<id>.<fmt>   a stored result as wav, pcm, mp3, opus or flac (formats)
+    GET  /v1/audio/<id>.<fmt>   a stored result as wav, pcm, mp3, opus or flac, or its srt/vtt subtitles (formats)
     GET  /v1/voices             engine, voices, emotions
     GET  /health                readiness, from memory
     GET  /metrics               Prometheus text format
@@ -49,14 +49,14 @@ STORE_RETRY_AFTER_S = 5
 FILE_BLOCK_BYTES = 256 * 1024
 #: Keys ttsha's own route accepts in a JSON body (others are refused: a
 #: misspelt or unsupported option must not be silently ignored).
-SYNTHESIZE_KEYS = frozenset({"text", "voice", "emotion", "speed", "format", "stream"})
+SYNTHESIZE_KEYS = frozenset({"text", "voice", "emotion", "speed", "format", "stream", "timestamps", "ssml"})
 #: Query keys each route of ttsha's own API accepts, by endpoint and method;
 #: others answer 400 naming them, as unknown JSON keys do. Routes not listed
 #: (the OpenAI-compatible one, /health, /metrics, the page) ignore the query:
 #: OpenAI clients, load balancers and browsers add keys of their own.
 QUERY_KEYS = {
     ("synthesize", "GET"): SYNTHESIZE_KEYS | {"return"},
-    ("synthesize", "POST"): frozenset({"stream", "return"}),
+    ("synthesize", "POST"): frozenset({"stream", "return", "timestamps"}),
     ("voices", "GET"): frozenset(),
     ("audio", "GET"): frozenset(),
 }
@@ -213,6 +213,8 @@ class App:
             if "speed" in data:
                 data["speed"] = _number(data["speed"], "speed")
             data["stream"] = _query_flag(request, "stream")
+            data["timestamps"] = _query_flag(request, "timestamps")
+            data["ssml"] = _query_flag(request, "ssml")
         else:
             data = self._json_body(request)
             unknown = sorted(set(data) - SYNTHESIZE_KEYS)
@@ -221,18 +223,29 @@ class App:
                                f"accepted: {', '.join(sorted(SYNTHESIZE_KEYS))}")
             if _query_flag(request, "stream"):
                 data["stream"] = True
-        fmt = formats.choose(data.get("format"), "format", "wav")
+            if _query_flag(request, "timestamps"):
+                data["timestamps"] = True
+        fmt = formats.choose(data.get("format"), "format", "wav", subtitles=True)
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "bad_stream", "stream must be true or false")
-        req = self._validate(data.get("text"), data.get("voice"), data.get("emotion"), data.get("speed"))
+        timestamps, ssml = data.get("timestamps", False), data.get("ssml", False)
+        for name, flag in (("timestamps", timestamps), ("ssml", ssml)):
+            if not isinstance(flag, bool):
+                raise ApiError(400, f"bad_{name}", f"{name} must be true or false")
+        req = self._validate(data.get("text"), data.get("voice"), data.get("emotion"), data.get("speed"), ssml)
         wants_json = request.args.get("return") == "json" or (
             request.accept_mimetypes.best_match(["audio/wav", "application/json"]) == "application/json"
             and "application/json" in request.headers.get("Accept", "")
         )
-        if stream and not wants_json:
+        subtitles = fmt in formats.SUBTITLES
+        if stream and not wants_json and not subtitles:  # subtitles need the whole synthesis
             return self._stream(request, req, fmt)
-        stored, cached = self._result(request, req)
+        stored, cached = self._result(request, req, timing=timestamps or subtitles)
+        if subtitles and not wants_json:
+            response = formats.subtitle_response(stored, fmt)
+            response.headers.update({"X-Audio-Id": stored.id, "X-Cache": "HIT" if cached else "MISS"})
+            return response
         if wants_json:
             return _json(
                 {
@@ -244,6 +257,7 @@ class App:
                     "cached": cached,
                     "engine": stored.meta.get("engine"),
                     "voice": req.voice,
+                    **(_timestamps(stored) if timestamps else {}),
                 }
             )
         return self._audio_response(request, stored, fmt, cached)
@@ -272,10 +286,15 @@ class App:
         return _json(openai_api.voices_body(self.openai, self._ready_engine()))
 
     def on_audio(self, request: Request, rid: str, fmt: str) -> Response:
-        fmt = formats.choose(fmt, "the extension", "wav")
+        fmt = formats.choose(fmt, "the extension", "wav", subtitles=True)
         stored = self.service.store.get(rid)
         if stored is None:
             raise ApiError(404, "not_found", f"no audio with id {rid!r}")
+        if fmt in formats.SUBTITLES:
+            try:
+                return formats.subtitle_response(stored, fmt)
+            except InputError as exc:
+                raise ApiError(404, exc.code, exc.message) from None
         return self._audio_response(request, stored, fmt, cached=True)
 
     @staticmethod
@@ -311,10 +330,10 @@ class App:
             raise ApiError(400, "invalid_json", "the request body must be a JSON object")
         return data
 
-    def _validate(self, text: Any, voice: Any, emotion: Any, speed: Any) -> SynthRequest:
+    def _validate(self, text: Any, voice: Any, emotion: Any, speed: Any, ssml: bool = False) -> SynthRequest:
         self._ready_engine()
         try:
-            return self.service.validate(text, voice, emotion, speed)
+            return self.service.validate(text, voice, emotion, speed, ssml)
         except InputError as exc:
             raise ApiError(400, exc.code, exc.message) from None
 
@@ -322,9 +341,9 @@ class App:
         """When the gateway received ``request`` (its queue position; see ttsha.protocol)."""
         return request_arrival(request.headers.get(ARRIVAL_HEADER), time.time(), self.service.serve.deadline)
 
-    def _result(self, request: Request, req: SynthRequest):
+    def _result(self, request: Request, req: SynthRequest, timing: bool = False):
         try:
-            return self.service.synthesize(req, self._arrival(request))
+            return self.service.synthesize(req, self._arrival(request), timing=timing)
         except Overloaded as exc:
             raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after)}) from None
         except InputError as exc:
@@ -381,6 +400,18 @@ class _Tracked:
 
 def _wide_file_wrapper(file, buffer_size: int = FILE_BLOCK_BYTES) -> FileWrapper:
     return FileWrapper(file, max(buffer_size, FILE_BLOCK_BYTES))
+
+
+def _timestamps(stored) -> dict[str, Any]:
+    """The JSON answer's per-character timestamps, or why there are none."""
+    timeline = formats.timeline(stored)
+    if timeline is None:
+        return {"timestamps": None, "timestamps_unavailable": "stored without timing"}
+    marks = timeline.timestamps()
+    if marks is None:
+        return {"timestamps": None, "timestamps_unavailable": timeline.unavailable or "no timing"}
+    # Offsets count characters of this text (the request's, NFKC and whitespace collapsed).
+    return {"text": timeline.text, "timestamps": marks}
 
 
 def _number(value: str, name: str) -> float:

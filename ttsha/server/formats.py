@@ -21,6 +21,7 @@ from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 
 from ..audio import FORMATS, Encoder, encode, media_type, output_rate, read_wav
+from ..engine.timing import Timeline, srt, vtt
 from ..errors import InputError
 from ..store import StoredResult
 
@@ -30,13 +31,38 @@ EXACT = ("wav", "pcm")
 MAX_AGE_S = 86400
 
 
-def choose(value: Any, key: str, default: str) -> str:
-    """The format a request names under ``key`` (``default`` when absent); 400 otherwise."""
+#: Subtitle formats of ttsha's own route: the text's cues (one per sentence or clause) timed in the audio.
+SUBTITLES = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
+
+
+def choose(value: Any, key: str, default: str, subtitles: bool = False) -> str:
+    """The format a request names under ``key`` (``default`` when absent); 400 otherwise.
+
+    With ``subtitles``, ``srt`` and ``vtt`` are accepted too.
+    """
     if value is None:
         return default
-    if not isinstance(value, str) or value not in FORMATS:
-        raise InputError(f"{key} must be one of {', '.join(FORMATS)}, got {str(value)[:40]!r}", code="bad_format")
+    accepted = [*FORMATS, *(SUBTITLES if subtitles else ())]
+    if not isinstance(value, str) or value not in accepted:
+        raise InputError(f"{key} must be one of {', '.join(accepted)}, got {str(value)[:40]!r}", code="bad_format")
     return value
+
+
+def timeline(stored: StoredResult) -> Timeline | None:
+    """The timing a stored result's sidecar holds (None for results stored without it)."""
+    return Timeline.from_json(stored.meta.get("timing"), str(stored.meta.get("text", "")))
+
+
+def subtitle_response(stored: StoredResult, fmt: str) -> Response:
+    """The stored result's cues as SubRip or WebVTT (a result stored without timing has none: 404)."""
+    found = timeline(stored)
+    if found is None:
+        raise InputError(f"audio {stored.id} was stored without timing; synthesize it again for subtitles",
+                         code="no_timing")
+    body = srt(found) if fmt == "srt" else vtt(found)
+    response = Response(body.encode("utf-8"), content_type=SUBTITLES[fmt])
+    response.cache_control.max_age = MAX_AGE_S
+    return response
 
 
 class EncodedCache:

@@ -23,6 +23,7 @@ import numpy as np
 from ..audio import to_pcm16, wav_bytes
 from ..config import ServeConfig
 from ..engine import Engine, Lexicon
+from ..engine.timing import Timeline
 from ..errors import ConfigError, EngineError, InputError, StoreError
 from ..protocol import Claim, RoleVerifier
 from ..quality import CANARY_TEXT, Golden, compare
@@ -57,6 +58,8 @@ class SynthRequest:
     id: str
     #: The lexicon the id was computed with, which the synthesis then reads (a reload between does not mix them).
     lexicon: Lexicon | None = field(default=None, compare=False)
+    #: ``text`` is an SSML document (ttsha.engine.ssml).
+    ssml: bool = False
 
 
 #: Every value of ``/health``'s status (``ttsha_node_status`` has a series for each).
@@ -194,7 +197,7 @@ class Service:
         return self.pool.stop(timeout)
 
     # -- requests --------------------------------------------------------
-    def validate(self, text: Any, voice: Any, emotion: Any, speed: Any) -> SynthRequest:
+    def validate(self, text: Any, voice: Any, emotion: Any, speed: Any, ssml: bool = False) -> SynthRequest:
         """Check a request against limits and the loaded engine; fill defaults."""
         if text is not None and not isinstance(text, str):
             raise InputError(f"text must be a string, got {type(text).__name__}", code="bad_text")
@@ -227,11 +230,12 @@ class Service:
             speed=speed,
             sample_rate=info.sample_rate,
             text=text,
+            markup="ssml" if ssml else "",
         )
-        req = SynthRequest(normalize_key_text(text), voice, emotion, speed, rid, lexicon)
+        req = SynthRequest(normalize_key_text(text), voice, emotion, speed, rid, lexicon, ssml)
         # A stored result proves the text was sayable; only new text pays for the front end.
         if not self.store.audio_path(rid).is_file():
-            self.engine.pieces(text, lexicon)  # refuses text with nothing to say
+            self.engine.pieces(text, lexicon, ssml)  # refuses text with nothing to say, and bad SSML
         return req
 
     def lookup(self, req: SynthRequest) -> StoredResult | None:
@@ -239,14 +243,16 @@ class Service:
         self.metrics.cache.labels("hit" if found else "miss").inc()
         return found
 
-    def synthesize(self, req: SynthRequest, arrived: float | None = None) -> tuple[StoredResult, bool]:
+    def synthesize(self, req: SynthRequest, arrived: float | None = None,
+                   timing: bool = False) -> tuple[StoredResult, bool]:
         """The stored result for ``req`` and whether it was cached; synthesizes
-        through the pool when absent (queued by ``arrived``, see :meth:`SynthesisPool.submit`).
+        through the pool when absent (queued by ``arrived``, see :meth:`SynthesisPool.submit`;
+        with ``timing``, also when it was stored without timing).
 
         Raises :class:`~ttsha.server.pool.Overloaded` when the queue is full.
         """
         found = self.lookup(req)
-        if found is not None:
+        if found is not None and not (timing and "timing" not in found.meta):
             return found, True
         self.pool.deadline = self.serve.deadline  # SIGHUP may have changed it
         self._prepare(req.id)
@@ -299,8 +305,9 @@ class Service:
         started = time.perf_counter()
         parts = []
         early = on_piece is not None
+        timeline = Timeline()
         for samples in self.engine.stream(req.text, req.voice, req.emotion, req.speed, early_start=early,
-                                          lexicon=req.lexicon):
+                                          lexicon=req.lexicon, timeline=timeline, ssml=req.ssml):
             parts.append(samples)
             if on_piece is not None:
                 on_piece(to_pcm16(samples))
@@ -315,8 +322,11 @@ class Service:
             "engine": info.engine,
             "model_version": info.model_version,
             **({"lexicon": req.lexicon.fingerprint} if req.lexicon and req.lexicon.fingerprint else {}),
+            **({"ssml": True} if req.ssml else {}),
             "sample_rate": info.sample_rate,
             "duration_s": round(duration, 3),
+            # In the sidecar, so a cached result has the timestamps its synthesis had.
+            "timing": timeline.to_json(),
         }
         try:
             stored = self.store.put(req.id, wav_bytes(audio, info.sample_rate), meta)
