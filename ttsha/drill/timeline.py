@@ -7,11 +7,14 @@ from typing import Any
 
 
 def timeline(events: Iterable[dict[str, Any]], wall_fault: float, restore_at: float, target: str,
-             standby: str) -> dict[str, float | None]:
+             standby: str, injecting_s: float = 0.0) -> dict[str, float | None]:
     """The failover as the monitor recorded it, in seconds after the fault.
 
-    Events from before the fault (beyond clock jitter) belong to an earlier
-    story and are ignored; ``rejoined`` counts only after the node was restored.
+    ``wall_fault`` is when the fault was in effect; injecting it took
+    ``injecting_s`` before that, during which it may already have been seen
+    (those events come out negative). Events from before the injection began
+    (beyond clock jitter) belong to an earlier story and are ignored;
+    ``rejoined`` counts only after the node was restored.
     """
     out: dict[str, float | None] = {"fault_injected": 0.0}
     for event in events:
@@ -20,7 +23,7 @@ def timeline(events: Iterable[dict[str, Any]], wall_fault: float, restore_at: fl
         except (KeyError, TypeError, ValueError):
             continue
         rel = at - wall_fault
-        if rel < -0.5:
+        if rel < -0.5 - injecting_s:
             continue
         if kind == "probe_failed" and node == target:
             out.setdefault("first_failed_probe", rel)
