@@ -267,35 +267,35 @@ class Peer:
         with source:
             self.makedirs(posixpath.dirname(safe_relative(rel)))
             temp = posixpath.join(directory, f".{name}{TEMP_MARK}{os.getpid()}.tmp")
-            if st.st_size <= SMALL_FILE and not self.bwlimit:
-                return self._put_small(source, temp, target, st)
-            return self._put_large(source, temp, target, st)
+            try:
+                if st.st_size <= SMALL_FILE and not self.bwlimit:
+                    return self._put_small(source, temp, target, st)
+                return self._put_large(source, temp, target, st)
+            except BaseException:  # nothing half-written stays behind on the peer
+                try:
+                    self.sftp.remove(temp)
+                except OSError:
+                    pass
+                raise
 
     def _put_large(self, src, temp: str, target: str, st: os.stat_result) -> int:
         sent = 0
         started = time.monotonic()
-        try:
-            with self.sftp.open(temp, "wb") as dst:
-                dst.set_pipelined(True)
-                while True:
-                    block = src.read(CHUNK)
-                    if not block:
-                        break
-                    dst.write(block)
-                    sent += len(block)
-                    if self.bwlimit:
-                        ahead = sent / self.bwlimit - (time.monotonic() - started)
-                        if ahead > 0:
-                            time.sleep(ahead)
-            self.sftp.chmod(temp, stat.S_IMODE(st.st_mode))
-            self.sftp.utime(temp, (st.st_atime, st.st_mtime))
-            self.sftp.posix_rename(temp, target)
-        except BaseException:
-            try:
-                self.sftp.remove(temp)
-            except OSError:
-                pass
-            raise
+        with self.sftp.open(temp, "wb") as dst:
+            dst.set_pipelined(True)
+            while True:
+                block = src.read(CHUNK)
+                if not block:
+                    break
+                dst.write(block)
+                sent += len(block)
+                if self.bwlimit:
+                    ahead = sent / self.bwlimit - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        self.sftp.chmod(temp, stat.S_IMODE(st.st_mode))
+        self.sftp.utime(temp, (st.st_atime, st.st_mtime))
+        self.sftp.posix_rename(temp, target)
         return sent
 
     def _put_small(self, src, temp: str, target: str, st: os.stat_result) -> int:
@@ -312,28 +312,21 @@ class Peer:
         data = src.read()
         sftp = _requests(self.sftp)
         attrs = SFTPAttributes()
-        try:
-            kind, msg = sftp._request(CMD_OPEN, temp, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, attrs)
-            if kind != CMD_HANDLE:
-                raise SFTPError(f"open {temp}: expected a handle")
-            handle = msg.get_binary()
-            attrs.st_mode = stat.S_IMODE(st.st_mode)
-            attrs.st_atime, attrs.st_mtime = int(st.st_atime), int(st.st_mtime)
-            pending = [
-                sftp._async_request(type(None), CMD_WRITE, handle, int64(offset), data[offset:offset + WRITE_SIZE])
-                for offset in range(0, len(data), WRITE_SIZE)
-            ]
-            pending.append(sftp._async_request(type(None), CMD_FSETSTAT, handle, attrs))
-            pending.append(sftp._async_request(type(None), CMD_CLOSE, handle))
-            for num in pending:
-                sftp._read_response(num)  # raises on an error status
-            self.sftp.posix_rename(temp, target)
-        except BaseException:
-            try:
-                self.sftp.remove(temp)
-            except OSError:
-                pass
-            raise
+        kind, msg = sftp._request(CMD_OPEN, temp, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, attrs)
+        if kind != CMD_HANDLE:
+            raise SFTPError(f"open {temp}: expected a handle")
+        handle = msg.get_binary()
+        attrs.st_mode = stat.S_IMODE(st.st_mode)
+        attrs.st_atime, attrs.st_mtime = int(st.st_atime), int(st.st_mtime)
+        pending = [
+            sftp._async_request(type(None), CMD_WRITE, handle, int64(offset), data[offset:offset + WRITE_SIZE])
+            for offset in range(0, len(data), WRITE_SIZE)
+        ]
+        pending.append(sftp._async_request(type(None), CMD_FSETSTAT, handle, attrs))
+        pending.append(sftp._async_request(type(None), CMD_CLOSE, handle))
+        for num in pending:
+            sftp._read_response(num)  # raises on an error status
+        self.sftp.posix_rename(temp, target)
         return len(data)
 
     def put_durable(self, files: list[tuple[Path, str]], channels: list[Peer] | None = None,
