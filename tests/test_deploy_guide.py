@@ -23,7 +23,7 @@ import pytest
 
 from ttsha.config import load
 
-from .monitor.conftest import need
+from .monitor.conftest import need, need_root
 
 GUIDE = Path(__file__).parents[1] / "docs" / "deploy.md"
 OVERLAID = ("/etc", "/var/lib", "/opt")
@@ -75,8 +75,7 @@ def _isolated(tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize("block", runnable(), ids=lambda b: f"line{b.line}")
 def test_runnable_block(block, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("the guide's commands run as root (and the overlays need it)")
+    need_root("the guide's commands run as root (and the overlays need it)")
     unshare = need("unshare", "util-linux")
     script = "\n".join(["set -euo pipefail", *_isolated(tmp_path), block.body])
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
@@ -103,8 +102,7 @@ def test_runnable_block(block, tmp_path):
 
 def test_firewall_ruleset_is_valid_nftables(tmp_path):
     nft = need("nft", "nftables")
-    if os.geteuid() != 0:
-        pytest.skip("nft -c needs root")
+    need_root("nft -c needs root")
     (ruleset,) = [b.body for b in blocks() if b.lang == "nft"]
     path = tmp_path / "ttsha.nft"
     path.write_text(ruleset)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from ttsha.bootstrap import init_node
 from ttsha.cli import main
 from ttsha.config import parse
@@ -188,9 +186,7 @@ def test_nginx_accepts_the_rendered_files(tmp_path):
 
 
 def test_units_enabled_read_from_the_unit_files(tmp_path):
-    systemctl = shutil.which("systemctl")
-    if systemctl is None:
-        pytest.skip("no systemctl here")
+    systemctl = need("systemctl", "systemd")
     root = tmp_path / "root"
     units = root / "etc/systemd/system"
     (units / "multi-user.target.wants").mkdir(parents=True)

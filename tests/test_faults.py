@@ -18,7 +18,7 @@ from ttsha.errors import Refused, TTSHAError
 from ttsha.faults import FAULTS, NFT_TABLE, NODE_FAULTS, Fault, nft_ruleset
 from ttsha.nodeproc import FILLER, ttsha_command
 
-from .monitor.conftest import free_port, need
+from .monitor.conftest import free_port, need, need_root
 
 #: Stands in for ``ttsha serve`` / ``ttsha replicate``: a console script named
 #: ``ttsha`` whose ``serve`` listens on --host/--port, as the real one does.
@@ -297,8 +297,7 @@ def _connects(host: str, port: int) -> bool:
 
 def test_isolate_makes_the_port_unreachable_and_restore_undoes_it():
     need("nft", "nftables")
-    if os.geteuid() != 0:
-        pytest.skip("nftables needs root")
+    need_root("nftables needs root")
     host, port = "127.0.0.9", free_port("127.0.0.9")
     with socket.socket() as server:
         server.bind((host, port))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import os
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from ttsha.config import parse
 from ttsha.errors import ConfigError
 from ttsha.monitor.control import ControlServer
 
-from .monitor.conftest import need
+from .monitor.conftest import need, need_root
 from .test_alert import Hook, wait
 
 TTSHA = str(Path(sys.executable).with_name("ttsha"))
@@ -28,8 +27,7 @@ TTSHA = str(Path(sys.executable).with_name("ttsha"))
 def link():
     """A real interface for keepalived -t to accept (a veth pair, removed after)."""
     ip = need("ip", "iproute2")
-    if os.geteuid() != 0:
-        pytest.skip("creating an interface needs root")
+    need_root("creating an interface needs root")
     name = f"tk{uuid.uuid4().hex[:8]}"
     subprocess.run([ip, "link", "add", name, "type", "veth", "peer", "name", f"{name}p"], check=True)
     yield name

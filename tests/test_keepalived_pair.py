@@ -23,7 +23,7 @@ from ttsha import keepalived
 from ttsha.config import parse
 from ttsha.lab.pair import GATEWAYS, GatewayNet, keepalived_command
 
-from .monitor.conftest import need
+from .monitor.conftest import need, need_root
 
 SUBNET = "10.213.0"
 VIP = f"{SUBNET}.100"
@@ -99,8 +99,7 @@ class Pair:
 
 @pytest.fixture
 def pair():
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+    need_root("network namespaces need root")
     # keepalived's script security refuses scripts under a world-writable directory such as /tmp.
     root = Path("/run") / f"ttsha-test-{uuid.uuid4().hex[:8]}"
     root.mkdir(mode=0o755)

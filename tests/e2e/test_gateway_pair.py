@@ -28,7 +28,7 @@ from ttsha.config import parse, to_toml
 from ttsha.nginx import render_main, render_site, render_upstream
 from ttsha.protocol import generate_secret
 
-from ..monitor.conftest import need
+from ..monitor.conftest import need, need_root
 from ..test_keepalived_pair import SUBNET, VIP, Pair, _wait
 
 pytestmark = pytest.mark.e2e
@@ -159,8 +159,7 @@ def parse_file(path: Path):
 
 @pytest.fixture
 def stack():
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+    need_root("network namespaces need root")
     need("keepalived", "keepalived")
     root = Path("/run") / f"ttsha-e2e-{uuid.uuid4().hex[:8]}"
     root.mkdir(mode=0o755)

@@ -13,7 +13,7 @@ import pytest
 
 from ttsha.lab import NODE_HOSTS, Lab, alive
 
-from ..monitor.conftest import need
+from ..monitor.conftest import need, need_root
 
 pytestmark = pytest.mark.e2e
 
@@ -73,8 +73,7 @@ def test_synthesis_through_the_gateway(lab):
 def test_every_fault_at_80_percent_of_capacity_fails_no_request_and_stalls_none(lab, fault):
     if fault == "isolate":
         need("nft", "nftables")
-        if os.geteuid() != 0:
-            pytest.skip("the isolate fault needs root for nftables")
+        need_root("the isolate fault needs root for nftables")
     proc, report = drill(lab, fault, "--load", "0.8", "--duration", "15s")
     why = "\n".join(json.dumps(s, ensure_ascii=False) for s in report["slowest"])
     traffic = report["traffic"]

@@ -4,7 +4,6 @@ drill traffic to the virtual IP, and ``lab down`` leaving no namespace, link, ad
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from ttsha.lab import Lab
 from ttsha.lab.pair import LAB_NET
 
-from ..monitor.conftest import need
+from ..monitor.conftest import need, need_root
 
 pytestmark = pytest.mark.e2e
 
@@ -39,8 +38,7 @@ def _network() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("a gateway pair needs root (network namespaces)")
+    need_root("a gateway pair needs root (network namespaces)")
     need("nginx", "nginx")
     need("keepalived", "keepalived")
     root = tmp_path_factory.mktemp("pairlab")

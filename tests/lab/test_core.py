@@ -9,6 +9,8 @@ import pytest
 from ttsha import lab as lab_module
 from ttsha.lab import Lab, LabError
 
+from ..monitor.conftest import need_root
+
 
 def test_commands_on_a_missing_lab_explain(tmp_path):
     with pytest.raises(LabError, match="ttsha lab up --dir"):
@@ -137,8 +139,7 @@ def test_stores_get_a_filesystem_of_their_own_as_root_and_down_removes_it(tmp_pa
     from ttsha.lab import NODE_HOSTS, STORE_FS_SOURCE, LabLayout
     from ttsha.lab.core import _mount_source
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting needs root")
+    need_root("mounting needs root")
     lab = Lab(tmp_path / "lab")
     lab.root.mkdir()
     layout = LabLayout(lab.root, {"primary": 1, "standby": 2}, 3, 4)

@@ -12,11 +12,12 @@ import pytest
 from ttsha.lab import Lab, LabError
 from ttsha.lab.pair import GATEWAYS, INTERFACE, GatewayNet
 
+from ..monitor.conftest import need_root
+
 
 @pytest.fixture
 def net():
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+    need_root("network namespaces need root")
     tag = uuid.uuid4().hex[:6]
     n = GatewayNet(bridge=f"tt{tag}", prefix=f"ttsha-t{tag}-", subnet="10.219.0", lan=f"ttsha-tlan-{tag}")
     try:

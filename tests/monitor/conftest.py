@@ -27,6 +27,14 @@ def need(binary: str, package: str) -> str:
     return path
 
 
+def need_root(why: str) -> None:
+    """Skip a test that needs root (``why``) when not root; in CI, where .ci/run runs as root, fail."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: CI runs as root")  # never a silent skip in CI
+        pytest.skip(why)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -18,7 +18,7 @@ from ttsha import keepalived
 from ttsha.monitor.authority import Authority, local_addresses
 from ttsha.nginx import PrivateGateway, render_upstream
 
-from .conftest import free_port
+from .conftest import free_port, need_root
 from .test_gateway import start_monitor, wait_for
 
 VIP = "192.0.2.100/24"
@@ -181,12 +181,9 @@ def test_address_events_tell_the_monitor_when_to_look(tmp_path):
     import sys
     import uuid
 
-    import pytest
-
     from .conftest import need
 
-    if os.geteuid() != 0:
-        pytest.skip("a network namespace needs root")
+    need_root("a network namespace needs root")
     ip = need("ip", "iproute2")
     ns = f"ttsha-t-{uuid.uuid4().hex[:8]}"
     script = tmp_path / "watch.py"

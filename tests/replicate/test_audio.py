@@ -14,6 +14,8 @@ from ttsha.config import to_toml
 from ttsha.replicate.daemon import Replicator
 from ttsha.store import AudioStore, result_id
 
+from ..monitor.conftest import need_root
+
 EXE = Path(sys.executable).with_name("ttsha")
 
 
@@ -127,12 +129,9 @@ def test_kill_9_mid_burst_then_restart(rep_config, tmp_path):
 
 def test_inotify_overflow_triggers_a_catch_up_scan(rep_config):
     """With a tiny kernel event queue a burst overflows it; the scan still finds every file."""
-    import os
 
-    import pytest
 
-    if os.geteuid() != 0:
-        pytest.skip("lowering fs.inotify.max_queued_events needs root")
+    need_root("lowering fs.inotify.max_queued_events needs root")
     knob = Path("/proc/sys/fs/inotify/max_queued_events")
     src, dst = rep_config.store.path, rep_config.replicate.remote_store
     store = AudioStore(src)
