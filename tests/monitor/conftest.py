@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,36 @@ def need_root(why: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{why}: CI runs as root")  # never a silent skip in CI
         pytest.skip(why)
+
+
+class BackgroundLoop:
+    """A bounded loop on a thread of its own for the length of a ``with`` block;
+    a subclass's ``_run`` ends when ``_stop`` is set."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def reply_json(handler, document) -> None:
+    """A 200 JSON answer from an ``http.server`` handler (the tests' stand-in nodes)."""
+    body = json.dumps(document).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -18,7 +18,7 @@ from ttsha import keepalived
 from ttsha.monitor.authority import Authority, local_addresses
 from ttsha.nginx import PrivateGateway, render_upstream
 
-from .conftest import free_port, need_root
+from .conftest import BackgroundLoop, free_port, need_root
 from .test_gateway import start_monitor, wait_for
 
 VIP = "192.0.2.100/24"
@@ -66,14 +66,13 @@ def through(port: int) -> str:
     return (resp.getheader("X-Upstream") or "").split(",")[-1].strip()
 
 
-class Sampler:
+class Sampler(BackgroundLoop):
     """Reads both nodes' (role, gateway) every 20 ms, bounded."""
 
     def __init__(self, nodes, seconds: float = 60.0) -> None:
         self.nodes, self.seconds = nodes, seconds
         self.seen: dict[str, list[tuple[str, str]]] = {name: [] for name in nodes}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.seconds
@@ -82,14 +81,6 @@ class Sampler:
                 body = health(node)
                 self.seen[name].append((body.get("role"), body.get("role_gateway")))
             time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(15)
 
 
 def second_gateway(config, tmp_path):

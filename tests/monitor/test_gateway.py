@@ -12,6 +12,8 @@ from ttsha.alert import Alerter
 from ttsha.monitor.daemon import Monitor
 from ttsha.nginx import NginxError, UpstreamController
 
+from .conftest import BackgroundLoop
+
 
 def wait_for(predicate, timeout=10.0, what="condition"):
     deadline = time.monotonic() + timeout
@@ -22,14 +24,13 @@ def wait_for(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Traffic:
+class Traffic(BackgroundLoop):
     """Bounded client load through the gateway: distinct texts, one at a time."""
 
     def __init__(self, port: int, limit: int = 2000, seconds: float = 30.0) -> None:
         self.port, self.limit, self.seconds = port, limit, seconds
         self.results: list[tuple[float, int, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.seconds
@@ -47,14 +48,6 @@ class Traffic:
             except OSError as exc:
                 self.results.append((time.monotonic(), 0, str(exc)))
             time.sleep(0.01)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(15)
 
 
 def node_role(node, headers=None, port=None):
@@ -293,7 +286,7 @@ def test_a_request_retried_on_the_other_node_keeps_its_first_arrival_stamp(tmp_p
     from ttsha.nginx import PrivateGateway, render_upstream
     from ttsha.protocol import ARRIVAL_HEADER
 
-    from .conftest import free_port, need
+    from .conftest import free_port, need, reply_json
 
     hang_up_after = 0.4
     dying = socket.create_server(("127.0.0.1", 0))  # reads the request, then dies without answering
@@ -314,12 +307,7 @@ def test_a_request_retried_on_the_other_node_keeps_its_first_arrival_stamp(tmp_p
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
             seen.append((self.headers.get(ARRIVAL_HEADER), time.time()))
-            body = b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply_json(self, {"ok": True})
 
         def log_message(self, *args):
             pass

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import http.server
-import json
 import threading
 
 import pytest
 
 from ttsha.monitor.daemon import probe
+
+from .conftest import reply_json
 
 
 @pytest.fixture
@@ -20,12 +21,7 @@ def node():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             gate.wait(state["delay"])  # never set: waits exactly the delay
-            body = json.dumps({"status": "ready"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply_json(self, {"status": "ready"})
 
         def log_message(self, *args):
             pass
