@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import getpass
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ttsha.config import load
 from ttsha.doctor import FAIL, GATEWAY, NODE, OK, Host, run
-from ttsha.lab import Lab
 
-from ..monitor.conftest import need
+from .conftest import running_lab
 
 pytestmark = pytest.mark.e2e
-
-EXE = Path(sys.executable).with_name("ttsha")
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    need("nginx", "nginx")
-    root = tmp_path_factory.mktemp("lab")
-    proc = subprocess.run([str(EXE), "lab", "up", "--dir", str(root)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    yield Lab(root)
-    subprocess.run([str(EXE), "lab", "down", "--dir", str(root)], capture_output=True, timeout=600)
+    with running_lab(tmp_path_factory) as started:
+        yield started
 
 
 def test_doctor_passes_on_the_lab(lab):

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ttsha.lab import NODE_HOSTS, Lab, alive
+from ttsha.lab import NODE_HOSTS, alive
 
 from ..monitor.conftest import need, need_root
+from .conftest import EXE, running_lab
 
 pytestmark = pytest.mark.e2e
-
-EXE = Path(sys.executable).with_name("ttsha")
 
 
 def ttsha(*args, timeout=600):
@@ -26,12 +25,8 @@ def ttsha(*args, timeout=600):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    need("nginx", "nginx")
-    root = tmp_path_factory.mktemp("lab")
-    proc = ttsha("lab", "up", "--dir", str(root))
-    assert proc.returncode == 0, proc.stderr
-    yield Lab(root)
-    ttsha("lab", "down", "--dir", str(root))
+    with running_lab(tmp_path_factory) as started:
+        yield started
 
 
 def synthesize_id(layout, text: str) -> str:

@@ -20,21 +20,17 @@ import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from ttsha.lab import NODE_HOSTS, Lab, descendants, health
 
-from ..monitor.conftest import need
+from .conftest import running_lab
 
 pytestmark = pytest.mark.e2e
 
-EXE = Path(sys.executable).with_name("ttsha")
 ROUNDS = 10
 CLIENTS = 3
 #: Each client goes on after the crash until this many answers (bounded in count and time).
@@ -43,12 +39,8 @@ AFTER_CRASH = 2
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    need("nginx", "nginx")
-    root = tmp_path_factory.mktemp("rpo-lab")
-    proc = subprocess.run([str(EXE), "lab", "up", "--dir", str(root)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    yield Lab(root)
-    subprocess.run([str(EXE), "lab", "down", "--dir", str(root)], capture_output=True, timeout=600)
+    with running_lab(tmp_path_factory, "rpo-lab") as started:
+        yield started
 
 
 def node_health(lab: Lab, name: str) -> dict:
