@@ -151,9 +151,8 @@ class SynthesisPool:
         self._lock = threading.Lock()
         self.deadline = deadline
         self.admission = Admission(workers)
-        self._waiting = 0  # request jobs queued, not yet picked up
-        self._waiting_units = 0.0
-        self._arrivals: dict[int, tuple[float, float]] = {}  # seq -> (arrived, units) of each queued request
+        #: seq -> (arrived, units) of each request job queued and not yet picked up.
+        self._waiting: dict[int, tuple[float, float]] = {}
         self._inflight: dict[str, Future] = {}
         self._running: dict[int, tuple[float, float]] = {}  # thread ident -> (start time, units) of its job
         self._threads: list[threading.Thread] = []
@@ -166,10 +165,14 @@ class SynthesisPool:
             self._threads.append(thread)
 
     # -- state -----------------------------------------------------------
+    def _waiting_units(self) -> float:
+        """The work of the queued requests (call with the lock held)."""
+        return sum(units for _, units in self._waiting.values())
+
     @property
     def queue_depth(self) -> int:
         with self._lock:
-            return self._waiting
+            return len(self._waiting)
 
     @property
     def busy(self) -> int:
@@ -178,7 +181,7 @@ class SynthesisPool:
 
     def idle(self) -> bool:
         with self._lock:
-            return self._waiting == 0 and not self._running
+            return not self._waiting and not self._running
 
     def healthy(self, stuck_after: float) -> bool:
         """Workers alive and none stuck on one job for longer than ``stuck_after``."""
@@ -193,7 +196,7 @@ class SynthesisPool:
         now = time.monotonic()
         with self._lock:
             running = [(u, now - started) for started, u in self._running.values()]
-            return self.admission.finish_in(job_units(chars), self._waiting, self._waiting_units, running)
+            return self.admission.finish_in(job_units(chars), len(self._waiting), self._waiting_units(), running)
 
     def submit(self, fn: Callable[[], Any], key: str | None = None, priority: int = REQUEST,
                chars: int = 0, arrived: float | None = None) -> Future:
@@ -215,17 +218,16 @@ class SynthesisPool:
             if priority == REQUEST:
                 now = time.monotonic()
                 running = [(u, now - started) for started, u in self._running.values()]
-                if self._waiting >= self.queue_size:
-                    finish = self.admission.finish_in(units, self._waiting, self._waiting_units, running)
-                    raise Overloaded(retry_after=max(1, math.ceil(finish)), why=f"{self._waiting} requests waiting")
+                queued = len(self._waiting)
+                if queued >= self.queue_size:
+                    finish = self.admission.finish_in(units, queued, self._waiting_units(), running)
+                    raise Overloaded(retry_after=max(1, math.ceil(finish)), why=f"{queued} requests waiting")
                 # It waits only for what arrived before it: the queue is served oldest first.
-                ahead = [u for a, u in self._arrivals.values() if a <= when]
+                ahead = [u for a, u in self._waiting.values() if a <= when]
                 wait = self.admission.retry_after(units, len(ahead), sum(ahead), running, self.deadline)
                 if wait is not None:
                     raise Overloaded(retry_after=wait, why=f"would not finish within the {self.deadline:g} s deadline")
-                self._waiting += 1
-                self._waiting_units += units
-                self._arrivals[seq] = (when, units)
+                self._waiting[seq] = (when, units)
             future: Future = Future()
             if key is not None:
                 self._inflight[key] = future
@@ -252,9 +254,7 @@ class SynthesisPool:
                 return
             with self._lock:
                 if job.priority == REQUEST:
-                    self._waiting -= 1
-                    self._waiting_units -= job.units
-                    self._arrivals.pop(job.seq, None)
+                    self._waiting.pop(job.seq, None)
                 self._running[me] = (time.monotonic(), job.units)
             if not job.future.set_running_or_notify_cancel():
                 with self._lock:
