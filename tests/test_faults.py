@@ -224,10 +224,7 @@ def test_slow_runs_the_process_on_a_duty_cycle_and_always_continues_it(tmp_path,
 
 def _own_filesystem(tmp_path) -> Path:
     """A 16 MiB tmpfs (root only), standing in for a store on a filesystem of its own."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("disk-full needs root to mount a test filesystem")
-        pytest.skip("disk-full needs root to mount a test filesystem")
+    need_root("disk-full needs root to mount a test filesystem")
     store = tmp_path / "store"
     store.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "ttsha-test", str(store)], check=True)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import threading
 import time
 from dataclasses import replace
 
-import pytest
-
 from ttsha.monitor.daemon import fence_commands
 
+from .conftest import need_root
 from .test_gateway import start_monitor, wait_for
 
 
@@ -52,10 +50,7 @@ class InFlight:
 
 
 def _need_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("fencing needs root (CAP_NET_ADMIN for SOCK_DESTROY)")
-        pytest.skip("fencing needs root (CAP_NET_ADMIN for SOCK_DESTROY)")
+    need_root("fencing needs root (CAP_NET_ADMIN for SOCK_DESTROY)")
 
 
 def _freeze_with_a_request_in_flight(config, nodes, gateway, monitor):

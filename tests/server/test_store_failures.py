@@ -13,6 +13,8 @@ import pytest
 
 from ttsha.store import AudioStore
 
+from ..monitor.conftest import need_root
+
 
 def _health(node) -> tuple[int, dict]:
     resp, data = node.client.request("GET", "/health", timeout=5)
@@ -36,10 +38,7 @@ def _files(root: Path) -> list[Path]:
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 1 MiB tmpfs of its own, unmounted after: a disk that really fills up."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("mounting a tmpfs needs root, and CI runs as root")
-        pytest.skip("mounting a tmpfs needs root")
+    need_root("mounting a tmpfs needs root")
     mount = tmp_path / "small"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)], check=True)
